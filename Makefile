@@ -1,0 +1,39 @@
+# cachem — every target works on a fresh Debian machine with only the Rust
+# toolchain; anything else a target needs it installs itself, idempotently.
+CARGO ?= cargo
+SECONDS ?= 60
+KILLS ?= 5000
+
+.PHONY: all demo test fmt-check clippy unit bench torture fuzz clean
+
+all: test
+
+## The README's "run it" command.
+demo:
+	$(CARGO) run --quiet --release --example demo
+
+## The README's test command (and .ci/run): format, lints, every test.
+test: fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features failpoints -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+	$(CARGO) test --release --features failpoints --test crash
+
+## Benchmarks (criterion); figures go to docs/benchmarks.md by hand.
+bench:
+	$(CARGO) bench -p cachem-core --bench engine -- --noplot
+	$(CARGO) bench -p cachem-core --bench region -- --noplot
+
+## Long crash soak: KILLS random SIGKILLs of stress workers.
+torture:
+	CACHEM_TORTURE_KILLS=$(KILLS) $(CARGO) test --release --features failpoints --test crash -- --ignored --nocapture torture_long
+
+clean:
+	$(CARGO) clean

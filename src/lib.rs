@@ -1,0 +1,2 @@
+//! cachem
+pub use cachem_core::*;
