@@ -1,0 +1,95 @@
+//! The one error type of cachem-core.
+
+use crate::RecordId;
+use std::path::PathBuf;
+
+/// Result alias used throughout cachem-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong. Each message says what happened and, where
+/// there is something to do, what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The free gap cannot hold the record.
+    #[error("region full: the record needs {needed} bytes, the free gap has {free}; remove records, reap dead processes or create a larger region")]
+    Full { needed: u64, free: u64 },
+
+    /// The record can never fit in this region, even when empty.
+    #[error("record of {len} bytes is too large: this region holds at most {max} bytes per record")]
+    TooLarge { len: u64, max: u64 },
+
+    /// The record was removed (or the id belongs to another region).
+    #[error("stale record id {0}: the record was removed, or the id is from another region")]
+    Stale(RecordId),
+
+    /// A typed (Pod) access does not match the record.
+    #[error("record {id} is {actual} bytes, the type needs {expected} bytes{align}",
+        align = if *.align_ok { "" } else { " and alignment of at most 8" })]
+    PodMismatch { id: RecordId, expected: usize, actual: usize, align_ok: bool },
+
+    /// A size asked for is not usable as a region size.
+    #[error("bad region size {size}: {reason}")]
+    BadSize { size: u64, reason: &'static str },
+
+    /// The image was written by a newer or older layout version.
+    #[error("region format version {found} is not supported (this build reads version {supported}); destroy the region or use a matching cachem")]
+    Version { found: u32, supported: u32 },
+
+    /// The image comes from a machine of another byte order or ABI.
+    #[error("region was made on a machine with another ABI ({what}); regions cannot be shared across machine kinds")]
+    ForeignAbi { what: String },
+
+    /// The image breaks an invariant. `field` names the header field or the
+    /// structure at fault; `detail` gives the value.
+    #[error("region corrupt: {field}: {detail}")]
+    Corrupt { field: &'static str, detail: String },
+
+    /// An interrupted compaction must be finished (by locking the region)
+    /// before this read-only check can succeed.
+    #[error("region needs recovery: an interrupted compaction is recorded in its journal (lock it once to recover)")]
+    RecoveryRequired,
+
+    /// The existing region has another size than the one asked for.
+    #[error("region {path} was created with size {existing}, asked for {requested}; pass attach_any_size (--attach-any-size) or destroy it")]
+    SizeMismatch { path: PathBuf, existing: u64, requested: u64 },
+
+    /// The lock was left unrecoverable.
+    #[error("the lock of region {path} is unrecoverable (a previous recovery did not finish); destroy and re-create the region")]
+    LockUnrecoverable { path: PathBuf },
+
+    /// A named region does not exist and creation was not asked for.
+    #[error("region {path} does not exist; create it first (cachem create)")]
+    NotFound { path: PathBuf },
+
+    /// A bad region name.
+    #[error("bad region name {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+
+    /// Another process runs in a different pid namespace.
+    #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
+    PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
+
+    /// An operating-system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn corrupt(field: &'static str, detail: impl Into<String>) -> Self {
+        Error::Corrupt { field, detail: detail.into() }
+    }
+
+    /// For a `Corrupt` error, the field it names.
+    pub fn corrupt_field(&self) -> Option<&'static str> {
+        match self {
+            Error::Corrupt { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}

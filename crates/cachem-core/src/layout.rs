@@ -1,0 +1,1193 @@
+//! The layout engine: every region operation as pure code over a byte slice.
+//!
+//! [`Layout`] wraps `&mut [u8]` holding a region image (see `format` and
+//! `docs/format.md`). It performs no system calls and contains no `unsafe`;
+//! mapping and locking (module `region`) wrap it. Unit tests, property
+//! tests and the fuzzer drive it over plain heap buffers.
+//!
+//! Nothing read from the image is trusted. Each operation reads the mutable
+//! header fields it needs and checks them (offsets in range, ordered,
+//! aligned) before they become slice indices, and every block and table
+//! entry is checked before use. A corrupt image gives [`Error::Corrupt`]
+//! naming the field, never a panic or an out-of-bounds access.
+//!
+//! Crash consistency: every mutation is a sequence of stores ordered so that
+//! a process killed between any two of them leaves an image that
+//! [`Layout::recover`] turns into exactly "before" or "after" the operation.
+//! The publishing stores are single aligned 8-byte (or 4-byte) writes,
+//! separated by compiler fences so the compiler cannot reorder them; a
+//! killed process cannot stop in the middle of one instruction. See
+//! `docs/design.md` for the orderings.
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::ids::{OwnerId, RecordId, RecordMeta};
+use crate::sys::failpoint::hit;
+use std::collections::BTreeMap;
+use std::sync::atomic::{compiler_fence, Ordering};
+
+const H: u64 = HEADER_SIZE as u64;
+const B: u64 = BPTR_SIZE as u64;
+const BH: u64 = BLOCK_HEADER_SIZE as u64;
+
+/// Pid and process start time stamped on every record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProcTag {
+    pub pid: u32,
+    /// Process start time in clock ticks since boot (`/proc/<pid>/stat`
+    /// field 22); 0 when unknown.
+    pub start_time: u64,
+}
+
+/// What [`format`] writes into the immutable part of a new header.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FormatOptions {
+    /// Random id of this incarnation of the region.
+    pub generation: u64,
+    /// `/proc/sys/kernel/random/boot_id` of the creating boot.
+    pub boot_id: [u8; 16],
+    /// Inode of the creator's pid namespace, 0 if unknown.
+    pub pid_ns: u64,
+    /// `OPT_*` bits.
+    pub options: u32,
+    /// `size_of::<pthread_mutex_t>()` of the creator (part of the ABI tag).
+    pub mutex_size: u32,
+}
+
+/// Checks that `size` can be a region size.
+pub fn check_size(size: u64) -> Result<()> {
+    if size % ALIGN as u64 != 0 {
+        return Err(Error::BadSize { size, reason: "must be a multiple of 8" });
+    }
+    if size < MIN_REGION_SIZE {
+        return Err(Error::BadSize { size, reason: "must be at least one page (4096 bytes)" });
+    }
+    if size > MAX_REGION_SIZE {
+        return Err(Error::BadSize { size, reason: "must be below 4 GiB (block offsets are 32-bit)" });
+    }
+    Ok(())
+}
+
+/// Initialises a region image in `buf`: header, empty block section, empty
+/// table. The magic is written last, so a reader never accepts a half-made
+/// header. Every byte of `buf` is overwritten.
+pub fn format(buf: &mut [u8], opts: &FormatOptions) -> Result<()> {
+    check_size(buf.len() as u64)?;
+    check_align(buf)?;
+    buf.fill(0);
+    let size = buf.len() as u64;
+    let h: &mut Header = bytemuck::from_bytes_mut(&mut buf[..HEADER_SIZE]);
+    h.endian = ENDIAN_TAG;
+    h.format_version = FORMAT_VERSION;
+    h.header_size = HEADER_SIZE as u32;
+    h.bptr_size = BPTR_SIZE as u32;
+    h.region_size = size;
+    h.generation = opts.generation;
+    h.o_st = H;
+    h.pid_ns = opts.pid_ns;
+    h.options = opts.options;
+    h.mutex_size = opts.mutex_size;
+    h.boot_id = opts.boot_id;
+    h.o_fr = H;
+    h.o_bptop = size;
+    h.journal.mv_src = NO_MOVE;
+    // Start the generations at a per-region value, so an id from another
+    // region is almost surely stale here.
+    h.last_gen = (opts.generation ^ (opts.generation >> 32)) as u32;
+    fence();
+    h.magic = MAGIC;
+    Ok(())
+}
+
+fn check_align(buf: &[u8]) -> Result<()> {
+    if buf.as_ptr() as usize % ALIGN != 0 {
+        return Err(Error::corrupt("buffer", "region buffer is not 8-byte aligned"));
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn fence() {
+    compiler_fence(Ordering::SeqCst);
+}
+
+/// Validates the immutable header fields of an image against its length.
+/// Used by [`Layout::open`] and by attach before a mapping is trusted.
+pub fn check_immutable(buf: &[u8]) -> Result<()> {
+    check_align(buf)?;
+    if buf.len() < HEADER_SIZE {
+        return Err(Error::corrupt(
+            "region_size",
+            format!("image of {} bytes is smaller than the {HEADER_SIZE}-byte header", buf.len()),
+        ));
+    }
+    let h: &Header = bytemuck::from_bytes(&buf[..HEADER_SIZE]);
+    if h.magic != MAGIC {
+        return Err(Error::corrupt("magic", format!("{:02x?} is not a cachem region", h.magic)));
+    }
+    if h.endian != ENDIAN_TAG {
+        let what = if h.endian == ENDIAN_TAG.swap_bytes() {
+            "other byte order".to_string()
+        } else {
+            format!("unknown ABI tag {:#010x}", h.endian)
+        };
+        return Err(Error::ForeignAbi { what });
+    }
+    if h.format_version != FORMAT_VERSION {
+        return Err(Error::Version { found: h.format_version, supported: FORMAT_VERSION });
+    }
+    if h.header_size as usize != HEADER_SIZE {
+        return Err(Error::corrupt("header_size", format!("{} (expected {HEADER_SIZE})", h.header_size)));
+    }
+    if h.bptr_size as usize != BPTR_SIZE {
+        return Err(Error::corrupt("bptr_size", format!("{} (expected {BPTR_SIZE})", h.bptr_size)));
+    }
+    if h.region_size != buf.len() as u64 {
+        return Err(Error::corrupt(
+            "region_size",
+            format!("header says {} bytes, the image has {}", h.region_size, buf.len()),
+        ));
+    }
+    if let Err(e) = check_size(h.region_size) {
+        return Err(Error::corrupt("region_size", e.to_string()));
+    }
+    if h.o_st != H {
+        return Err(Error::corrupt("o_st", format!("{} (expected {H})", h.o_st)));
+    }
+    if h.options & !(OPT_REAP_ALL | OPT_NO_REAP) != 0 {
+        return Err(Error::corrupt("options", format!("unknown bits {:#x}", h.options)));
+    }
+    Ok(())
+}
+
+/// The mutable geometry, read and checked at the start of each operation.
+#[derive(Clone, Copy, Debug)]
+struct St {
+    o_fr: u64,
+    o_bptop: u64,
+    n_bptr: u32,
+}
+
+/// A block as found in the block section.
+#[derive(Clone, Copy, Debug)]
+struct Blk {
+    slot: u32,
+    len: u32,
+    /// Total bytes including header and padding.
+    size: u64,
+}
+
+/// What a batch removal took out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub records: usize,
+    /// Bytes given back to the free gap (block headers and padding included).
+    pub bytes: u64,
+}
+
+/// What [`Layout::recover`] found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// An interrupted compaction was finished.
+    pub finished_compaction: bool,
+    /// Table entries of interrupted inserts that were rolled back.
+    pub rolled_back_inserts: u32,
+}
+
+/// What [`Layout::verify`] checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u32,
+    pub slots: u32,
+    pub free_slots: u32,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Records and bytes of one owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerUsage {
+    pub owner: OwnerId,
+    pub records: u32,
+    /// Data bytes (without block headers and padding).
+    pub bytes: u64,
+}
+
+/// Records of one inserting process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidUsage {
+    pub pid: u32,
+    pub start_time: u64,
+    pub records: u32,
+    pub bytes: u64,
+}
+
+/// A snapshot of a region's state for status output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub size: u64,
+    pub header_size: u64,
+    pub o_fr: u64,
+    pub o_bptop: u64,
+    /// Bytes of the block section (`o_fr - o_st`).
+    pub used_bytes: u64,
+    /// Bytes of the free gap.
+    pub free_bytes: u64,
+    /// Bytes of the block-pointer table.
+    pub table_bytes: u64,
+    pub records: u32,
+    pub slots: u32,
+    pub free_slots: u32,
+    pub owners: Vec<OwnerUsage>,
+    /// One row per (pid, start time).
+    pub pids: Vec<PidUsage>,
+    pub counters: Counters,
+    pub generation: u64,
+    pub boot_id: [u8; 16],
+    pub pid_ns: u64,
+    pub options: u32,
+    pub recovery_required: bool,
+}
+
+/// The layout engine over one region image. See the module docs.
+pub struct Layout<'a> {
+    buf: &'a mut [u8],
+}
+
+impl<'a> Layout<'a> {
+    /// Wraps an image after validating its immutable header fields. The
+    /// mutable ones are checked by each operation (and all of them by
+    /// [`Layout::verify`]).
+    pub fn open(buf: &'a mut [u8]) -> Result<Self> {
+        check_immutable(buf)?;
+        Ok(Layout { buf })
+    }
+
+    /// Wraps an image whose immutable fields were validated before (by
+    /// [`Layout::open`] or [`check_immutable`]) and that nobody may have
+    /// rewritten since. Operations never read the immutable fields (they use
+    /// the buffer's length), so a lie here costs correctness of results, not
+    /// memory safety.
+    pub fn reopen(buf: &'a mut [u8]) -> Result<Self> {
+        if buf.len() < HEADER_SIZE || buf.len() as u64 > MAX_REGION_SIZE {
+            return Err(Error::corrupt("region_size", format!("{} bytes", buf.len())));
+        }
+        check_align(buf)?;
+        Ok(Layout { buf })
+    }
+
+    // ----- raw access ---------------------------------------------------
+
+    #[inline(always)]
+    fn size(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    #[inline(always)]
+    fn hdr(&self) -> &Header {
+        bytemuck::from_bytes(&self.buf[..HEADER_SIZE])
+    }
+
+    #[inline(always)]
+    fn hdr_mut(&mut self) -> &mut Header {
+        bytemuck::from_bytes_mut(&mut self.buf[..HEADER_SIZE])
+    }
+
+    /// Table entry `slot`. The caller has checked `slot < st.n_bptr`.
+    #[inline(always)]
+    fn bptr(&self, slot: u32) -> &Bptr {
+        let off = bptr_offset(self.size(), slot) as usize;
+        bytemuck::from_bytes(&self.buf[off..off + BPTR_SIZE])
+    }
+
+    #[inline(always)]
+    fn bptr_mut(&mut self, slot: u32) -> &mut Bptr {
+        let off = bptr_offset(self.size(), slot) as usize;
+        bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE])
+    }
+
+    /// Writes `o_beg` and `gen` of entry `slot` in one aligned 8-byte store.
+    #[inline(always)]
+    fn set_loc(&mut self, slot: u32, o_beg: u32, gen: u32) {
+        let off = bptr_offset(self.size(), slot) as usize;
+        let word: &mut u64 = bytemuck::from_bytes_mut(&mut self.buf[off..off + 8]);
+        *word = bytemuck::cast::<[u32; 2], u64>([o_beg, gen]);
+    }
+
+    /// Reads and checks the mutable geometry.
+    #[inline]
+    fn st(&self) -> Result<St> {
+        let h = self.hdr();
+        let size = self.size();
+        let (o_fr, o_bptop, n_bptr) = (h.o_fr, h.o_bptop, h.n_bptr);
+        if o_fr < H || o_fr > size || o_fr % 8 != 0 {
+            return Err(Error::corrupt("o_fr", format!("{o_fr} is outside [{H}, {size}] or unaligned")));
+        }
+        if o_bptop < o_fr || o_bptop > size {
+            return Err(Error::corrupt("o_bptop", format!("{o_bptop} is outside [o_fr={o_fr}, {size}]")));
+        }
+        if (size - o_bptop) != n_bptr as u64 * B {
+            return Err(Error::corrupt(
+                "n_bptr",
+                format!("{n_bptr} entries do not fill the table from o_bptop={o_bptop} to {size}"),
+            ));
+        }
+        Ok(St { o_fr, o_bptop, n_bptr })
+    }
+
+    /// Reads and checks the block at `o`, which must lie within `[H, limit)`.
+    #[inline(always)]
+    fn block(&self, o: u64, limit: u64) -> Result<Blk> {
+        if o < H || o % 8 != 0 || o > limit || limit - o < BH {
+            return Err(bad_block_offset(o, limit));
+        }
+        let bh: &BlockHeader = bytemuck::from_bytes(&self.buf[o as usize..(o + BH) as usize]);
+        let size = block_size(bh.len as u64);
+        if size > limit - o {
+            return Err(bad_block_len(o, bh.len, limit));
+        }
+        Ok(Blk { slot: bh.slot, len: bh.len, size })
+    }
+
+    /// Resolves a record id to (entry, block offset, block), or `Stale`.
+    #[inline]
+    fn resolve(&self, st: &St, id: RecordId) -> Result<(Bptr, u64, Blk)> {
+        let slot = id.slot();
+        if slot >= st.n_bptr {
+            return Err(Error::Stale(id));
+        }
+        let e = *self.bptr(slot);
+        if e.o_beg == 0 || e.gen != id.generation() {
+            return Err(Error::Stale(id));
+        }
+        let o = e.o_beg as u64;
+        let b = self.block(o, st.o_fr)?;
+        if b.slot != slot {
+            return Err(Error::corrupt(
+                "block.slot",
+                format!("entry {slot} points to block at {o} whose back-pointer is {}", b.slot),
+            ));
+        }
+        Ok((e, o, b))
+    }
+
+    /// Takes the next generation from the header's counter. The counter is
+    /// stored before the generation is used, so a crash can only skip a value.
+    fn take_gen(&mut self) -> u32 {
+        let h = self.hdr_mut();
+        let g = h.last_gen.wrapping_add(1).max(1);
+        h.last_gen = g;
+        fence();
+        g
+    }
+
+    // ----- reads ----------------------------------------------------------
+
+    /// The record's bytes, or `Stale` / `Corrupt`.
+    pub fn try_get(&self, id: RecordId) -> Result<&[u8]> {
+        let st = self.st()?;
+        let (_, o, b) = self.resolve(&st, id)?;
+        let d = (o + BH) as usize;
+        Ok(&self.buf[d..d + b.len as usize])
+    }
+
+    /// The record's bytes, or `None` if the id is stale (or the region corrupt).
+    #[inline]
+    pub fn get(&self, id: RecordId) -> Option<&[u8]> {
+        self.try_get(id).ok()
+    }
+
+    /// The record's bytes for writing, or `Stale` / `Corrupt`.
+    pub fn try_get_mut(&mut self, id: RecordId) -> Result<&mut [u8]> {
+        let st = self.st()?;
+        let (_, o, b) = self.resolve(&st, id)?;
+        let d = (o + BH) as usize;
+        Ok(&mut self.buf[d..d + b.len as usize])
+    }
+
+    /// The record's bytes for writing, or `None`.
+    #[inline]
+    pub fn get_mut(&mut self, id: RecordId) -> Option<&mut [u8]> {
+        self.try_get_mut(id).ok()
+    }
+
+    /// Owner, pid, start time and length of a record.
+    pub fn meta(&self, id: RecordId) -> Result<RecordMeta> {
+        let st = self.st()?;
+        let (e, _, b) = self.resolve(&st, id)?;
+        Ok(meta_of(id, &e, b.len))
+    }
+
+    /// The record as a `T`. Errors if the length differs from
+    /// `size_of::<T>()` or `T` needs alignment above 8.
+    pub fn get_pod<T: bytemuck::Pod>(&self, id: RecordId) -> Result<&T> {
+        let bytes = self.try_get(id)?;
+        bytemuck::try_from_bytes(bytes).map_err(|_| pod_err::<T>(id, bytes.len()))
+    }
+
+    /// The record as a mutable `T`.
+    pub fn get_pod_mut<T: bytemuck::Pod>(&mut self, id: RecordId) -> Result<&mut T> {
+        let bytes = self.try_get_mut(id)?;
+        let len = bytes.len();
+        bytemuck::try_from_bytes_mut(bytes).map_err(|_| pod_err::<T>(id, len))
+    }
+
+    /// The next record of `owner` after `after` (in slot order), or the
+    /// first one when `after` is `None`. mod_cachem's `cachem_get_id`.
+    pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
+        self.next_where(after, |e| e.owner == owner.0)
+    }
+
+    /// The next record of `owner` inserted by `pid`. mod_cachem's
+    /// `cachem_get_pid`.
+    pub fn next_of_owner_pid(&self, owner: OwnerId, pid: u32, after: Option<RecordId>) -> Option<RecordId> {
+        self.next_where(after, |e| e.owner == owner.0 && e.pid == pid)
+    }
+
+    fn next_where(&self, after: Option<RecordId>, mut f: impl FnMut(&Bptr) -> bool) -> Option<RecordId> {
+        let st = self.st().ok()?;
+        let from = after.map_or(0, |r| r.slot().saturating_add(1));
+        (from..st.n_bptr).find_map(|slot| {
+            let e = self.bptr(slot);
+            (e.o_beg != 0 && f(e)).then(|| RecordId::new(slot, e.gen))
+        })
+    }
+
+    /// Every record, in slot order, with its metadata and bytes. Entries that
+    /// fail their checks are skipped (`verify` reports them).
+    pub fn iter(&self) -> impl Iterator<Item = (RecordMeta, &[u8])> + '_ {
+        let st = self.st().ok();
+        let n = st.map_or(0, |st| st.n_bptr);
+        (0..n).filter_map(move |slot| {
+            let e = self.bptr(slot);
+            if e.o_beg == 0 {
+                return None;
+            }
+            let id = RecordId::new(slot, e.gen);
+            let (e, o, b) = self.resolve(st.as_ref()?, id).ok()?;
+            let d = (o + BH) as usize;
+            Some((meta_of(id, &e, b.len), &self.buf[d..d + b.len as usize]))
+        })
+    }
+
+    /// The records of one owner, in slot order.
+    pub fn iter_owner(&self, owner: OwnerId) -> impl Iterator<Item = (RecordId, &[u8])> + '_ {
+        self.iter().filter(move |(m, _)| m.owner == owner).map(|(m, d)| (m.id, d))
+    }
+
+    // ----- insert ---------------------------------------------------------
+
+    /// Largest record this region could ever hold (when empty).
+    pub fn max_record_len(&self) -> u64 {
+        (self.size() - H).saturating_sub(BH + B) & !7
+    }
+
+    /// Inserts a record and returns its id. `Full` if the free gap is too
+    /// small now, `TooLarge` if the record could never fit.
+    pub fn insert(&mut self, owner: OwnerId, tag: ProcTag, data: &[u8]) -> Result<RecordId> {
+        let len = data.len() as u64;
+        if len > self.max_record_len() {
+            return Err(Error::TooLarge { len, max: self.max_record_len() });
+        }
+        let st = self.st()?;
+        let need = block_size(len);
+        let free = st.o_bptop - st.o_fr;
+        let head = self.hdr().free_head;
+
+        // 1. Take a table entry: the free list first, else grow the table.
+        let (slot, gen, o_bptop) = if head != 0 {
+            let slot = head - 1;
+            if slot >= st.n_bptr {
+                return Err(Error::corrupt(
+                    "free_head",
+                    format!("{head} is beyond the {} table entries", st.n_bptr),
+                ));
+            }
+            let e = *self.bptr(slot);
+            if e.o_beg != 0 {
+                return Err(Error::corrupt(
+                    "free_head",
+                    format!("entry {slot} is on the free list but in use"),
+                ));
+            }
+            if e.next_free > st.n_bptr {
+                return Err(Error::corrupt(
+                    "bptr.next_free",
+                    format!("entry {slot} links to {}", e.next_free),
+                ));
+            }
+            if need > free {
+                return Err(Error::Full { needed: need, free });
+            }
+            self.hdr_mut().free_head = e.next_free;
+            (slot, e.gen, st.o_bptop)
+        } else {
+            if need + B > free {
+                return Err(Error::Full { needed: need + B, free });
+            }
+            let slot = st.n_bptr;
+            let gen = self.take_gen();
+            let o_bptop = st.o_bptop - B;
+            let off = o_bptop as usize;
+            let e: &mut Bptr = bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE]);
+            *e = Bptr { o_beg: 0, gen, owner: 0, pid: 0, start_time: 0, next_free: 0, flags: 0 };
+            fence();
+            let h = self.hdr_mut();
+            h.o_bptop = o_bptop;
+            h.n_bptr = slot + 1;
+            (slot, gen, o_bptop)
+        };
+        fence();
+        hit("insert.after_take");
+
+        // 2. Write the block past o_fr (invisible until o_fr moves).
+        let o = st.o_fr as usize;
+        debug_assert!(st.o_fr + need <= o_bptop);
+        let bh: &mut BlockHeader = bytemuck::from_bytes_mut(&mut self.buf[o..o + BLOCK_HEADER_SIZE]);
+        *bh = BlockHeader { slot, len: len as u32 };
+        let d = o + BLOCK_HEADER_SIZE;
+        self.buf[d..d + data.len()].copy_from_slice(data);
+        self.buf[d + data.len()..o + need as usize].fill(0);
+        fence();
+        hit("insert.after_block");
+
+        // 3. Publish the entry: metadata first, then offset + gen in one store.
+        let e = self.bptr_mut(slot);
+        e.owner = owner.0;
+        e.pid = tag.pid;
+        e.start_time = tag.start_time;
+        e.next_free = 0;
+        e.flags = 0;
+        fence();
+        self.set_loc(slot, st.o_fr as u32, gen);
+        fence();
+        hit("insert.after_publish");
+
+        // 4. Advance o_fr: the insert is done.
+        self.hdr_mut().o_fr = st.o_fr + need;
+        fence();
+        let h = self.hdr_mut();
+        h.u_blks = h.u_blks.wrapping_add(1);
+        h.counters.inserts = h.counters.inserts.wrapping_add(1);
+        Ok(RecordId::new(slot, gen))
+    }
+
+    /// Inserts `value`'s bytes.
+    pub fn insert_pod<T: bytemuck::Pod>(
+        &mut self,
+        owner: OwnerId,
+        tag: ProcTag,
+        value: &T,
+    ) -> Result<RecordId> {
+        self.insert(owner, tag, bytemuck::bytes_of(value))
+    }
+
+    // ----- remove ---------------------------------------------------------
+
+    /// Removes a record and compacts the block section behind it.
+    pub fn remove(&mut self, id: RecordId) -> Result<()> {
+        let st = self.st()?;
+        self.check_no_journal()?;
+        let (_, o, b) = self.resolve(&st, id)?;
+        self.start_journal(o, st.o_fr, o + b.size);
+        hit("remove.after_journal");
+        let gen = self.take_gen();
+        self.set_loc(id.slot(), 0, gen);
+        fence();
+        hit("remove.after_clear");
+        let moved = self.compact(false)?;
+        let h = self.hdr_mut();
+        h.u_blks = h.u_blks.wrapping_sub(1);
+        h.counters.removes = h.counters.removes.wrapping_add(1);
+        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
+        self.release_slot(id.slot())
+    }
+
+    /// Removes every record for which `keep` returns false, in one
+    /// compaction pass. Each record is removed entirely or not at all even
+    /// if the process dies midway (a batch can be cut short by a crash).
+    pub fn retain(&mut self, mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
+        let st = self.st()?;
+        self.check_no_journal()?;
+        let mut victims: Vec<u32> = Vec::new();
+        let (mut lo, mut hi, mut bytes) = (u64::MAX, 0u64, 0u64);
+        for slot in 0..st.n_bptr {
+            let e = *self.bptr(slot);
+            if e.o_beg == 0 {
+                continue;
+            }
+            let id = RecordId::new(slot, e.gen);
+            let (e, o, b) = self.resolve(&st, id)?;
+            let d = (o + BH) as usize;
+            if !keep(&meta_of(id, &e, b.len), &self.buf[d..d + b.len as usize]) {
+                victims.push(slot);
+                lo = lo.min(o);
+                hi = hi.max(o + b.size);
+                bytes += b.size;
+            }
+        }
+        if victims.is_empty() {
+            return Ok(Removed::default());
+        }
+        self.start_journal(lo, st.o_fr, hi);
+        hit("remove.after_journal");
+        for &slot in &victims {
+            let gen = self.take_gen();
+            self.set_loc(slot, 0, gen);
+        }
+        fence();
+        hit("remove.after_clear");
+        let moved = self.compact(false)?;
+        let h = self.hdr_mut();
+        h.counters.removes = h.counters.removes.wrapping_add(victims.len() as u64);
+        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
+        self.rebuild_derived()?;
+        Ok(Removed { records: victims.len(), bytes })
+    }
+
+    /// Removes every record of `owner` inserted by `pid` and returns how
+    /// many. mod_cachem's `cachem_delete_pid`.
+    pub fn purge(&mut self, owner: OwnerId, pid: u32) -> Result<usize> {
+        Ok(self.retain(|m, _| !(m.owner == owner && m.pid == pid))?.records)
+    }
+
+    /// Adds `n` to the reaped-records counter (the reaper's bookkeeping).
+    pub fn count_reaped(&mut self, n: u64) {
+        let c = &mut self.hdr_mut().counters;
+        c.reaped_records = c.reaped_records.wrapping_add(n);
+    }
+
+    /// Adds one to the lock-recoveries counter.
+    pub fn count_recovery(&mut self) {
+        let c = &mut self.hdr_mut().counters;
+        c.recoveries = c.recoveries.wrapping_add(1);
+    }
+
+    fn check_no_journal(&self) -> Result<()> {
+        let h = self.hdr();
+        if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
+            return Err(Error::RecoveryRequired);
+        }
+        Ok(())
+    }
+
+    fn start_journal(&mut self, start: u64, end: u64, live_from: u64) {
+        let h = self.hdr_mut();
+        h.journal = Journal {
+            op: JOURNAL_NONE,
+            _pad: 0,
+            start,
+            src: start,
+            dst: start,
+            end,
+            live_from,
+            mv_src: NO_MOVE,
+            mv_dst: 0,
+            mv_len: 0,
+            mv_done: 0,
+        };
+        fence();
+        h.journal.op = JOURNAL_COMPACT;
+        fence();
+        h.flags |= FLAG_RECOVERY_REQUIRED;
+        fence();
+    }
+
+    /// Returns a just-freed slot: shrinks the table if it was the top entry,
+    /// else pushes it on the free list.
+    fn release_slot(&mut self, slot: u32) -> Result<()> {
+        let h = self.hdr();
+        if slot + 1 == h.n_bptr {
+            // Shrinking may drop other free entries from the top too; the
+            // free list is rebuilt then (it is derived state).
+            return self.rebuild_derived();
+        }
+        let head = h.free_head;
+        self.bptr_mut(slot).next_free = head;
+        fence();
+        self.hdr_mut().free_head = slot + 1;
+        Ok(())
+    }
+
+    /// Runs (or resumes) the compaction described by the journal, then sets
+    /// `o_fr` and clears the journal. Returns the bytes moved. The same code
+    /// serves a fresh remove and recovery: every step is idempotent.
+    fn compact(&mut self, recovering: bool) -> Result<u64> {
+        let size = self.size();
+        let mut moved = 0u64;
+        loop {
+            let j = self.hdr().journal;
+            let end = j.end;
+            if !(H <= j.start
+                && j.start <= j.dst
+                && j.dst <= j.src
+                && j.src <= end
+                && end <= self.hdr().o_bptop.min(size))
+                || (j.start | j.src | j.dst | end) % 8 != 0
+            {
+                return Err(Error::corrupt(
+                    "journal",
+                    format!("impossible state start={} dst={} src={} end={end}", j.start, j.dst, j.src),
+                ));
+            }
+            if j.mv_src == j.src && j.src != end {
+                // A run move is in progress (or about to start).
+                let (src, dst, len) = (j.mv_src, j.mv_dst, j.mv_len);
+                if dst != j.dst
+                    || len == 0
+                    || len % 8 != 0
+                    || src.checked_add(len).is_none_or(|e| e > end)
+                    || j.mv_done > len
+                {
+                    return Err(Error::corrupt(
+                        "journal.mv",
+                        format!("impossible move src={src} dst={dst} len={len} done={}", j.mv_done),
+                    ));
+                }
+                let gap = src - dst;
+                let mut done = j.mv_done;
+                if gap == 0 {
+                    done = len;
+                }
+                if done < len {
+                    move_run(self.buf, src, dst, len, done);
+                }
+                hit("compact.after_move");
+                // Fix the moved blocks' entries.
+                if gap != 0 {
+                    if !recovering && self.table_scan_is_cheaper(len) {
+                        self.fixup_by_table(src, len, gap);
+                    } else {
+                        self.fixup_by_walk(dst, len)?;
+                    }
+                    moved += len;
+                }
+                fence();
+                let h = self.hdr_mut();
+                h.journal.dst = dst + len;
+                fence();
+                h.journal.src = src + len;
+                fence();
+                continue;
+            }
+            if j.src == end {
+                break;
+            }
+            // Decide what lies at src: a dead block to skip, or a live run.
+            let n_bptr = self.hdr().n_bptr;
+            let b = self.block(j.src, end)?;
+            let live = |l: &Self, at: u64, b: &Blk| b.slot < n_bptr && l.bptr(b.slot).o_beg as u64 == at;
+            if !live(self, j.src, &b) {
+                self.hdr_mut().journal.src = j.src + b.size;
+                fence();
+                continue;
+            }
+            // Extend the run over live blocks; past live_from all are live.
+            let mut p = j.src;
+            while p < end && p < j.live_from {
+                let b = self.block(p, end)?;
+                if !live(self, p, &b) {
+                    break;
+                }
+                p += b.size;
+            }
+            let run_end = if p >= j.live_from { end } else { p };
+            let h = self.hdr_mut();
+            h.journal.mv_dst = j.dst;
+            h.journal.mv_len = run_end - j.src;
+            h.journal.mv_done = 0;
+            fence();
+            h.journal.mv_src = j.src;
+            fence();
+        }
+        let dst = self.hdr().journal.dst;
+        let h = self.hdr_mut();
+        h.o_fr = dst;
+        fence();
+        hit("compact.before_clear");
+        h.journal.op = JOURNAL_NONE;
+        fence();
+        h.flags &= !FLAG_RECOVERY_REQUIRED;
+        fence();
+        Ok(moved)
+    }
+
+    /// Fixes the entries of the blocks now in `[dst, dst + len)` by walking
+    /// the blocks and following their back-pointers. Sets absolute values,
+    /// so it is idempotent: recovery always uses it.
+    fn fixup_by_walk(&mut self, dst: u64, len: u64) -> Result<()> {
+        let n_bptr = self.hdr().n_bptr;
+        let mut p = dst;
+        let mut k = 0u32;
+        while p < dst + len {
+            let b = self.block(p, dst + len)?;
+            if b.slot >= n_bptr {
+                return Err(Error::corrupt("block.slot", format!("block at {p} names slot {}", b.slot)));
+            }
+            self.bptr_mut(b.slot).o_beg = p as u32;
+            p += b.size;
+            k += 1;
+            if k == 2 {
+                fence();
+                hit("compact.mid_fixup");
+            }
+        }
+        Ok(())
+    }
+
+    /// Walking blocks is a chain of dependent loads; scanning the table is
+    /// not. Scan the table when it is not much longer than the run.
+    fn table_scan_is_cheaper(&self, len: u64) -> bool {
+        let h = self.hdr();
+        let avg = ((h.o_fr - H) / (h.u_blks.max(1) as u64)).max(BH);
+        (h.n_bptr as u64) <= 4 * (len / avg)
+    }
+
+    /// Fixes the entries of the blocks moved from `[src, src + len)` by `gap`
+    /// bytes, scanning the table. Not idempotent (it subtracts), so only a
+    /// fresh compaction uses it; if the process dies midway, recovery redoes
+    /// the fixup with [`Layout::fixup_by_walk`], which sets absolute values.
+    fn fixup_by_table(&mut self, src: u64, len: u64, gap: u64) {
+        let size = self.size() as usize;
+        let o_bptop = self.hdr().o_bptop as usize;
+        let table: &mut [Bptr] = bytemuck::cast_slice_mut(&mut self.buf[o_bptop..size]);
+        let (lo, hi, gap) = (src as u32, (src + len) as u32, gap as u32);
+        let half = table.len() / 2;
+        for (i, e) in table.iter_mut().enumerate() {
+            if e.o_beg >= lo && e.o_beg < hi {
+                e.o_beg -= gap;
+            }
+            if i == half {
+                fence();
+                hit("compact.mid_fixup");
+            }
+        }
+    }
+
+    /// Rebuilds the derived state from the table: the table top (dropping
+    /// unused entries from the top), the free list and the record count.
+    fn rebuild_derived(&mut self) -> Result<()> {
+        let st = self.st()?;
+        let mut n = st.n_bptr;
+        while n > 0 && self.bptr(n - 1).o_beg == 0 {
+            n -= 1;
+        }
+        if n != st.n_bptr {
+            let h = self.hdr_mut();
+            h.o_bptop = st.o_bptop + (st.n_bptr - n) as u64 * B;
+            fence();
+            h.n_bptr = n;
+        }
+        let mut head = 0u32;
+        let mut used = 0u32;
+        for slot in (0..n).rev() {
+            let e = self.bptr_mut(slot);
+            if e.o_beg == 0 {
+                e.next_free = head;
+                head = slot + 1;
+            } else {
+                used += 1;
+            }
+        }
+        let h = self.hdr_mut();
+        h.free_head = head;
+        h.u_blks = used;
+        Ok(())
+    }
+
+    // ----- recovery and checks ---------------------------------------------
+
+    /// Brings an image left by a killed process back to a consistent state:
+    /// finishes an interrupted compaction, rolls back an interrupted insert,
+    /// rebuilds the derived state (free list, counts, table top) and checks
+    /// every invariant. Idempotent; cheap to run on a consistent image.
+    pub fn recover(&mut self) -> Result<RecoveryReport> {
+        let mut rep = RecoveryReport::default();
+        // n_bptr follows o_bptop (the table grows by moving o_bptop first).
+        let size = self.size();
+        let o_bptop = self.hdr().o_bptop;
+        if o_bptop < H || o_bptop > size || (size - o_bptop) % B != 0 {
+            return Err(Error::corrupt(
+                "o_bptop",
+                format!("{o_bptop} is not a table boundary in [{H}, {size}]"),
+            ));
+        }
+        self.hdr_mut().n_bptr = ((size - o_bptop) / B) as u32;
+        let st = self.st()?;
+        let h = self.hdr();
+        if h.journal.op == JOURNAL_COMPACT {
+            self.compact(true)?;
+            rep.finished_compaction = true;
+        } else if h.journal.op != JOURNAL_NONE {
+            return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
+        } else if h.flags & FLAG_RECOVERY_REQUIRED != 0 {
+            self.hdr_mut().flags &= !FLAG_RECOVERY_REQUIRED;
+        }
+        let o_fr = self.hdr().o_fr;
+        // Entries published by an insert that did not advance o_fr.
+        for slot in 0..st.n_bptr {
+            let e = *self.bptr(slot);
+            if e.o_beg != 0 && e.o_beg as u64 >= o_fr {
+                self.set_loc(slot, 0, e.gen);
+                rep.rolled_back_inserts += 1;
+            }
+        }
+        self.rebuild_derived()?;
+        self.verify()?;
+        Ok(rep)
+    }
+
+    /// Checks every invariant of the image without changing it: geometry,
+    /// blocks contiguous from the header to `o_fr`, each block's back-pointer
+    /// and its entry agreeing, counts, an acyclic free list of exactly the
+    /// unused entries, the top entry in use, no journal pending.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        check_immutable(self.buf)?;
+        let st = self.st()?;
+        let h = self.hdr();
+        if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
+            return Err(Error::RecoveryRequired);
+        }
+        if h.flags & !FLAG_RECOVERY_REQUIRED != 0 {
+            return Err(Error::corrupt("flags", format!("unknown bits {:#x}", h.flags)));
+        }
+        // Blocks, walked from the header to o_fr.
+        let mut p = H;
+        let mut records = 0u32;
+        while p < st.o_fr {
+            let b = self.block(p, st.o_fr)?;
+            if b.slot >= st.n_bptr {
+                return Err(Error::corrupt(
+                    "block.slot",
+                    format!("block at {p} names slot {} of {}", b.slot, st.n_bptr),
+                ));
+            }
+            let e = self.bptr(b.slot);
+            if e.o_beg as u64 != p {
+                return Err(Error::corrupt(
+                    "bptr.o_beg",
+                    format!("block at {p} names slot {} which points to {}", b.slot, e.o_beg),
+                ));
+            }
+            records += 1;
+            p += b.size;
+        }
+        // Entries: every used one points at a block whose back-pointer is it
+        // (the walk above found each block once, so counting suffices).
+        let mut used = 0u32;
+        for slot in 0..st.n_bptr {
+            let e = self.bptr(slot);
+            if e.o_beg != 0 {
+                used += 1;
+                let o = e.o_beg as u64;
+                let b = self.block(o, st.o_fr)?;
+                if b.slot != slot {
+                    return Err(Error::corrupt(
+                        "bptr.o_beg",
+                        format!("entry {slot} points to {o} whose block names slot {}", b.slot),
+                    ));
+                }
+            } else if e.next_free > st.n_bptr {
+                return Err(Error::corrupt(
+                    "bptr.next_free",
+                    format!("entry {slot} links to {}", e.next_free),
+                ));
+            }
+        }
+        if used != records {
+            return Err(Error::corrupt("bptr", format!("{used} entries in use but {records} blocks")));
+        }
+        if h.u_blks != records {
+            return Err(Error::corrupt("u_blks", format!("{} but {records} records found", h.u_blks)));
+        }
+        if st.n_bptr > 0 && self.bptr(st.n_bptr - 1).o_beg == 0 {
+            return Err(Error::corrupt("o_bptop", format!("the top entry {} is unused", st.n_bptr - 1)));
+        }
+        // Free list: acyclic, only unused entries, all of them.
+        let free_slots = st.n_bptr - used;
+        let mut link = h.free_head;
+        let mut seen = 0u32;
+        while link != 0 {
+            if link > st.n_bptr {
+                return Err(Error::corrupt("free_head", format!("link {link} beyond {} entries", st.n_bptr)));
+            }
+            let e = self.bptr(link - 1);
+            if e.o_beg != 0 {
+                return Err(Error::corrupt(
+                    "free_head",
+                    format!("entry {} is on the free list but in use", link - 1),
+                ));
+            }
+            seen += 1;
+            if seen > free_slots {
+                return Err(Error::corrupt("free_head", "the free list has a cycle or too many entries"));
+            }
+            link = e.next_free;
+        }
+        if seen != free_slots {
+            return Err(Error::corrupt(
+                "free_head",
+                format!("{seen} entries on the free list, {free_slots} unused"),
+            ));
+        }
+        Ok(VerifyReport {
+            records,
+            slots: st.n_bptr,
+            free_slots,
+            used_bytes: st.o_fr - H,
+            free_bytes: st.o_bptop - st.o_fr,
+        })
+    }
+
+    /// True if an interrupted compaction is recorded.
+    pub fn recovery_required(&self) -> bool {
+        let h = self.hdr();
+        h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0
+    }
+
+    /// The region's generation (random id of this incarnation).
+    pub fn generation(&self) -> u64 {
+        self.hdr().generation
+    }
+
+    /// The boot id recorded in the header.
+    pub fn boot_id(&self) -> [u8; 16] {
+        self.hdr().boot_id
+    }
+
+    /// Records a new boot id (after the region was re-armed on a new boot).
+    pub fn set_boot_id(&mut self, id: [u8; 16]) {
+        self.hdr_mut().boot_id = id;
+    }
+
+    /// The creator's pid namespace inode (0 if unknown).
+    pub fn pid_ns(&self) -> u64 {
+        self.hdr().pid_ns
+    }
+
+    /// The region's `OPT_*` bits.
+    pub fn options(&self) -> u32 {
+        self.hdr().options
+    }
+
+    /// Number of records (from the header's count).
+    pub fn records(&self) -> u32 {
+        self.hdr().u_blks
+    }
+
+    /// Bytes of the free gap.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = self.st()?;
+        Ok(st.o_bptop - st.o_fr)
+    }
+
+    /// Geometry, usage per owner and per pid, and counters.
+    pub fn status(&self) -> Result<Status> {
+        let st = self.st()?;
+        let h = *self.hdr();
+        let mut owners: BTreeMap<u32, OwnerUsage> = BTreeMap::new();
+        let mut pids: BTreeMap<(u32, u64), PidUsage> = BTreeMap::new();
+        let mut records = 0u32;
+        for (m, _) in self.iter() {
+            records += 1;
+            let o = owners.entry(m.owner.0).or_insert(OwnerUsage { owner: m.owner, records: 0, bytes: 0 });
+            o.records += 1;
+            o.bytes += m.len as u64;
+            let p = pids.entry((m.pid, m.start_time)).or_insert(PidUsage {
+                pid: m.pid,
+                start_time: m.start_time,
+                records: 0,
+                bytes: 0,
+            });
+            p.records += 1;
+            p.bytes += m.len as u64;
+        }
+        Ok(Status {
+            size: self.size(),
+            header_size: H,
+            o_fr: st.o_fr,
+            o_bptop: st.o_bptop,
+            used_bytes: st.o_fr - H,
+            free_bytes: st.o_bptop - st.o_fr,
+            table_bytes: self.size() - st.o_bptop,
+            records,
+            slots: st.n_bptr,
+            free_slots: st.n_bptr - records.min(st.n_bptr),
+            owners: owners.into_values().collect(),
+            pids: pids.into_values().collect(),
+            counters: h.counters,
+            generation: h.generation,
+            boot_id: h.boot_id,
+            pid_ns: h.pid_ns,
+            options: h.options,
+            recovery_required: self.recovery_required(),
+        })
+    }
+}
+
+#[cold]
+fn bad_block_offset(o: u64, limit: u64) -> Error {
+    Error::corrupt("block", format!("block offset {o} is outside [{H}, {limit})"))
+}
+
+#[cold]
+fn bad_block_len(o: u64, len: u32, limit: u64) -> Error {
+    Error::corrupt("block.len", format!("block at {o} has length {len} which runs past {limit}"))
+}
+
+/// Byte offset of `Journal::mv_done` in the region.
+const MV_DONE_AT: usize = std::mem::offset_of!(Header, journal) + std::mem::offset_of!(Journal, mv_done);
+
+/// Copies the run `[src, src + len)` down to `dst`, resuming after `done`
+/// bytes, in chunks no larger than the gap `src - dst`. Such chunks never
+/// overlap, so a chunk interrupted midway can simply be copied again; the
+/// progress is stored in the journal after each chunk. The caller has
+/// checked `dst < src` and `src + len <= buf.len()`.
+fn move_run(buf: &mut [u8], src: u64, dst: u64, len: u64, mut done: u64) {
+    let gap = src - dst;
+    let mut half = false;
+    while done < len {
+        let c = gap.min(len - done);
+        let (s, d) = ((src + done) as usize, (dst + done) as usize);
+        let (lo, hi) = buf.split_at_mut(s);
+        copy_chunk(&mut lo[d..d + c as usize], &hi[..c as usize]);
+        fence();
+        done += c;
+        buf[MV_DONE_AT..MV_DONE_AT + 8].copy_from_slice(&done.to_ne_bytes());
+        fence();
+        if !half && done * 2 >= len {
+            half = true;
+            hit("compact.mid_move");
+        }
+    }
+}
+
+/// Copies one chunk (the two sides never overlap). Small chunks are copied
+/// inline, since a `memcpy` call costs more than the copy itself.
+#[inline(always)]
+fn copy_chunk(dst: &mut [u8], src: &[u8]) {
+    if dst.len() <= 256 {
+        for (d, s) in dst.chunks_exact_mut(8).zip(src.chunks_exact(8)) {
+            d.copy_from_slice(s);
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+fn meta_of(id: RecordId, e: &Bptr, len: u32) -> RecordMeta {
+    RecordMeta { id, owner: OwnerId(e.owner), pid: e.pid, start_time: e.start_time, len }
+}
+
+fn pod_err<T>(id: RecordId, actual: usize) -> Error {
+    Error::PodMismatch {
+        id,
+        expected: std::mem::size_of::<T>(),
+        actual,
+        align_ok: std::mem::align_of::<T>() <= ALIGN,
+    }
+}
+
+#[cfg(test)]
+#[path = "layout_tests.rs"]
+mod tests;

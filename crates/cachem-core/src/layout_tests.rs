@@ -1,0 +1,707 @@
+//! Unit, corruption, crash-simulation and model tests of the layout engine.
+
+use super::*;
+use crate::sys::failpoint::{sim, POINTS};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+/// An 8-aligned heap image.
+struct Img(Vec<u64>);
+
+impl Img {
+    fn new(size: usize) -> Img {
+        let mut img = Img(vec![0u64; size / 8]);
+        let opts = FormatOptions { generation: 0x1234_5678_9abc_def0, ..Default::default() };
+        format(img.bytes(), &opts).unwrap();
+        img
+    }
+    fn bytes(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.0)
+    }
+    fn l(&mut self) -> Layout<'_> {
+        Layout::open(self.bytes()).unwrap()
+    }
+    fn hdr(&mut self) -> &mut Header {
+        bytemuck::from_bytes_mut(&mut self.bytes()[..HEADER_SIZE])
+    }
+    fn bptr(&mut self, slot: u32) -> &mut Bptr {
+        let size = self.bytes().len() as u64;
+        let off = bptr_offset(size, slot) as usize;
+        bytemuck::from_bytes_mut(&mut self.bytes()[off..off + BPTR_SIZE])
+    }
+}
+
+const A: OwnerId = OwnerId(7);
+const O: OwnerId = OwnerId(8);
+fn tag(pid: u32) -> ProcTag {
+    ProcTag { pid, start_time: 1000 + pid as u64 }
+}
+
+#[test]
+fn empty_region_verifies() {
+    let mut img = Img::new(4096);
+    let l = img.l();
+    let r = l.verify().unwrap();
+    assert_eq!(
+        r,
+        VerifyReport { records: 0, slots: 0, free_slots: 0, used_bytes: 0, free_bytes: 4096 - 384 }
+    );
+}
+
+#[test]
+fn format_rejects_bad_sizes() {
+    let mut v = vec![0u64; 1000];
+    let b: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+    assert!(matches!(format(&mut b[..4000], &Default::default()), Err(Error::BadSize { .. })));
+    assert!(matches!(format(&mut b[..4100], &Default::default()), Err(Error::BadSize { .. }))); // not page-sized? 4100 % 8 != 0
+    assert!(matches!(check_size(1 << 40), Err(Error::BadSize { .. })));
+    assert!(matches!(check_size(4097), Err(Error::BadSize { .. })));
+    assert!(check_size(4104).is_ok());
+    // Unaligned buffer.
+    assert!(format(&mut b[1..4097], &Default::default()).is_err());
+}
+
+#[test]
+fn insert_get_meta_and_alignment() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let a = l.insert(A, tag(10), b"hello").unwrap();
+    let z = l.insert(O, tag(11), b"").unwrap();
+    let c = l.insert(A, tag(10), &[9u8; 17]).unwrap();
+    assert_eq!(l.get(a).unwrap(), b"hello");
+    assert_eq!(l.get(z).unwrap(), b"");
+    assert_eq!(l.get(c).unwrap(), &[9u8; 17]);
+    for id in [a, z, c] {
+        assert_eq!(l.get(id).unwrap().as_ptr() as usize % 8, 0, "record data is 8-aligned");
+    }
+    let m = l.meta(a).unwrap();
+    assert_eq!((m.owner, m.pid, m.start_time, m.len), (A, 10, 1010, 5));
+    l.get_mut(a).unwrap()[0] = b'H';
+    assert_eq!(l.get(a).unwrap(), b"Hello");
+    let rep = l.verify().unwrap();
+    assert_eq!(rep.records, 3);
+    assert_eq!(rep.used_bytes, (8 + 8) + 8 + (8 + 24));
+    assert_eq!(l.status().unwrap().counters.inserts, 3);
+}
+
+#[test]
+fn full_and_too_large() {
+    let mut img = Img::new(4096);
+    let mut l = img.l();
+    let max = l.max_record_len();
+    assert_eq!(max, 4096 - 384 - 8 - 32);
+    match l.insert(A, tag(1), &vec![0; max as usize + 1]) {
+        Err(Error::TooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+        other => panic!("{other:?}"),
+    }
+    let big = l.insert(A, tag(1), &vec![1; max as usize]).unwrap();
+    match l.insert(A, tag(1), b"x") {
+        Err(Error::Full { needed, free }) => assert_eq!((needed, free), (16 + 32, 0)),
+        other => panic!("{other:?}"),
+    }
+    l.remove(big).unwrap();
+    assert_eq!(l.verify().unwrap().free_bytes, 4096 - 384);
+    // Fill with small records until full; every one is still readable.
+    let mut ids = vec![];
+    loop {
+        match l.insert(O, tag(2), &(ids.len() as u64).to_ne_bytes()) {
+            Ok(id) => ids.push(id),
+            Err(Error::Full { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ids.len(), (4096 - 384) / (16 + 32));
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(l.get_pod::<u64>(*id).unwrap(), &(i as u64));
+    }
+    l.verify().unwrap();
+}
+
+#[test]
+fn remove_compacts_and_keeps_ids_valid() {
+    let mut img = Img::new(16384);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..20u8).map(|i| l.insert(A, tag(1), &vec![i; i as usize * 3]).unwrap()).collect();
+    // Remove from the middle, the front and the back.
+    for &k in &[10usize, 0, 19, 5] {
+        l.remove(ids[k]).unwrap();
+        l.verify().unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if [10, 0, 19, 5].contains(&i) {
+            assert!(l.get(*id).is_none());
+            assert!(matches!(l.remove(*id), Err(Error::Stale(_))));
+        } else {
+            assert_eq!(l.get(*id).unwrap(), &vec![i as u8; i * 3][..]);
+        }
+    }
+    let st = l.status().unwrap();
+    assert_eq!(st.records, 16);
+    assert_eq!(st.counters.removes, 4);
+    assert!(st.counters.bytes_moved > 0);
+    // Slot 19 was the top entry: the table shrank by one.
+    assert_eq!(st.slots, 19);
+    assert_eq!(st.free_slots, 3);
+}
+
+#[test]
+fn stale_ids_never_reach_another_record() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let a = l.insert(A, tag(1), b"first").unwrap();
+    let _keep = l.insert(A, tag(1), b"keep").unwrap();
+    l.remove(a).unwrap();
+    let b = l.insert(A, tag(1), b"second").unwrap();
+    assert_eq!(a.slot(), b.slot(), "slot reused from the free list");
+    assert_ne!(a, b);
+    assert!(l.get(a).is_none());
+    assert!(matches!(l.try_get(a), Err(Error::Stale(_))));
+    assert_eq!(l.get(b).unwrap(), b"second");
+    // Out-of-range slot and the zero id.
+    assert!(l.get(RecordId::new(999, 1)).is_none());
+    assert!(l.get(RecordId::from_u64(0)).is_none());
+    // An id from another region (other generation) is stale here.
+    let mut other = Img(vec![0u64; 1024]);
+    format(other.bytes(), &FormatOptions { generation: 42, ..Default::default() }).unwrap();
+    let mut lo = other.l();
+    let x = lo.insert(A, tag(1), b"other").unwrap();
+    assert!(l.get(x).is_none());
+}
+
+#[test]
+fn table_top_shrinks_like_mod_cachem() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..4).map(|_| l.insert(A, tag(1), b"x").unwrap()).collect();
+    l.remove(ids[1]).unwrap();
+    l.remove(ids[2]).unwrap();
+    assert_eq!(l.status().unwrap().slots, 4);
+    l.remove(ids[3]).unwrap();
+    // Entries 3, 2 and 1 are unused: the table shrinks to entry 0 alone.
+    let st = l.status().unwrap();
+    assert_eq!((st.slots, st.free_slots, st.table_bytes), (1, 0, 32));
+    l.verify().unwrap();
+}
+
+#[test]
+fn seed_access_all_records_with_a_specific_id() {
+    // mod_cachem: while((index=cachem_get_id(id, index)) != INVALID) ptr = cachem_get(index);
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    for i in 0..6u8 {
+        l.insert(if i % 2 == 0 { A } else { O }, tag(1), &[i]).unwrap();
+    }
+    let mut seen = vec![];
+    let mut index = None;
+    while let Some(r) = l.next_of_owner(A, index) {
+        seen.push(l.get(r).unwrap()[0]);
+        index = Some(r);
+    }
+    assert_eq!(seen, vec![0, 2, 4]);
+    let via_iter: Vec<u8> = l.iter_owner(A).map(|(_, d)| d[0]).collect();
+    assert_eq!(via_iter, seen);
+}
+
+#[test]
+fn seed_delete_all_records_with_a_specific_id() {
+    // while((index=cachem_get_id(id, INVALID)) != INVALID) cachem_delete(index);
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    for i in 0..9u8 {
+        l.insert(if i % 3 == 0 { A } else { O }, tag(1), &[i; 12]).unwrap();
+    }
+    let mut n = 0;
+    while let Some(r) = l.next_of_owner(A, None) {
+        l.remove(r).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    assert_eq!(l.iter_owner(A).count(), 0);
+    assert_eq!(l.iter_owner(O).count(), 6);
+    l.verify().unwrap();
+}
+
+#[test]
+fn seed_delete_all_records_with_current_pid_and_specific_id() {
+    // while((index=cachem_get_pid(id, INVALID)) != INVALID) cachem_delete(index);
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    for i in 0..12u32 {
+        let owner = if i % 2 == 0 { A } else { O };
+        l.insert(owner, tag(100 + i % 3), &i.to_ne_bytes()).unwrap();
+    }
+    let me = 101;
+    while let Some(r) = l.next_of_owner_pid(A, me, None) {
+        l.remove(r).unwrap();
+    }
+    assert!(l.iter().all(|(m, _)| !(m.owner == A && m.pid == me)));
+    assert_eq!(l.iter().count(), 10);
+    // purge does the same in one pass.
+    assert_eq!(l.purge(O, 102).unwrap(), 2);
+    assert_eq!(l.iter().count(), 8);
+    l.verify().unwrap();
+}
+
+#[test]
+fn retain_removes_in_one_pass() {
+    let mut img = Img::new(65536);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..200u32).map(|i| l.insert(A, tag(i % 7), &i.to_ne_bytes()).unwrap()).collect();
+    let r = l.retain(|m, _| m.pid != 3).unwrap();
+    assert_eq!(r.records, ids.iter().enumerate().filter(|(i, _)| i % 7 == 3).count());
+    assert_eq!(r.bytes, r.records as u64 * 16);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(l.get(*id).is_some(), i % 7 != 3);
+        if i % 7 != 3 {
+            assert_eq!(l.get_pod::<u32>(*id).unwrap(), &(i as u32));
+        }
+    }
+    l.verify().unwrap();
+    assert_eq!(l.retain(|_, _| true).unwrap(), Removed::default());
+    let r = l.retain(|_, _| false).unwrap();
+    assert_eq!(r.records, 200 - ids.iter().enumerate().filter(|(i, _)| i % 7 == 3).count());
+    let v = l.verify().unwrap();
+    assert_eq!((v.records, v.slots, v.used_bytes), (0, 0, 0));
+}
+
+#[test]
+fn pod_access() {
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, PartialEq, Debug)]
+    #[repr(C)]
+    struct Score {
+        hits: u64,
+        worker: u32,
+        busy: u32,
+    }
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let id = l.insert_pod(A, tag(1), &Score { hits: 1, worker: 2, busy: 0 }).unwrap();
+    l.get_pod_mut::<Score>(id).unwrap().hits += 41;
+    assert_eq!(l.get_pod::<Score>(id).unwrap(), &Score { hits: 42, worker: 2, busy: 0 });
+    match l.get_pod::<u32>(id) {
+        Err(Error::PodMismatch { expected: 4, actual: 16, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn status_counts_owners_and_pids() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    l.insert(A, tag(1), b"abc").unwrap();
+    l.insert(A, tag(2), b"de").unwrap();
+    l.insert(OwnerId::PROCESS, tag(2), b"f").unwrap();
+    let s = l.status().unwrap();
+    assert_eq!(s.records, 3);
+    assert_eq!(
+        s.owners,
+        vec![
+            OwnerUsage { owner: OwnerId::PROCESS, records: 1, bytes: 1 },
+            OwnerUsage { owner: A, records: 2, bytes: 5 },
+        ]
+    );
+    assert_eq!(s.pids.iter().map(|p| (p.pid, p.records)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+    assert_eq!(s.used_bytes + s.free_bytes + s.table_bytes + s.header_size, s.size);
+}
+
+// ----- corruption -------------------------------------------------------
+
+/// A small populated image: 4 records (slots 0..4), slot 1 removed.
+fn populated() -> Img {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..4u8).map(|i| l.insert(A, tag(1), &[i; 20]).unwrap()).collect();
+    l.remove(ids[1]).unwrap();
+    img
+}
+
+fn expect_corrupt(img: &mut Img, field: &str) {
+    let err = match Layout::open(img.bytes()) {
+        Err(e) => e,
+        Ok(l) => l.verify().expect_err("verify must fail"),
+    };
+    assert_eq!(err.corrupt_field(), Some(field), "expected Corrupt({field}), got {err}");
+}
+
+#[test]
+fn corrupt_truncated_images() {
+    for len in [0usize, 8, 200, 384] {
+        let mut v = vec![0u64; 1024];
+        let b: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
+        format(&mut b[..4096], &Default::default()).unwrap();
+        let e = Layout::open(&mut b[..len]).map(|_| ()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{len}: {e}");
+    }
+}
+
+#[test]
+fn corrupt_wrong_magic() {
+    let mut img = populated();
+    img.hdr().magic[0] = b'X';
+    expect_corrupt(&mut img, "magic");
+}
+
+#[test]
+fn corrupt_foreign_byte_order() {
+    let mut img = populated();
+    img.hdr().endian = ENDIAN_TAG.swap_bytes();
+    let e = Layout::open(img.bytes()).map(|_| ()).unwrap_err();
+    assert!(matches!(&e, Error::ForeignAbi { what } if what.contains("byte order")), "{e}");
+}
+
+#[test]
+fn corrupt_future_version() {
+    let mut img = populated();
+    img.hdr().format_version = 2;
+    let e = Layout::open(img.bytes()).map(|_| ()).unwrap_err();
+    assert!(matches!(e, Error::Version { found: 2, supported: 1 }), "{e}");
+}
+
+#[test]
+fn corrupt_header_size_and_bptr_size() {
+    let mut img = populated();
+    img.hdr().header_size = 512;
+    expect_corrupt(&mut img, "header_size");
+    let mut img = populated();
+    img.hdr().bptr_size = 16;
+    expect_corrupt(&mut img, "bptr_size");
+}
+
+#[test]
+fn corrupt_region_size_not_matching() {
+    let mut img = populated();
+    img.hdr().region_size = 16384;
+    expect_corrupt(&mut img, "region_size");
+}
+
+#[test]
+fn corrupt_o_st() {
+    let mut img = populated();
+    img.hdr().o_st = 0;
+    expect_corrupt(&mut img, "o_st");
+}
+
+#[test]
+fn corrupt_o_fr_out_of_range_or_unaligned() {
+    for bad in [0u64, 100, 8193, 387, 1 << 40] {
+        let mut img = populated();
+        img.hdr().o_fr = bad;
+        expect_corrupt(&mut img, "o_fr");
+        // Operations refuse too.
+        let mut l = Layout::reopen(img.bytes()).unwrap();
+        assert!(l.insert(A, tag(1), b"x").is_err());
+        assert!(l.get(RecordId::new(0, 1)).is_none());
+    }
+}
+
+#[test]
+fn corrupt_o_bptop_below_o_fr() {
+    let mut img = populated();
+    let fr = img.hdr().o_fr;
+    img.hdr().o_bptop = fr - 8;
+    expect_corrupt(&mut img, "o_bptop");
+}
+
+#[test]
+fn corrupt_n_bptr_mismatch() {
+    let mut img = populated();
+    img.hdr().n_bptr = 1000;
+    expect_corrupt(&mut img, "n_bptr");
+}
+
+#[test]
+fn corrupt_free_list_cycle() {
+    let mut img = populated();
+    let mut l = img.l();
+    let a = l.next_of_owner(A, None).unwrap();
+    l.remove(a).unwrap(); // two free entries now: 1 and 0
+    let head = img.hdr().free_head;
+    let first = head - 1;
+    let second = img.bptr(first).next_free - 1;
+    img.bptr(second).next_free = head; // second -> first -> second ...
+    expect_corrupt(&mut img, "free_head");
+}
+
+#[test]
+fn corrupt_free_list_into_used_entry() {
+    let mut img = populated();
+    img.hdr().free_head = 1; // slot 0 is in use
+    expect_corrupt(&mut img, "free_head");
+    let mut l = Layout::reopen(img.bytes()).unwrap();
+    assert_eq!(l.insert(A, tag(1), b"x").unwrap_err().corrupt_field(), Some("free_head"));
+}
+
+#[test]
+fn corrupt_entry_points_into_header_or_past_end() {
+    for bad in [8u32, 200, 8192 - 8, 60000, u32::MAX - 7] {
+        let mut img = populated();
+        img.bptr(0).o_beg = bad;
+        let e = Layout::open(img.bytes()).unwrap().verify().unwrap_err();
+        assert!(matches!(e.corrupt_field(), Some("block") | Some("bptr.o_beg")), "{bad}: {e}");
+        let l = Layout::reopen(img.bytes()).unwrap();
+        let id = RecordId::new(0, l.bptr(0).gen);
+        assert!(l.try_get(id).is_err());
+    }
+}
+
+#[test]
+fn corrupt_block_length_overflow() {
+    let mut img = populated();
+    let o = img.bptr(0).o_beg as usize;
+    img.bytes()[o + 4..o + 8].copy_from_slice(&u32::MAX.to_ne_bytes());
+    expect_corrupt(&mut img, "block.len");
+    let l = Layout::reopen(img.bytes()).unwrap();
+    let id = RecordId::new(0, l.bptr(0).gen);
+    assert_eq!(l.try_get(id).unwrap_err().corrupt_field(), Some("block.len"));
+}
+
+#[test]
+fn corrupt_block_back_pointer() {
+    let mut img = populated();
+    let o = img.bptr(2).o_beg as usize;
+    img.bytes()[o..o + 4].copy_from_slice(&3u32.to_ne_bytes());
+    expect_corrupt(&mut img, "bptr.o_beg");
+}
+
+#[test]
+fn corrupt_record_count() {
+    let mut img = populated();
+    img.hdr().u_blks = 9;
+    expect_corrupt(&mut img, "u_blks");
+}
+
+#[test]
+fn corrupt_unknown_flags_and_options() {
+    let mut img = populated();
+    img.hdr().flags = 0x10;
+    expect_corrupt(&mut img, "flags");
+    let mut img = populated();
+    img.hdr().options = 0x80;
+    expect_corrupt(&mut img, "options");
+}
+
+#[test]
+fn corrupt_impossible_journal() {
+    let mut img = populated();
+    let fr = img.hdr().o_fr;
+    {
+        let h = img.hdr();
+        h.journal = Journal {
+            op: JOURNAL_COMPACT,
+            start: 384,
+            src: 300,
+            dst: 384,
+            end: fr,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        h.flags = FLAG_RECOVERY_REQUIRED;
+    }
+    assert!(matches!(img.l().verify(), Err(Error::RecoveryRequired)));
+    assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal"));
+    // A move past the end of the block section.
+    let mut img = populated();
+    let fr = img.hdr().o_fr;
+    img.hdr().journal = Journal {
+        op: JOURNAL_COMPACT,
+        start: 384,
+        src: 392,
+        dst: 384,
+        end: fr,
+        mv_src: 392,
+        mv_dst: 384,
+        mv_len: 1 << 20,
+        ..bytemuck::Zeroable::zeroed()
+    };
+    assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal.mv"));
+    // Unknown journal operation.
+    let mut img = populated();
+    img.hdr().journal.op = 9;
+    assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal.op"));
+}
+
+#[test]
+fn corrupt_top_entry_unused() {
+    let mut img = populated();
+    let top = img.hdr().n_bptr - 1;
+    let l = img.l();
+    let id = RecordId::new(top, l.bptr(top).gen);
+    assert!(l.get(id).is_some());
+    // Make the top entry look unused without fixing the table.
+    let o = img.bptr(top).o_beg;
+    img.bptr(top).o_beg = 0;
+    let e = img.l().verify().unwrap_err();
+    assert!(e.corrupt_field().is_some(), "{e}");
+    img.bptr(top).o_beg = o;
+    img.l().verify().unwrap();
+}
+
+// ----- crash simulation ---------------------------------------------------
+
+fn snapshot(l: &Layout<'_>) -> Vec<(RecordId, Vec<u8>)> {
+    let mut v: Vec<_> = l.iter().map(|(m, d)| (m.id, d.to_vec())).collect();
+    v.sort();
+    v
+}
+
+/// Runs `op` with a simulated crash at the `nth` hit of `point`, recovers,
+/// and checks the result is exactly `before` or exactly `after`.
+type CrashOp = dyn Fn(&mut Layout<'_>) -> Result<()>;
+
+fn crash_case(point: &'static str, nth: u32, op: &CrashOp) -> Option<bool> {
+    let mut img = Img::new(65536);
+    let mut l = img.l();
+    for i in 0..40u32 {
+        l.insert(if i % 2 == 0 { A } else { O }, tag(i % 5), &vec![i as u8; (i as usize * 7) % 90]).unwrap();
+    }
+    for i in (0..40).step_by(6) {
+        let id = l.next_of_owner(A, Some(RecordId::new(i, 0))).unwrap();
+        l.remove(id).unwrap();
+    }
+    let before = snapshot(&l);
+    // The same op on a copy, uninterrupted, gives "after".
+    let mut copy = Img(img.0.clone());
+    let mut lc = copy.l();
+    op(&mut lc).unwrap();
+    let after = snapshot(&lc);
+    let mut l = img.l();
+    sim::arm(point, nth);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut l)));
+    let missed = sim::disarm();
+    if missed {
+        res.unwrap().unwrap();
+        return None;
+    }
+    assert!(res.is_err(), "the simulated crash happened");
+    let mut l = img.l();
+    l.recover().unwrap_or_else(|e| panic!("{point}#{nth}: recovery failed: {e}"));
+    l.verify().unwrap();
+    let got = snapshot(&l);
+    assert!(got == before || got == after, "{point}#{nth}: state is neither before nor after");
+    // The region stays usable.
+    let x = l.insert(A, tag(9), b"after recovery").unwrap();
+    l.remove(x).unwrap();
+    l.verify().unwrap();
+    Some(got == after)
+}
+
+#[test]
+fn every_fault_point_recovers_to_before_or_after() {
+    let ops: Vec<(&str, Box<CrashOp>)> = vec![
+        ("insert", Box::new(|l: &mut Layout<'_>| l.insert(A, tag(3), &[0xAB; 50]).map(|_| ()))),
+        ("remove-front", Box::new(|l: &mut Layout<'_>| l.remove(l.next_of_owner(O, None).unwrap()))),
+        (
+            "remove-mid",
+            Box::new(|l: &mut Layout<'_>| {
+                let id = l.iter().nth(15).unwrap().0.id;
+                l.remove(id)
+            }),
+        ),
+        ("purge", Box::new(|l: &mut Layout<'_>| l.purge(O, 1).map(|_| ()))),
+        ("retain", Box::new(|l: &mut Layout<'_>| l.retain(|m, _| m.len % 3 != 0).map(|_| ()))),
+    ];
+    let mut hits = 0;
+    for (name, op) in &ops {
+        for point in POINTS {
+            for nth in 1..=3 {
+                if let Some(done) = crash_case(point, nth, op.as_ref()) {
+                    hits += 1;
+                    // A crash before the journal/publish rolls back; after, it completes.
+                    if point.starts_with("compact") {
+                        assert!(done, "{name} at {point}: a started compaction completes");
+                    }
+                }
+            }
+        }
+    }
+    assert!(hits >= 25, "only {hits} fault-point cases were reached");
+}
+
+// ----- model test ---------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert { owner: u32, pid: u32, len: usize, byte: u8 },
+    Remove(usize),
+    GetMut(usize, u8),
+    Purge { owner: u32, pid: u32 },
+    RetainLen(usize),
+    Stale(usize),
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..4u32, 1..4u32, 0..120usize, any::<u8>()).prop_map(|(owner, pid, len, byte)| Op::Insert { owner, pid, len, byte }),
+        3 => any::<usize>().prop_map(Op::Remove),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Op::GetMut(i, b)),
+        1 => (0..4u32, 1..4u32).prop_map(|(owner, pid)| Op::Purge { owner, pid }),
+        1 => (0..120usize).prop_map(Op::RetainLen),
+        1 => any::<usize>().prop_map(Op::Stale),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model(ops in proptest::collection::vec(op_strategy(), 1..120)) {
+        let mut img = Img::new(8192);
+        let mut l = img.l();
+        let mut model: HashMap<RecordId, (u32, u32, Vec<u8>)> = HashMap::new();
+        let mut dead: Vec<RecordId> = vec![];
+        let pick = |m: &HashMap<RecordId, (u32, u32, Vec<u8>)>, i: usize| {
+            let mut k: Vec<_> = m.keys().copied().collect();
+            k.sort();
+            (!k.is_empty()).then(|| k[i % k.len()])
+        };
+        for op in ops {
+            match op {
+                Op::Insert { owner, pid, len, byte } => {
+                    let data = vec![byte; len];
+                    let free = l.free_bytes().unwrap();
+                    match l.insert(OwnerId(owner), ProcTag { pid, start_time: 0 }, &data) {
+                        Ok(id) => { prop_assert!(model.insert(id, (owner, pid, data)).is_none()); }
+                        Err(Error::Full { needed, free: f }) => {
+                            prop_assert_eq!(f, free);
+                            prop_assert!(needed > free);
+                        }
+                        Err(e) => prop_assert!(false, "{}", e),
+                    }
+                }
+                Op::Remove(i) => if let Some(id) = pick(&model, i) {
+                    l.remove(id).unwrap();
+                    model.remove(&id);
+                    dead.push(id);
+                },
+                Op::GetMut(i, b) => if let Some(id) = pick(&model, i) {
+                    let m = model.get_mut(&id).unwrap();
+                    if let Some(x) = l.get_mut(id).unwrap().first_mut() { *x = b; m.2[0] = b; }
+                },
+                Op::Purge { owner, pid } => {
+                    let n = l.purge(OwnerId(owner), pid).unwrap();
+                    let before = model.len();
+                    model.retain(|id, (o, p, _)| { let k = !(*o == owner && *p == pid); if !k { dead.push(*id) }; k });
+                    prop_assert_eq!(n, before - model.len());
+                }
+                Op::RetainLen(n) => {
+                    let r = l.retain(|m, _| m.len as usize != n).unwrap();
+                    let before = model.len();
+                    model.retain(|id, (_, _, d)| { let k = d.len() != n; if !k { dead.push(*id) }; k });
+                    prop_assert_eq!(r.records, before - model.len());
+                }
+                Op::Stale(i) => if !dead.is_empty() {
+                    let id = dead[i % dead.len()];
+                    prop_assert!(l.get(id).is_none());
+                    prop_assert!(matches!(l.remove(id), Err(Error::Stale(_))));
+                },
+            }
+            let rep = l.verify().unwrap();
+            prop_assert_eq!(rep.records as usize, model.len());
+            for (id, (owner, pid, data)) in &model {
+                prop_assert_eq!(l.get(*id).unwrap(), &data[..]);
+                let m = l.meta(*id).unwrap();
+                prop_assert_eq!((m.owner.0, m.pid), (*owner, *pid));
+            }
+            prop_assert_eq!(l.iter().count(), model.len());
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Everything that talks to the operating system. All of cachem-core's
+//! `unsafe` lives below this module; the layout engine above it has none.
+
+pub mod failpoint;
