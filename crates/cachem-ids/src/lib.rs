@@ -1,2 +1,716 @@
-//! Owner-id registry for cachem (placeholder until the registry issue lands).
+//! Owner ids for cachem regions: a sled-backed name registry under the
+//! global lockfile.
+//!
+//! mod_cachem's `cachem_id(name)` gives every process the same id for the
+//! same module name, and `cachem_id(NULL)` a fresh unique id. This crate
+//! does the same with an [`IdRegistry`]:
+//!
+//! - [`IdRegistry::id`] maps a name to an [`OwnerId`]; every process that
+//!   opens the same store with the same region generation gets the same id
+//!   for the same name.
+//! - [`IdRegistry::unique_id`] hands out an id never handed out before
+//!   (for this region generation).
+//! - Ids are dense, starting at 1; [`OwnerId::PROCESS`] (0) is never handed
+//!   out.
+//!
+//! # What this crate owns, and what it must not touch
+//!
+//! It owns the sled database in the store directory (nothing else may open
+//! it) and takes the global lockfile for the duration of each call. It never
+//! reads or writes the region itself: the caller passes the region's
+//! generation to [`IdRegistry::open`].
+//!
+//! # One lock + sled cycle per call
+//!
+//! sled cannot be opened by two processes at once, so every call that needs
+//! the store takes the global lockfile exclusively (`flock`, through fs2),
+//! opens sled, does its work, flushes, drops sled and releases the lock. A
+//! cycle costs a few milliseconds; the registry memoises name -> id in the
+//! process, so a repeated [`IdRegistry::id`] costs nanoseconds, and
+//! [`IdRegistry::ids`] resolves many names in one cycle.
+//!
+//! Because the lockfile is taken by every call, do not call the registry
+//! while the same process already holds the global lockfile through another
+//! file handle: `flock` locks of two handles exclude each other even within
+//! one process, so the call would wait forever.
+//!
+//! # Lifetime: region generations
+//!
+//! Ids live as long as the region they belong to. The store keeps one table
+//! per region generation (the value from the region header, which must
+//! differ for each incarnation of a region). A generation the store has not
+//! seen before starts from an empty table, ids from 1 again. The tables of
+//! the few most recent generations are kept, so a process still attached to
+//! a replaced region keeps getting its own, consistent ids instead of
+//! wiping the new region's; older tables are dropped.
+//!
+//! # Example
+//!
+//! ```
+//! use cachem_ids::{IdRegistry, OwnerId};
+//!
+//! # fn main() -> Result<(), cachem_ids::Error> {
+//! let dir = tempfile::tempdir().expect("tempdir");
+//! let generation = 42; // from the region header
+//! let reg = IdRegistry::open(dir.path().join("ids"), dir.path().join("lock"), generation)?;
+//!
+//! let status = reg.id("mod_status")?;
+//! assert_eq!(status, OwnerId(1));
+//! assert_eq!(reg.id("mod_status")?, status); // memoised: no lock, no sled
+//! assert_eq!(reg.lookup("mod_status")?, Some(status));
+//! assert_eq!(reg.lookup("never_asked")?, None);
+//!
+//! let fresh = reg.unique_id()?;
+//! assert_eq!(fresh, OwnerId(2));
+//!
+//! let both = reg.ids(&["mod_status", "mod_proxy"])?;
+//! assert_eq!(both, vec![status, OwnerId(3)]);
+//! assert_eq!(reg.name_of(OwnerId(3))?.as_deref(), Some("mod_proxy"));
+//! assert_eq!(
+//!     reg.names()?,
+//!     vec![("mod_status".to_string(), OwnerId(1)), ("mod_proxy".to_string(), OwnerId(3))]
+//! );
+//!
+//! // Bad input is an error, never a panic.
+//! assert!(matches!(reg.id(""), Err(cachem_ids::Error::InvalidName { .. })));
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+pub use cachem_core::OwnerId;
+
+/// The longest name the registry accepts, in bytes.
+pub const MAX_NAME_LEN: usize = 4096;
+
+/// How many region generations keep their id tables in the store.
+pub const KEPT_GENERATIONS: usize = 4;
+
+/// Marks a sled database as a cachem-ids store, and its layout version.
+const FORMAT: &[u8] = b"cachem-ids 1";
+/// Default-tree key holding [`FORMAT`].
+const KEY_FORMAT: &[u8] = b"format";
+/// Default-tree key holding the known generations, oldest first, each a
+/// big-endian u64.
+const KEY_GENERATIONS: &[u8] = b"generations";
+/// Prefix of the per-generation tree names; the generation follows in hex.
+const TREE_PREFIX: &str = "gen-";
+
+/// Per-generation tree: key of the next id to hand out (big-endian u64, so
+/// "all of u32 used" is representable). Absent means 1.
+const KEY_NEXT: &[u8] = b"c";
+/// Per-generation tree: `n` + name -> big-endian u32 id.
+const PREFIX_NAME: u8 = b'n';
+/// Per-generation tree: `i` + big-endian u32 id -> name.
+const PREFIX_ID: u8 = b'i';
+
+/// How long to retry `sled::open` while sled's own file lock is still held
+/// (see [`open_sled`]).
+const SLED_LOCK_RETRY: Duration = Duration::from_secs(5);
+
+/// Everything that can go wrong in the registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The name cannot be registered.
+    #[error("invalid owner name: {reason}; use a non-empty name of at most 4096 bytes without NUL")]
+    InvalidName {
+        /// What is wrong with the name.
+        reason: String,
+    },
+    /// The global lockfile could not be opened, created or locked.
+    #[error(
+        "cannot take the id registry lockfile {}: {source}; check that its directory exists \
+         and that this user may create and open the file",
+        path.display()
+    )]
+    Lock {
+        /// The lockfile.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The store directory could not be opened, is not a cachem-ids store,
+    /// or is corrupt.
+    #[error(
+        "id registry store {}: {reason}; if no process is using it, remove it and \
+         it is re-created empty (ids are re-assigned)",
+        path.display()
+    )]
+    Store {
+        /// The store directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Every u32 owner id of this region generation has been handed out.
+    #[error(
+        "all 4294967295 owner ids of this region generation are used up; re-create the region \
+         to start again from 1"
+    )]
+    Exhausted,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The name registry of one region generation. See the [crate docs](crate).
+///
+/// Methods take `&self`; the registry is `Send + Sync` and can be shared
+/// between threads.
+#[derive(Debug)]
+pub struct IdRegistry {
+    store_dir: PathBuf,
+    lock_path: PathBuf,
+    generation: u64,
+    /// name -> id, for names this process has resolved. Ids never change
+    /// while the generation's table exists, so entries never go stale; the
+    /// memo is cleared when the table is found missing (dropped after
+    /// [`KEPT_GENERATIONS`] newer generations came).
+    memo: Mutex<HashMap<String, OwnerId>>,
+}
+
+impl IdRegistry {
+    /// Opens (creating if needed) the registry in `store_dir`, serialised by
+    /// the global lockfile `lock_file`, for the region incarnation
+    /// `generation` (the value from the region header).
+    ///
+    /// Runs one lock + sled cycle, so a bad lockfile or store is reported
+    /// here. If `generation` was not seen before, its id table starts empty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lock`] if the lockfile cannot be created or locked,
+    /// [`Error::Store`] if the store directory cannot be created or is not
+    /// a cachem-ids store, or is corrupt.
+    pub fn open(
+        store_dir: impl AsRef<Path>,
+        lock_file: impl AsRef<Path>,
+        generation: u64,
+    ) -> Result<IdRegistry> {
+        let reg = IdRegistry {
+            store_dir: store_dir.as_ref().to_path_buf(),
+            lock_path: lock_file.as_ref().to_path_buf(),
+            generation,
+            memo: Mutex::new(HashMap::new()),
+        };
+        reg.cycle(|_| Ok(()))?;
+        Ok(reg)
+    }
+
+    /// The region generation this registry serves.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// The global lockfile.
+    pub fn lock_file(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// The id of `name`, registering it if needed: the same name gives the
+    /// same id in every process (`cachem_id(name)`).
+    ///
+    /// A name this process resolved before is answered from memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for an empty name, one over
+    /// [`MAX_NAME_LEN`] bytes or one containing NUL; [`Error::Exhausted`]
+    /// when no id is left; [`Error::Lock`] / [`Error::Store`] as for
+    /// [`open`](Self::open).
+    pub fn id(&self, name: &str) -> Result<OwnerId> {
+        if let Some(id) = self.memo().get(name) {
+            return Ok(*id);
+        }
+        validate_name(name)?;
+        let id = self.cycle(|s| s.id_of(name))?;
+        self.memo().insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The ids of `names`, in order, registering those not yet known, all in
+    /// at most one lock + sled cycle.
+    ///
+    /// # Errors
+    ///
+    /// As for [`id`](Self::id); if any name is invalid, nothing is
+    /// registered.
+    pub fn ids(&self, names: &[&str]) -> Result<Vec<OwnerId>> {
+        {
+            let memo = self.memo();
+            let hits: Vec<OwnerId> = names.iter().map_while(|n| memo.get(*n).copied()).collect();
+            if hits.len() == names.len() {
+                return Ok(hits);
+            }
+        }
+        for name in names {
+            validate_name(name)?;
+        }
+        // One cycle resolves every name, memoised or not, so the answer
+        // comes from a single view of the store.
+        let found = self.cycle(|s| s.ids_of(names))?;
+        let mut memo = self.memo();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let id = found.get(*name).copied().ok_or_else(|| Error::Store {
+                path: self.store_dir.clone(),
+                reason: format!("name {name:?} was not resolved (internal error)"),
+            })?;
+            memo.insert((*name).to_owned(), id);
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// A fresh id, never handed out before for this region generation
+    /// (`cachem_id(NULL)`). It has no name.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Exhausted`] when no id is left; [`Error::Lock`] /
+    /// [`Error::Store`] as for [`open`](Self::open).
+    pub fn unique_id(&self) -> Result<OwnerId> {
+        self.cycle(|s| {
+            let (id, next) = allocate(s.next()?)?;
+            s.tree.insert(KEY_NEXT, &next.to_be_bytes()).map_err(|e| s.err(e))?;
+            Ok(id)
+        })
+    }
+
+    /// The id of `name` if it is registered; never registers it.
+    ///
+    /// # Errors
+    ///
+    /// As for [`id`](Self::id), except [`Error::Exhausted`].
+    pub fn lookup(&self, name: &str) -> Result<Option<OwnerId>> {
+        if let Some(id) = self.memo().get(name) {
+            return Ok(Some(*id));
+        }
+        validate_name(name)?;
+        let found = self.cycle(|s| s.get_name(name))?;
+        if let Some(id) = found {
+            self.memo().insert(name.to_owned(), id);
+        }
+        Ok(found)
+    }
+
+    /// The name registered for `id`, if any. Ids from
+    /// [`unique_id`](Self::unique_id) and [`OwnerId::PROCESS`] have none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lock`] / [`Error::Store`] as for [`open`](Self::open).
+    pub fn name_of(&self, id: OwnerId) -> Result<Option<String>> {
+        if id.is_process() {
+            return Ok(None);
+        }
+        if let Some((name, _)) = self.memo().iter().find(|(_, v)| **v == id) {
+            return Ok(Some(name.clone()));
+        }
+        self.cycle(|s| {
+            let key = id_key(id);
+            match s.tree.get(key).map_err(|e| s.err(e))? {
+                None => Ok(None),
+                Some(v) => String::from_utf8(v.to_vec())
+                    .map(Some)
+                    .map_err(|_| s.corrupt(format!("the name of id {id} is not UTF-8"))),
+            }
+        })
+    }
+
+    /// Every registered name with its id, ordered by id (for status output).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lock`] / [`Error::Store`] as for [`open`](Self::open).
+    pub fn names(&self) -> Result<Vec<(String, OwnerId)>> {
+        let mut all = self.cycle(|s| {
+            let mut all = Vec::new();
+            for entry in s.tree.scan_prefix([PREFIX_NAME]) {
+                let (k, v) = entry.map_err(|e| s.err(e))?;
+                let name = std::str::from_utf8(&k[1..])
+                    .map_err(|_| s.corrupt("a registered name is not UTF-8".into()))?;
+                all.push((name.to_owned(), s.decode_id(name, &v)?));
+            }
+            Ok(all)
+        })?;
+        all.sort_by_key(|(_, id)| *id);
+        Ok(all)
+    }
+
+    /// Runs `f` inside a lock + sled cycle, with the global lockfile held and
+    /// sled open, then flushes and releases as usual. Only for crash tests
+    /// (a process killed here must not harm the registry).
+    #[doc(hidden)]
+    pub fn hold_open_for_test<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.cycle(|s| {
+            // Leave an unflushed write behind, like an interrupted call.
+            s.tree.insert(b"x-test", b"pending".as_slice()).map_err(|e| s.err(e))?;
+            Ok(f())
+        })
+    }
+
+    fn memo(&self) -> MutexGuard<'_, HashMap<String, OwnerId>> {
+        // The memo is only a cache of immutable facts; a panic while it was
+        // held cannot leave a wrong entry behind, so poisoning is ignored.
+        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One cycle: lock, open sled, check format and generation, run `f`,
+    /// flush, drop sled, unlock.
+    fn cycle<T>(&self, f: impl FnOnce(&Session<'_>) -> Result<T>) -> Result<T> {
+        let lock = LockGuard::acquire(&self.lock_path)?;
+        let db = open_sled(&self.store_dir)?;
+        let session = Session::start(&db, &self.store_dir, self.generation)?;
+        if session.fresh_generation {
+            // The table of our generation was (re)created empty: whatever
+            // this process memoised no longer holds.
+            self.memo().clear();
+        }
+        let out = f(&session)?;
+        db.flush().map_err(|e| session.err(e))?;
+        drop(session);
+        drop(db);
+        drop(lock);
+        Ok(out)
+    }
+}
+
+/// The global lockfile, held exclusively until dropped.
+struct LockGuard {
+    file: File,
+}
+
+impl LockGuard {
+    fn acquire(path: &Path) -> Result<LockGuard> {
+        let lock_err = |source| Error::Lock { path: path.to_path_buf(), source };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(lock_err)?;
+        // std has inherent File::lock methods now; call fs2 explicitly.
+        fs2::FileExt::lock_exclusive(&file).map_err(lock_err)?;
+        Ok(LockGuard { file })
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Closing the file releases the flock anyway; unlock first so the
+        // next process does not wait for the close.
+        let _ = fs2::FileExt::unlock(&self.file);
+    }
+}
+
+/// Opens the sled database in `dir`.
+///
+/// sled takes its own `flock` on `<dir>/db` and fails at once if it is
+/// held. Under the global lockfile that can only be a sled instance of this
+/// process that was dropped but whose file is still being closed by one of
+/// sled's threads, so "could not acquire lock" is retried for a while.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    let deadline = Instant::now() + SLED_LOCK_RETRY;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        // No periodic flusher thread (sled's `flush_every_ms` is a
+        // doc-hidden builder of 0.34): each cycle flushes explicitly before
+        // dropping the Db.
+        let config = sled::Config::new().path(dir).cache_capacity(4 << 20).flush_every_ms(None);
+        // sled answers most damage with an error, but some corrupt files
+        // make it panic inside `open`. As a last resort the panic is caught
+        // here and reported as Error::Store; nothing of sled's state
+        // survives the unwind (the half-built Db is dropped).
+        let opened = catch_unwind(AssertUnwindSafe(|| config.open()));
+        let err = match opened {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                return Err(Error::Store {
+                    path: dir.to_path_buf(),
+                    reason: format!("sled panicked while opening it (corrupt?): {what}"),
+                });
+            }
+        };
+        let busy = matches!(&err, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"));
+        if !busy || Instant::now() >= deadline {
+            return Err(Error::Store {
+                path: dir.to_path_buf(),
+                reason: format!("cannot open it as a sled database: {err}"),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// The open store of one cycle, positioned on this generation's tree.
+struct Session<'a> {
+    path: &'a Path,
+    tree: sled::Tree,
+    /// The generation's table did not exist and was created empty.
+    fresh_generation: bool,
+}
+
+impl<'a> Session<'a> {
+    fn start(db: &sled::Db, path: &'a Path, generation: u64) -> Result<Session<'a>> {
+        let err = |e: sled::Error| store_err(path, e);
+        let corrupt = |reason: String| Error::Store { path: path.to_path_buf(), reason };
+
+        // Is this our store?
+        match db.get(KEY_FORMAT).map_err(err)? {
+            Some(v) if v == FORMAT => {}
+            Some(v) => {
+                return Err(corrupt(format!(
+                    "not a store of this version (format {:?}, expected {:?})",
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(FORMAT)
+                )))
+            }
+            None => {
+                let foreign = !db.is_empty() || db.tree_names().len() > 1;
+                if foreign {
+                    return Err(corrupt(
+                        "a sled database that is not a cachem-ids store (no format key)".into(),
+                    ));
+                }
+                db.insert(KEY_FORMAT, FORMAT).map_err(err)?;
+            }
+        }
+
+        // Which generations have tables?
+        let mut gens: Vec<u64> = match db.get(KEY_GENERATIONS).map_err(err)? {
+            None => Vec::new(),
+            Some(v) if v.len() % 8 == 0 => v
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(c);
+                    u64::from_be_bytes(b)
+                })
+                .collect(),
+            Some(v) => {
+                return Err(corrupt(format!(
+                    "the generation list has {} bytes, not a multiple of 8",
+                    v.len()
+                )))
+            }
+        };
+        let name = tree_name(generation);
+        let fresh_generation = !gens.contains(&generation);
+        if gens.last() != Some(&generation) {
+            // Most recently used last. A generation seen before is only
+            // moved; a new one starts with an empty table.
+            gens.retain(|g| *g != generation);
+            gens.push(generation);
+            let evicted = gens.len().saturating_sub(KEPT_GENERATIONS);
+            gens.drain(..evicted);
+            let list: Vec<u8> = gens.iter().flat_map(|g| g.to_be_bytes()).collect();
+            db.insert(KEY_GENERATIONS, list).map_err(err)?;
+        }
+        if fresh_generation {
+            // Drop every table not in the list: the evicted ones, leftovers
+            // of a process killed between the two steps, and a stale table
+            // of our own generation.
+            let keep: Vec<String> =
+                gens.iter().filter(|g| **g != generation).map(|g| tree_name(*g)).collect();
+            for t in db.tree_names() {
+                let is_ours = t.starts_with(TREE_PREFIX.as_bytes());
+                if is_ours && !keep.iter().any(|k| k.as_bytes() == &*t) {
+                    db.drop_tree(&t).map_err(err)?;
+                }
+            }
+        }
+        let tree = db.open_tree(name).map_err(err)?;
+        Ok(Session { path, tree, fresh_generation })
+    }
+
+    fn err(&self, e: sled::Error) -> Error {
+        store_err(self.path, e)
+    }
+
+    fn corrupt(&self, reason: String) -> Error {
+        Error::Store { path: self.path.to_path_buf(), reason: format!("corrupt: {reason}") }
+    }
+
+    /// The next id to hand out (u64, so that 2^32 means "none left").
+    fn next(&self) -> Result<u64> {
+        match self.tree.get(KEY_NEXT).map_err(|e| self.err(e))? {
+            None => Ok(1),
+            Some(v) => match <[u8; 8]>::try_from(&*v) {
+                Ok(b) if u64::from_be_bytes(b) >= 1 => Ok(u64::from_be_bytes(b)),
+                _ => Err(self.corrupt(format!("the id counter is {:?}", &*v))),
+            },
+        }
+    }
+
+    fn decode_id(&self, name: &str, v: &[u8]) -> Result<OwnerId> {
+        match <[u8; 4]>::try_from(v) {
+            Ok(b) if u32::from_be_bytes(b) != 0 => Ok(OwnerId(u32::from_be_bytes(b))),
+            _ => Err(self.corrupt(format!("the id of {name:?} is {v:?}"))),
+        }
+    }
+
+    fn get_name(&self, name: &str) -> Result<Option<OwnerId>> {
+        match self.tree.get(name_key(name)).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => self.decode_id(name, &v).map(Some),
+        }
+    }
+
+    fn id_of(&self, name: &str) -> Result<OwnerId> {
+        let found = self.ids_of(&[name])?;
+        found.get(name).copied().ok_or_else(|| self.corrupt(format!("name {name:?} was not resolved")))
+    }
+
+    /// Resolves `names` (valid, possibly repeated), registering the unknown
+    /// ones in one atomic batch.
+    fn ids_of<'n>(&self, names: &[&'n str]) -> Result<HashMap<&'n str, OwnerId>> {
+        let mut found = HashMap::with_capacity(names.len());
+        let mut batch = sled::Batch::default();
+        let mut next = None;
+        for name in names {
+            if found.contains_key(name) {
+                continue;
+            }
+            let id = match self.get_name(name)? {
+                Some(id) => id,
+                None => {
+                    let (id, after) = allocate(match next {
+                        Some(n) => n,
+                        None => self.next()?,
+                    })?;
+                    next = Some(after);
+                    batch.insert(name_key(name), &id.get().to_be_bytes());
+                    batch.insert(&id_key(id)[..], name.as_bytes());
+                    id
+                }
+            };
+            found.insert(*name, id);
+        }
+        if let Some(n) = next {
+            // Counter and names in one batch: sled applies it atomically,
+            // so a crash never leaves a name without its counter bump.
+            batch.insert(KEY_NEXT, &n.to_be_bytes());
+            self.tree.apply_batch(batch).map_err(|e| self.err(e))?;
+        }
+        Ok(found)
+    }
+}
+
+fn store_err(path: &Path, e: sled::Error) -> Error {
+    Error::Store { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Hands out `next` and returns the counter value after it.
+fn allocate(next: u64) -> Result<(OwnerId, u64)> {
+    match u32::try_from(next) {
+        Ok(id) if id != 0 => Ok((OwnerId(id), next + 1)),
+        _ => Err(Error::Exhausted),
+    }
+}
+
+fn tree_name(generation: u64) -> String {
+    format!("{TREE_PREFIX}{generation:016x}")
+}
+
+fn name_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(PREFIX_NAME);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn id_key(id: OwnerId) -> [u8; 5] {
+    let b = id.get().to_be_bytes();
+    [PREFIX_ID, b[0], b[1], b[2], b[3]]
+}
+
+/// Checks a name before it is registered or looked up.
+fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "the name is empty".to_owned()
+    } else if name.len() > MAX_NAME_LEN {
+        format!("the name is {} bytes long, more than the limit of {MAX_NAME_LEN}", name.len())
+    } else if let Some(at) = name.bytes().position(|b| b == 0) {
+        format!("the name contains a NUL byte at offset {at}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName { reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("mod_status").is_ok());
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
+        for (bad, why) in [
+            (String::new(), "empty"),
+            ("x".repeat(MAX_NAME_LEN + 1), "4097 bytes"),
+            ("a\0b".to_owned(), "NUL byte at offset 1"),
+        ] {
+            match validate_name(&bad) {
+                Err(Error::InvalidName { reason }) => {
+                    assert!(reason.contains(why), "{reason:?} lacks {why:?}")
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn allocation_is_dense_and_stops_at_u32_max() {
+        assert_eq!(allocate(1).ok(), Some((OwnerId(1), 2)));
+        assert_eq!(allocate(u64::from(u32::MAX)).ok(), Some((OwnerId(u32::MAX), 1 << 32)));
+        assert!(matches!(allocate(1 << 32), Err(Error::Exhausted)));
+        assert!(matches!(allocate(0), Err(Error::Exhausted)));
+    }
+
+    #[test]
+    fn exhausted_counter_is_an_error_not_a_wrap() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Lock { path: "tempdir".into(), source: e })?;
+        let reg = IdRegistry::open(dir.path().join("s"), dir.path().join("l"), 7)?;
+        reg.cycle(|s| {
+            s.tree.insert(KEY_NEXT, &u64::from(u32::MAX).to_be_bytes()).map_err(|e| s.err(e))?;
+            Ok(())
+        })?;
+        assert_eq!(reg.unique_id()?, OwnerId(u32::MAX));
+        assert!(matches!(reg.unique_id(), Err(Error::Exhausted)));
+        assert!(matches!(reg.id("late"), Err(Error::Exhausted)));
+        assert_eq!(reg.lookup("late")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn keys_encode_as_documented() {
+        assert_eq!(name_key("ab"), b"nab".to_vec());
+        assert_eq!(id_key(OwnerId(0x01020304)), *b"i\x01\x02\x03\x04");
+        assert_eq!(tree_name(0xabc), "gen-0000000000000abc");
+    }
+}
