@@ -24,10 +24,12 @@ clippy:
 
 unit:
 	$(CARGO) test --workspace
+	$(CARGO) test --release --features failpoints --test crash
 
 ## Benchmarks (criterion); figures go to docs/benchmarks.md by hand.
 bench:
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
+	$(CARGO) bench -p cachem-core --bench region -- --noplot
 	$(CARGO) bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5 --noplot
 
 ## Long crash soak: KILLS random SIGKILLs of stress workers.

@@ -121,7 +121,11 @@ pub fn check_immutable(buf: &[u8]) -> Result<()> {
             format!("image of {} bytes is smaller than the {HEADER_SIZE}-byte header", buf.len()),
         ));
     }
-    let h: &Header = bytemuck::from_bytes(&buf[..HEADER_SIZE]);
+    check_header(bytemuck::from_bytes(&buf[..HEADER_SIZE]), buf.len() as u64)
+}
+
+/// Validates the immutable fields of header `h` of an image of `len` bytes.
+pub fn check_header(h: &Header, len: u64) -> Result<()> {
     if h.magic != MAGIC {
         return Err(Error::corrupt("magic", format!("{:02x?} is not a cachem region", h.magic)));
     }
@@ -142,10 +146,10 @@ pub fn check_immutable(buf: &[u8]) -> Result<()> {
     if h.bptr_size as usize != BPTR_SIZE {
         return Err(Error::corrupt("bptr_size", format!("{} (expected {BPTR_SIZE})", h.bptr_size)));
     }
-    if h.region_size != buf.len() as u64 {
+    if h.region_size != len {
         return Err(Error::corrupt(
             "region_size",
-            format!("header says {} bytes, the image has {}", h.region_size, buf.len()),
+            format!("header says {} bytes, the image has {len}", h.region_size),
         ));
     }
     if let Err(e) = check_size(h.region_size) {
@@ -827,7 +831,7 @@ impl<'a> Layout<'a> {
             self.bptr_mut(b.slot).o_beg = p as u32;
             p += b.size;
             k += 1;
-            if k == 2 {
+            if k == 1 {
                 fence();
                 hit("compact.mid_fixup");
             }

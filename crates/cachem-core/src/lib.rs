@@ -10,6 +10,7 @@ mod error;
 pub mod format;
 mod ids;
 pub mod layout;
+pub mod region;
 pub mod sys;
 
 pub use bytemuck;
@@ -18,3 +19,4 @@ pub use ids::{OwnerId, ParseRecordIdError, RecordId, RecordMeta};
 pub use layout::{
     FormatOptions, Layout, OwnerUsage, PidUsage, ProcTag, RecoveryReport, Removed, Status, VerifyReport,
 };
+pub use region::{Guard, OpenReport, Region, RegionOptions};

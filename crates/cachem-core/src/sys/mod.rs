@@ -2,3 +2,6 @@
 //! `unsafe` lives below this module; the layout engine above it has none.
 
 pub mod failpoint;
+pub mod map;
+pub mod mutex;
+pub mod process;

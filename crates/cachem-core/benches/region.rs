@@ -1,0 +1,178 @@
+//! Locked operations on a mapped region (/dev/shm), next to a bare
+//! lock+unlock of the same kind of mutex, plus two processes contending.
+//! Run with `make bench`; figures go to docs/benchmarks.md.
+
+use cachem_core::sys::{map::Mapping, mutex};
+use cachem_core::{OwnerId, RecordId, Region, RegionOptions};
+use criterion::{Criterion, Throughput};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const OWNER: OwnerId = OwnerId(1);
+const REC: [u8; 64] = [0x5a; 64];
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn bench_dir() -> std::path::PathBuf {
+    let d = std::path::PathBuf::from(format!("/dev/shm/cachem-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn open(dir: &std::path::Path, name: &str, size: u64) -> Region {
+    Region::open(name, &RegionOptions { size: Some(size), dir: Some(dir.into()), ..Default::default() })
+        .unwrap()
+}
+
+fn locked(c: &mut Criterion, dir: &std::path::Path) {
+    let mut g = c.benchmark_group("region");
+    g.throughput(Throughput::Elements(1));
+
+    // The floor: a bare process-shared robust mutex, lock + unlock.
+    let map = Mapping::anonymous(4096).unwrap();
+    let m = map.as_ptr().cast::<libc::pthread_mutex_t>();
+    // SAFETY: fresh anonymous memory, page-aligned, used by nobody else.
+    unsafe { mutex::init(m) }.unwrap();
+    g.bench_function("bare_mutex_lock_unlock", |b| {
+        b.iter(|| {
+            // SAFETY: m is an initialised mutex in a live mapping; this thread
+            // unlocks what it locked.
+            unsafe {
+                mutex::lock(black_box(m)).unwrap();
+                mutex::unlock(m).unwrap();
+            }
+        })
+    });
+
+    let r = open(dir, "get", 4 << 20);
+    let ids: Vec<RecordId> = {
+        let mut l = r.lock().unwrap();
+        (0..10_000).map(|_| l.insert(OWNER, &REC).unwrap()).collect()
+    };
+    g.bench_function("lock_get_64B_of_10k", |b| {
+        let mut s = 88172645463325252u64;
+        b.iter(|| {
+            let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
+            let l = r.lock().unwrap();
+            black_box(l.get(id).unwrap()[0])
+        })
+    });
+
+    let ri = open(dir, "insert", 16 << 20);
+    g.bench_function("lock_insert_64B", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(100_000);
+                ri.lock().unwrap().retain(|_, _| false).unwrap();
+                let t = Instant::now();
+                for _ in 0..n {
+                    let mut l = ri.lock().unwrap();
+                    black_box(l.insert(OWNER, black_box(&REC)).unwrap());
+                }
+                total += t.elapsed();
+                left -= n;
+            }
+            total
+        })
+    });
+
+    let rr = open(dir, "remove", 1 << 20);
+    let mut live: Vec<RecordId> = {
+        let mut l = rr.lock().unwrap();
+        (0..1000).map(|_| l.insert(OWNER, &REC).unwrap()).collect()
+    };
+    g.bench_function("lock_remove_random_64B_of_1k", |b| {
+        let mut s = 88172645463325252u64;
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let k = (rng(&mut s) % live.len() as u64) as usize;
+                let t = Instant::now();
+                rr.lock().unwrap().remove(black_box(live[k])).unwrap();
+                total += t.elapsed();
+                live[k] = rr.lock().unwrap().insert(OWNER, &REC).unwrap();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// One process's loop for the contention figures: `secs` seconds of
+/// lock + get + unlock, or lock + insert + unlock then lock + remove + unlock.
+fn contend(r: &Region, churn: bool, secs: f64) -> f64 {
+    let ids: Vec<RecordId> = r.lock().unwrap().iter_owner(OWNER).map(|(id, _)| id).take(1000).collect();
+    let mut s = 88172645463325252u64 ^ std::process::id() as u64;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut ops = 0u64;
+    let t = Instant::now();
+    while Instant::now() < end {
+        for _ in 0..256 {
+            if churn {
+                let id = r.lock().unwrap().insert(OwnerId(2), &REC).unwrap();
+                r.lock().unwrap().remove(id).unwrap();
+                ops += 2;
+            } else {
+                let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
+                black_box(r.lock().unwrap().get(id).map(|d| d[0]));
+                ops += 1;
+            }
+        }
+    }
+    ops as f64 / t.elapsed().as_secs_f64()
+}
+
+fn two_processes(dir: &std::path::Path) {
+    let r = open(dir, "contend", 4 << 20);
+    {
+        let mut l = r.lock().unwrap();
+        for _ in 0..1000 {
+            l.insert(OWNER, &REC).unwrap();
+        }
+    }
+    for churn in [false, true] {
+        let exe = std::env::current_exe().unwrap();
+        let child = std::process::Command::new(exe)
+            .env("CACHEM_BENCH_CHILD", dir)
+            .env("CACHEM_BENCH_CHURN", if churn { "1" } else { "0" })
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mine = contend(&r, churn, 3.0);
+        let out = child.wait_with_output().unwrap();
+        let theirs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
+        let what = if churn { "lock+insert / lock+remove of 64 B" } else { "lock+get of 64 B" };
+        println!(
+            "two processes, {what}: {:.2} M ops/s and {:.2} M ops/s per process ({:.0} ns/op each)",
+            mine / 1e6,
+            theirs / 1e6,
+            1e9 / mine
+        );
+    }
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os("CACHEM_BENCH_CHILD") {
+        let r = open(std::path::Path::new(&dir), "contend", 4 << 20);
+        let churn = std::env::var("CACHEM_BENCH_CHURN").as_deref() == Ok("1");
+        println!("{}", contend(&r, churn, 3.0));
+        return;
+    }
+    let dir = bench_dir();
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .configure_from_args();
+    locked(&mut c, &dir);
+    c.final_summary();
+    two_processes(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,689 @@
+//! Shared regions: creating or attaching a mapped region, and the lock.
+//!
+//! A [`Region`] is one mapping of a region image, named (a file, usually
+//! under `/dev/shm/cachem`) or anonymous (shared with children forked after
+//! it was made). [`Region::lock`] takes the robust process-shared mutex in the
+//! header and returns a [`Guard`], the only door to record bytes.
+//!
+//! ## Why references exist only under the lock
+//!
+//! Other processes write the region at any time. A Rust reference (`&[u8]`,
+//! `&mut [u8]`) promises the compiler that nobody else writes the bytes it
+//! covers while it lives; a reference into memory another process is writing
+//! is undefined behaviour, even if the code "only reads". So the mapping
+//! hands out raw pointers only, and the guard builds the engine's
+//! `&mut [u8]` after the mutex is taken: every cooperating process writes
+//! record bytes only while holding the same mutex. References to records
+//! borrow the guard, and `insert`/`remove` take `&mut self`, so the borrow
+//! checker guarantees no reference outlives the lock or survives a
+//! compaction (mod_cachem: "once the lock is released, the pointer state is
+//! undefined").
+//!
+//! The one exception is the mutex word itself, which waiting threads update
+//! atomically while another holds the lock; the engine never reads or writes
+//! those bytes (they sit in the header's reserved mutex area). Before the
+//! mapping is trusted, attach reads the header through a raw copy, never
+//! through a reference.
+//!
+//! ## Create or attach
+//!
+//! Both are serialised by the global lockfile (`<region>.lock`, flock through
+//! fs2). Creation builds the image in a temporary file in the same directory
+//! (fully allocated with `posix_fallocate`, formatted, mutex initialised) and
+//! renames it into place, so the final path never holds a half-made region,
+//! even if the creator is killed midway. Attach never re-initialises an
+//! existing file: one without a valid header is reported as corrupt and its
+//! bytes are left alone.
+
+use crate::error::{Error, Result};
+use crate::format::{Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL};
+use crate::ids::{OwnerId, RecordId, RecordMeta};
+use crate::layout::{self, FormatOptions, Layout, ProcTag, Removed, Status, VerifyReport};
+use crate::sys::map::Mapping;
+use crate::sys::{mutex, process};
+use fs2::FileExt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Runtime directory for relative region names when `$CACHEM_DIR` is unset.
+pub const DEFAULT_DIR: &str = "/dev/shm/cachem";
+
+/// How to open a named region.
+#[derive(Clone, Debug)]
+pub struct RegionOptions {
+    /// Size to create with, and to expect when attaching. `None`: attach
+    /// only, at whatever size exists.
+    pub size: Option<u64>,
+    /// Runtime directory for relative names (else `$CACHEM_DIR`, else
+    /// [`DEFAULT_DIR`]).
+    pub dir: Option<PathBuf>,
+    /// Global lockfile (default `<region>.lock`).
+    pub lock_file: Option<PathBuf>,
+    /// Permission bits of created files (default `0o600`).
+    pub mode: u32,
+    /// Attach to an existing region whatever its size.
+    pub attach_any_size: bool,
+    /// Create the region if it does not exist (default true).
+    pub create: bool,
+    /// At creation: reaping purges every record of a dead process.
+    pub reap_all_records_of_dead_processes: bool,
+    /// At creation: never reap (pids are not meaningful for this region).
+    pub no_reap: bool,
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions {
+            size: None,
+            dir: None,
+            lock_file: None,
+            mode: 0o600,
+            attach_any_size: false,
+            create: true,
+            reap_all_records_of_dead_processes: false,
+            no_reap: false,
+        }
+    }
+}
+
+/// What happened when a region was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// This call created the region.
+    pub created: bool,
+    /// The lock word came from another boot and was re-initialised.
+    pub rearmed_after_reboot: bool,
+    /// The first lock found a dead owner or a pending journal and recovered.
+    pub recovered: bool,
+}
+
+/// One mapping of a region. See the module docs.
+#[derive(Debug)]
+pub struct Region {
+    map: Mapping,
+    path: Option<PathBuf>,
+    lock_path: Option<PathBuf>,
+    generation: u64,
+    options: u32,
+    pid_ns: u64,
+    report: OpenReport,
+}
+
+/// Resolves a region name to its file: an absolute path as given, a relative
+/// name inside the runtime directory.
+pub fn resolve_path(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
+    let bad = |reason| Err(Error::BadName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.contains('\0') {
+        return bad("the name contains a NUL byte");
+    }
+    if name.ends_with('/') {
+        return bad("the name ends with '/'");
+    }
+    let p = Path::new(name);
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return bad("the name contains '..'");
+    }
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if name.contains('/') || name.starts_with('.') {
+        return bad("a relative name must be a plain file name (no '/', not starting with '.')");
+    }
+    Ok(runtime_dir(dir).join(name))
+}
+
+/// The runtime directory: `dir`, else `$CACHEM_DIR`, else [`DEFAULT_DIR`].
+pub fn runtime_dir(dir: Option<&Path>) -> PathBuf {
+    match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("CACHEM_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_DIR.into()),
+    }
+}
+
+/// The default lockfile of a region file: `<region>.lock`.
+pub fn default_lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { op, path: path.to_path_buf(), source }
+}
+
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Corrupt { field, detail } => {
+            Error::Corrupt { field, detail: format!("{detail} (in {})", path.display()) }
+        }
+        e => e,
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Checks a size asked for at creation: a multiple of 8, at least one page.
+pub fn check_create_size(size: u64) -> Result<()> {
+    layout::check_size(size)?;
+    if size < page_size() {
+        return Err(Error::BadSize { size, reason: "must be at least one page" });
+    }
+    Ok(())
+}
+
+/// Holds the global lockfile while alive.
+struct GlobalLock(File);
+
+impl GlobalLock {
+    fn take(path: &Path, mode: u32) -> Result<GlobalLock> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .open(path)
+            .map_err(io_err("open lockfile", path))?;
+        FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
+        Ok(GlobalLock(f))
+    }
+}
+
+impl Drop for GlobalLock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.0);
+    }
+}
+
+impl Region {
+    /// Creates the named region or attaches to it. See [`RegionOptions`].
+    pub fn open(name: &str, opts: &RegionOptions) -> Result<Region> {
+        let path = resolve_path(name, opts.dir.as_deref())?;
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(io_err("create runtime directory", &parent))?;
+        }
+        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        let global = GlobalLock::take(&lock_path, opts.mode)?;
+        let mut created = false;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !opts.create {
+                    return Err(Error::NotFound { path });
+                }
+                let Some(size) = opts.size else {
+                    return Err(Error::NotFound { path });
+                };
+                created = true;
+                Self::create_file(&path, size, opts)?
+            }
+            Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
+        };
+        let mut region = Self::attach_file(file, &path, opts).map_err(|e| with_path(e, &path))?;
+        region.report.created = created;
+        region.lock_path = Some(lock_path);
+        drop(global);
+        Ok(region)
+    }
+
+    /// Builds a new region file in a temporary file beside `path` and renames
+    /// it into place. The caller holds the global lockfile.
+    fn create_file(path: &Path, size: u64, opts: &RegionOptions) -> Result<File> {
+        check_create_size(size)?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = format!(".{base}.tmp-");
+        // Temporaries of creators killed midway: creation runs only under the
+        // global lockfile, which we hold, so every one of them is stale.
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode)
+            .open(&tmp)
+            .map_err(io_err("create region", &tmp))?;
+        let built = (|| {
+            // The mode is filtered by the umask at open; set it exactly.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(opts.mode))
+                .map_err(io_err("chmod region", &tmp))?;
+            FileExt::allocate(&file, size).map_err(|e| {
+                let e = if e.raw_os_error() == Some(libc::ENOSPC) {
+                    io::Error::new(
+                        e.kind(),
+                        format!("no room for a {size}-byte region on this filesystem ({e})"),
+                    )
+                } else {
+                    e
+                };
+                Error::Io { op: "allocate region", path: path.to_path_buf(), source: e }
+            })?;
+            let map = Mapping::file(&file, size as usize, &tmp)?;
+            let mut options = 0;
+            if opts.reap_all_records_of_dead_processes {
+                options |= OPT_REAP_ALL;
+            }
+            if opts.no_reap {
+                options |= OPT_NO_REAP;
+            }
+            init_image(&map, options)?;
+            fs::rename(&tmp, path).map_err(io_err("rename region into place", path))
+        })();
+        if let Err(e) = built {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    fn attach_file(file: File, path: &Path, opts: &RegionOptions) -> Result<Region> {
+        let len = file.metadata().map_err(io_err("stat region", path))?.len();
+        if len < HEADER_SIZE as u64 || len > MAX_REGION_SIZE {
+            return Err(Error::corrupt(
+                "region_size",
+                format!("the file has {len} bytes, which no region has"),
+            ));
+        }
+        let map = Mapping::file(&file, len as usize, path)?;
+        let h = read_header(&map);
+        let hdr = &h.0;
+        layout::check_header(hdr, len)?;
+        if let Some(req) = opts.size {
+            if req != len && !opts.attach_any_size {
+                return Err(Error::SizeMismatch { path: path.to_path_buf(), existing: len, requested: req });
+            }
+        }
+        if hdr.mutex_size as usize != mutex::SIZE {
+            return Err(Error::ForeignAbi {
+                what: format!("pthread_mutex_t of {} bytes, here {}", hdr.mutex_size, mutex::SIZE),
+            });
+        }
+        let mut region = Region {
+            map,
+            path: Some(path.to_path_buf()),
+            lock_path: None,
+            generation: hdr.generation,
+            options: hdr.options,
+            pid_ns: hdr.pid_ns,
+            report: OpenReport::default(),
+        };
+        // A lock word from another boot may be owned by a thread that is on
+        // no robust list: re-arm the mutex (no process of that boot is left)
+        // and recover. We hold the global lockfile, so no one else attaches.
+        let now = process::boot_id();
+        if now != [0; 16] && hdr.boot_id != now {
+            tracing::warn!(path = %path.display(), "region is from another boot: re-initialising its lock and recovering");
+            // SAFETY: the mutex bytes lie inside the mapping, 8-aligned; no
+            // process of the boot that used it exists any more.
+            unsafe { mutex::init(region.mutex_ptr()) }.map_err(io_err("initialise lock", path))?;
+            region.report.rearmed_after_reboot = true;
+            let mut g = region.lock_inner()?;
+            g.layout.recover()?;
+            g.layout.count_recovery();
+            g.layout.set_boot_id(now);
+            drop(g);
+        }
+        // Validate the mutable fields under the lock (recovering if needed).
+        let g = region.lock_inner()?;
+        g.layout.verify()?;
+        let recovered = g.recovered;
+        drop(g);
+        region.report.recovered |= recovered;
+        Ok(region)
+    }
+
+    /// Creates an anonymous region of `size` bytes, shared with children
+    /// forked after this call (the pre-fork server model).
+    pub fn anonymous(size: u64) -> Result<Region> {
+        check_create_size(size)?;
+        let map = Mapping::anonymous(size as usize)?;
+        let h = init_image(&map, 0)?;
+        Ok(Region {
+            map,
+            path: None,
+            lock_path: None,
+            generation: h.generation,
+            options: 0,
+            pid_ns: h.pid_ns,
+            report: OpenReport { created: true, ..Default::default() },
+        })
+    }
+
+    /// Removes a named region's file and its lockfile. Processes still
+    /// attached keep their mapping until they drop it.
+    pub fn destroy(name: &str, opts: &RegionOptions) -> Result<()> {
+        let path = resolve_path(name, opts.dir.as_deref())?;
+        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        if !path.exists() {
+            return Err(Error::NotFound { path });
+        }
+        let global = GlobalLock::take(&lock_path, opts.mode)?;
+        fs::remove_file(&path).map_err(io_err("remove region", &path))?;
+        let _ = fs::remove_file(&lock_path);
+        drop(global);
+        Ok(())
+    }
+
+    fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
+        // The mutex area is inside the header, which is inside the mapping.
+        self.map.as_ptr().wrapping_add(std::mem::offset_of!(Header, mutex)).cast()
+    }
+
+    /// Takes the region lock. If its previous owner died holding it, or a
+    /// journal is pending, the region is recovered first (counted in the
+    /// header's recoveries counter and logged).
+    pub fn lock(&self) -> Result<Guard<'_>> {
+        self.lock_inner()
+    }
+
+    fn lock_inner(&self) -> Result<Guard<'_>> {
+        let m = self.mutex_ptr();
+        // SAFETY: the mutex was initialised at creation (or re-armed on
+        // attach) and stays mapped as long as `self`.
+        let state = unsafe { mutex::lock(m) };
+        let owner_died = match state {
+            Ok(mutex::Locked::Clean) => false,
+            Ok(mutex::Locked::OwnerDied) => true,
+            Err(mutex::LockError::NotRecoverable) => {
+                return Err(Error::LockUnrecoverable { path: self.display_path() })
+            }
+            Err(mutex::LockError::Deadlock) => {
+                return Err(Error::Io {
+                    op: "lock",
+                    path: self.display_path(),
+                    source: io::Error::other("this thread already holds the region lock"),
+                })
+            }
+            Err(mutex::LockError::Other(e)) => {
+                return Err(Error::Io { op: "lock", path: self.display_path(), source: e })
+            }
+        };
+        // SAFETY: we hold the region lock, so no cooperating process reads
+        // or writes record bytes until the guard unlocks; the slice covers
+        // exactly the mapping, which outlives the guard (it borrows self).
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len()) };
+        let layout = match Layout::reopen(buf) {
+            Ok(l) => l,
+            Err(e) => {
+                // SAFETY: we hold the lock (taken above).
+                unsafe {
+                    if owner_died {
+                        let _ = mutex::make_consistent(m);
+                    }
+                    let _ = mutex::unlock(m);
+                }
+                return Err(e);
+            }
+        };
+        let mut g = Guard { region: self, layout, recovered: false, _not_send: PhantomData };
+        if owner_died || g.layout.recovery_required() {
+            let r = g.layout.recover();
+            if owner_died {
+                g.layout.count_recovery();
+                // SAFETY: we hold the lock, obtained with EOWNERDEAD.
+                unsafe { mutex::make_consistent(m) }
+                    .map_err(io_err("mark lock consistent", &self.display_path()))?;
+            }
+            match &r {
+                Ok(rep) => tracing::warn!(
+                    path = %self.display_path().display(),
+                    owner_died,
+                    finished_compaction = rep.finished_compaction,
+                    rolled_back_inserts = rep.rolled_back_inserts,
+                    "recovered region after a process died holding its lock"
+                ),
+                Err(e) => tracing::error!(path = %self.display_path().display(), "recovery failed: {e}"),
+            }
+            r?;
+            g.recovered = true;
+        }
+        Ok(g)
+    }
+
+    fn display_path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("<anonymous>"))
+    }
+
+    /// The region file (None for an anonymous region).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The global lockfile (None for an anonymous region).
+    pub fn lock_path(&self) -> Option<&Path> {
+        self.lock_path.as_deref()
+    }
+
+    /// Random id of this incarnation of the region.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Size of the region in bytes.
+    pub fn size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The region's `OPT_*` bits.
+    pub fn options(&self) -> u32 {
+        self.options
+    }
+
+    /// The creator's pid namespace inode (0 if unknown).
+    pub fn pid_ns(&self) -> u64 {
+        self.pid_ns
+    }
+
+    /// What opening this region did.
+    pub fn open_report(&self) -> OpenReport {
+        self.report
+    }
+}
+
+/// Copy of the header read without forming a reference into the mapping.
+#[repr(C, align(8))]
+struct HeaderCopy(Header);
+
+fn read_header(map: &Mapping) -> HeaderCopy {
+    let mut h = HeaderCopy(bytemuck::Zeroable::zeroed());
+    // SAFETY: the mapping has at least HEADER_SIZE bytes (checked by the
+    // caller); the destination is a local of exactly that size; the source
+    // is shared memory read as plain bytes, never through a reference.
+    unsafe {
+        std::ptr::copy_nonoverlapping(map.as_ptr(), (&mut h.0 as *mut Header).cast::<u8>(), HEADER_SIZE);
+    }
+    h
+}
+
+/// Formats a fresh mapping (no other process can see it yet) and initialises
+/// its mutex.
+fn init_image(map: &Mapping, options: u32) -> Result<Header> {
+    let opts = FormatOptions {
+        generation: random_u64(),
+        boot_id: process::boot_id(),
+        pid_ns: process::pid_namespace(None),
+        options,
+        mutex_size: mutex::SIZE as u32,
+    };
+    // SAFETY: the mapping is fresh (a new temporary file or new anonymous
+    // memory) and not yet visible to any other process; this is the only
+    // reference to it and it ends with this block.
+    let buf = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), map.len()) };
+    layout::format(buf, &opts)?;
+    let h: Header = *bytemuck::from_bytes(&buf[..HEADER_SIZE]);
+    let m = map.as_ptr().wrapping_add(std::mem::offset_of!(Header, mutex)).cast();
+    // SAFETY: the mutex area is inside the fresh mapping, 8-aligned, unused.
+    unsafe { mutex::init(m) }.map_err(|e| Error::Io {
+        op: "initialise lock",
+        path: "<new region>".into(),
+        source: e,
+    })?;
+    Ok(h)
+}
+
+/// A random u64 from the kernel (for region generations).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        // Fallback: time and pid mixed; uniqueness is what matters here.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ ((std::process::id() as u64) << 32)
+    }
+}
+
+/// The region lock, held. The only door to record bytes: references to
+/// records borrow the guard, and mutations take `&mut self`.
+pub struct Guard<'r> {
+    region: &'r Region,
+    layout: Layout<'r>,
+    recovered: bool,
+    // A pthread mutex must be unlocked by the thread that locked it.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard's existence means this thread holds the lock.
+        if let Err(e) = unsafe { mutex::unlock(self.region.mutex_ptr()) } {
+            tracing::error!("unlocking region failed: {e}");
+        }
+    }
+}
+
+impl<'r> Guard<'r> {
+    /// Whether taking this lock recovered the region.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
+    /// The region this guard locks.
+    pub fn region(&self) -> &'r Region {
+        self.region
+    }
+
+    /// The engine, for operations not wrapped here (tests, tools).
+    pub fn layout(&mut self) -> &mut Layout<'r> {
+        &mut self.layout
+    }
+
+    /// Inserts a record owned by `owner`, stamped with this process's pid
+    /// and start time. mod_cachem's `cachem_add`.
+    pub fn insert(&mut self, owner: OwnerId, data: &[u8]) -> Result<RecordId> {
+        let (pid, start_time) = process::me();
+        self.layout.insert(owner, ProcTag { pid, start_time }, data)
+    }
+
+    /// Inserts `value`'s bytes.
+    pub fn insert_pod<T: bytemuck::Pod>(&mut self, owner: OwnerId, value: &T) -> Result<RecordId> {
+        self.insert(owner, bytemuck::bytes_of(value))
+    }
+
+    /// The record's bytes, or None if the id is stale. mod_cachem's `cachem_get`.
+    pub fn get(&self, id: RecordId) -> Option<&[u8]> {
+        self.layout.get(id)
+    }
+
+    /// The record's bytes, or `Stale` / `Corrupt`.
+    pub fn try_get(&self, id: RecordId) -> Result<&[u8]> {
+        self.layout.try_get(id)
+    }
+
+    /// The record's bytes for writing.
+    pub fn get_mut(&mut self, id: RecordId) -> Option<&mut [u8]> {
+        self.layout.get_mut(id)
+    }
+
+    /// The record as a `T`.
+    pub fn get_pod<T: bytemuck::Pod>(&self, id: RecordId) -> Result<&T> {
+        self.layout.get_pod(id)
+    }
+
+    /// The record as a mutable `T`.
+    pub fn get_pod_mut<T: bytemuck::Pod>(&mut self, id: RecordId) -> Result<&mut T> {
+        self.layout.get_pod_mut(id)
+    }
+
+    /// Owner, pid, start time and length of a record.
+    pub fn meta(&self, id: RecordId) -> Result<RecordMeta> {
+        self.layout.meta(id)
+    }
+
+    /// Removes a record and compacts. mod_cachem's `cachem_delete`.
+    pub fn remove(&mut self, id: RecordId) -> Result<()> {
+        self.layout.remove(id)
+    }
+
+    /// The next record of `owner` after `after`. mod_cachem's `cachem_get_id`.
+    pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
+        self.layout.next_of_owner(owner, after)
+    }
+
+    /// The next record of `owner` inserted by `pid`. mod_cachem's `cachem_get_pid`.
+    pub fn next_of_owner_pid(&self, owner: OwnerId, pid: u32, after: Option<RecordId>) -> Option<RecordId> {
+        self.layout.next_of_owner_pid(owner, pid, after)
+    }
+
+    /// Every record with its metadata and bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (RecordMeta, &[u8])> + '_ {
+        self.layout.iter()
+    }
+
+    /// The records of one owner.
+    pub fn iter_owner(&self, owner: OwnerId) -> impl Iterator<Item = (RecordId, &[u8])> + '_ {
+        self.layout.iter_owner(owner)
+    }
+
+    /// Removes every record of `owner` inserted by `pid`. mod_cachem's
+    /// `cachem_delete_pid`.
+    pub fn purge(&mut self, owner: OwnerId, pid: u32) -> Result<usize> {
+        self.layout.purge(owner, pid)
+    }
+
+    /// Removes every record for which `keep` returns false, in one pass.
+    pub fn retain(&mut self, keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
+        self.layout.retain(keep)
+    }
+
+    /// Full invariant check.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.layout.verify()
+    }
+
+    /// Geometry, usage and counters.
+    pub fn status(&self) -> Result<Status> {
+        self.layout.status()
+    }
+}

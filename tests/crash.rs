@@ -1,0 +1,290 @@
+//! Crash tests with real processes and real SIGKILLs (needs the
+//! `failpoints` feature: `cargo test --release --features failpoints --test crash`).
+//!
+//! - Every fault point: a child is killed there while inserting, removing or
+//!   purging; the parent's next lock recovers, `verify` passes, the
+//!   interrupted operation is fully done or not at all, and every other
+//!   record is byte-identical.
+//! - Torture: workers do random inserts / updates / removes of
+//!   self-checking records while the parent SIGKILLs random workers.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use cachem::sys::failpoint::POINTS;
+use cachem::{OwnerId, RecordId, Region, RegionOptions};
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 1 << 20;
+
+fn ropts(dir: &Path) -> RegionOptions {
+    RegionOptions { size: Some(SIZE), dir: Some(dir.to_path_buf()), ..Default::default() }
+}
+
+type Snapshot = BTreeMap<RecordId, (u32, Vec<u8>)>;
+
+fn snapshot(r: &Region) -> Snapshot {
+    let g = r.lock().unwrap();
+    g.iter().map(|(m, d)| (m.id, (m.owner.0, d.to_vec()))).collect()
+}
+
+/// Worker: one operation on the region, with CACHEM_FAILPOINT set.
+#[test]
+fn worker_op() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let r = Region::open("crash", &ropts(Path::new(&dir))).unwrap();
+    let mut g = r.lock().unwrap();
+    match std::env::var("CACHEM_TEST_OP").unwrap().as_str() {
+        "insert" => {
+            g.insert(OwnerId(9), &[0xEE; 300]).unwrap();
+        }
+        "remove" => {
+            let id: RecordId = std::env::var("CACHEM_TEST_ID").unwrap().parse().unwrap();
+            g.remove(id).unwrap();
+        }
+        "purge" => {
+            let pid: u32 = std::env::var("CACHEM_TEST_PID").unwrap().parse().unwrap();
+            g.purge(OwnerId(2), pid).unwrap();
+        }
+        op => panic!("unknown op {op}"),
+    }
+    say("done");
+}
+
+#[test]
+fn every_fault_point_kill_recovers_to_before_or_after() {
+    let mut cases = 0;
+    for op in ["insert", "remove", "purge"] {
+        for &point in POINTS {
+            let applies =
+                if op == "insert" { point.starts_with("insert.") } else { !point.starts_with("insert.") };
+            if !applies {
+                continue;
+            }
+            fault_case(op, point);
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 3 + 2 * (POINTS.len() - 3));
+}
+
+fn fault_case(op: &str, point: &str) {
+    let d = TempDir::new("fault");
+    let r = Region::open("crash", &ropts(d.path())).unwrap();
+    let mut rng = Rng(0x1234_5678);
+    let mut ids = vec![];
+    {
+        let mut g = r.lock().unwrap();
+        for i in 0..300u32 {
+            let rec = make_record(i, 0, 16 + rng.below(400) as usize, &mut rng);
+            ids.push(g.insert(OwnerId(1 + i % 2), &rec).unwrap());
+        }
+    }
+    let before = snapshot(&r);
+    let victim = ids[3];
+    let me = std::process::id();
+    let after: Snapshot = match op {
+        "insert" => before.clone(),
+        "remove" => before.iter().filter(|(id, _)| **id != victim).map(|(k, v)| (*k, v.clone())).collect(),
+        _ => before.iter().filter(|(_, (o, _))| *o != 2).map(|(k, v)| (*k, v.clone())).collect(),
+    };
+    let env = [
+        ("CACHEM_TEST_DIR", d.path().display().to_string()),
+        ("CACHEM_TEST_OP", op.to_string()),
+        ("CACHEM_TEST_ID", victim.to_string()),
+        ("CACHEM_TEST_PID", me.to_string()),
+        ("CACHEM_FAILPOINT", point.to_string()),
+    ];
+    let mut w = spawn_worker("worker_op", &env);
+    let st = wait_timeout(&mut w, Duration::from_secs(30));
+    assert_eq!(st.signal(), Some(9), "{op} at {point}: the worker must die by SIGKILL ({st:?})");
+
+    let g = r.lock().unwrap();
+    assert!(g.recovered(), "{op} at {point}: the next lock recovers");
+    g.verify().unwrap_or_else(|e| panic!("{op} at {point}: {e}"));
+    drop(g);
+    let got = snapshot(&r);
+    // For an insert, "after" has one more record with the inserted bytes.
+    let done = if op == "insert" {
+        let extra: Vec<_> = got.iter().filter(|(id, _)| !before.contains_key(id)).collect();
+        assert!(got.iter().filter(|(id, _)| before.contains_key(id)).all(|(id, v)| before[id] == *v));
+        match extra.as_slice() {
+            [] => false,
+            [(_, (9, bytes))] if bytes == &vec![0xEE; 300] => true,
+            other => panic!("{op} at {point}: unexpected records {other:?}"),
+        }
+    } else if got == after {
+        true
+    } else {
+        assert!(got == before, "{op} at {point}: neither before nor after");
+        false
+    };
+    // Killed before publishing (insert) or before the entry was cleared
+    // (remove), the operation did not happen; after that it completes.
+    let expect_done = !(point.starts_with("insert.") || point == "remove.after_journal");
+    assert_eq!(done, expect_done, "{op} at {point}");
+    let st = r.lock().unwrap().status().unwrap();
+    assert_eq!(st.counters.recoveries, 1);
+}
+
+// ----- torture -------------------------------------------------------------
+
+/// Worker: random insert / update / remove of its own self-checking records
+/// until the stop file appears; then checks it finds exactly what it owns.
+#[test]
+fn worker_torture() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let slot: u32 = std::env::var("CACHEM_TEST_SLOT").unwrap().parse().unwrap();
+    let stop = Path::new(&dir).join("stop");
+    let r = Region::open("torture", &RegionOptions { dir: Some(dir.clone().into()), ..Default::default() })
+        .unwrap();
+    let owner = OwnerId(100 + slot);
+    let pid = std::process::id();
+    let mut rng = Rng::seeded();
+    let mut mine: BTreeMap<RecordId, Vec<u8>> = BTreeMap::new();
+    // Take over the slot: drop whatever a killed predecessor left.
+    r.lock().unwrap().retain(|m, _| m.owner != owner).unwrap();
+    say("ready");
+    let mut seq = 0u32;
+    let mut ops = 0u64;
+    while !stop.exists() {
+        let mut g = r.lock().unwrap();
+        for _ in 0..16 {
+            seq += 1;
+            ops += 1;
+            let pick = |m: &BTreeMap<RecordId, Vec<u8>>, k: u64| {
+                m.keys().nth((k % m.len().max(1) as u64) as usize).copied()
+            };
+            match rng.below(10) {
+                0..=3 if mine.len() < 24 => {
+                    let rec = make_record(pid, seq, 16 + rng.below(1500) as usize, &mut rng);
+                    match g.insert(owner, &rec) {
+                        Ok(id) => {
+                            mine.insert(id, rec);
+                        }
+                        Err(cachem::Error::Full { .. }) => {}
+                        Err(e) => panic!("insert: {e}"),
+                    }
+                }
+                4..=6 => {
+                    // Update: a new version replaces the old (each step atomic).
+                    if let Some(old) = pick(&mine, rng.next()) {
+                        let rec = make_record(pid, seq, 16 + rng.below(1500) as usize, &mut rng);
+                        if let Ok(id) = g.insert(owner, &rec) {
+                            mine.insert(id, rec);
+                            g.remove(old).unwrap();
+                            mine.remove(&old);
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(id) = pick(&mine, rng.next()) {
+                        assert_eq!(g.get(id).unwrap(), &mine[&id][..], "own record changed");
+                        g.remove(id).unwrap();
+                        mine.remove(&id);
+                    }
+                }
+            }
+        }
+        drop(g);
+        std::thread::yield_now();
+    }
+    let g = r.lock().unwrap();
+    let found: BTreeMap<RecordId, Vec<u8>> = g.iter_owner(owner).map(|(id, d)| (id, d.to_vec())).collect();
+    if found != mine {
+        say(format!("MISMATCH owned={} found={}", mine.len(), found.len()));
+        std::process::exit(1);
+    }
+    say(format!("ok ops={ops} records={}", mine.len()));
+}
+
+fn torture(kills: u32, workers: u32) {
+    let d = TempDir::new("torture");
+    let r = Region::open(
+        "torture",
+        &RegionOptions { size: Some(4 << 20), dir: Some(d.path().into()), ..Default::default() },
+    )
+    .unwrap();
+    let env_for = |slot: u32| {
+        vec![("CACHEM_TEST_DIR", d.path().display().to_string()), ("CACHEM_TEST_SLOT", slot.to_string())]
+    };
+    let start = Instant::now();
+    let mut rng = Rng::seeded();
+    let mut procs: Vec<std::process::Child> =
+        (0..workers).map(|s| spawn_worker("worker_torture", &env_for(s))).collect();
+    let mut born: Vec<Instant> = vec![Instant::now(); workers as usize];
+    let mut killed = 0;
+    while killed < kills {
+        std::thread::sleep(Duration::from_micros(1000 + rng.below(4000)));
+        // Kill a worker that has had time to start (30 ms), so kills land in
+        // its working loop, often inside the lock, at a random moment.
+        let s = rng.below(workers as u64) as usize;
+        if born[s].elapsed() < Duration::from_millis(30) {
+            continue;
+        }
+        sigkill(&mut procs[s]);
+        let st = wait_timeout(&mut procs[s], Duration::from_secs(30));
+        assert!(st.signal() == Some(9) || st.success(), "worker failed on its own: {st:?}");
+        killed += 1;
+        procs[s] = spawn_worker("worker_torture", &env_for(s as u32));
+        born[s] = Instant::now();
+        assert!(start.elapsed() < Duration::from_secs(1800), "torture took too long");
+    }
+    // Let the replacements settle, then stop everyone and check.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(d.path().join("stop"), b"").unwrap();
+    for (s, p) in procs.iter_mut().enumerate() {
+        let st = wait_timeout(p, Duration::from_secs(60));
+        let out = stdout_of(p);
+        assert!(st.success(), "worker {s} failed: {st:?} {out}");
+        assert!(out.contains("ok ops="), "worker {s}: {out}");
+    }
+    let g = r.lock().unwrap();
+    let rep = g.verify().unwrap();
+    let mut bad = 0;
+    let mut owners = BTreeSet::new();
+    for (m, data) in g.iter() {
+        owners.insert(m.owner);
+        if !record_ok(data) {
+            bad += 1;
+        }
+    }
+    assert_eq!(bad, 0, "records with a broken checksum");
+    let st = g.status().unwrap();
+    println!(
+        "torture: {kills} kills of {workers} workers in {:.1}s; lock recoveries {}; {} records left; \
+         {} inserts, {} removes, {} bytes moved",
+        start.elapsed().as_secs_f64(),
+        st.counters.recoveries,
+        rep.records,
+        st.counters.inserts,
+        st.counters.removes,
+        st.counters.bytes_moved
+    );
+}
+
+#[test]
+fn torture_bounded() {
+    if is_worker() {
+        return;
+    }
+    torture(200, 4);
+}
+
+/// `make torture KILLS=5000`.
+#[test]
+#[ignore]
+fn torture_long() {
+    let kills = std::env::var("CACHEM_TORTURE_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(5000);
+    torture(kills, 4);
+}
