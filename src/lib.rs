@@ -1,2 +1,400 @@
-//! cachem
+//! # cachem
+//!
+//! Cooperating processes on one Linux host share small state records through
+//! one mapped memory region: insert and delete records, iterate the records
+//! of an owner, and clean up after a process that exits or is killed. Modelled
+//! on the Apache module mod_cachem, made safe: a process killed at any
+//! instruction, even holding the lock, leaves a region the next process
+//! recovers; a dead process's process-scoped records are reaped even if its
+//! pid is reused.
+//!
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("cachem-doc-{}", std::process::id()));
+//! use cachem::{Cache, Config, OwnerId};
+//!
+//! // Create or attach (mod_cachem's cachem_handler_init).
+//! let cache = Cache::open(&Config::named("myapp").dir(&dir).size(1 << 20))?;
+//! let owner = cache.id("mod_status")?; // cachem_id(name): same id in every process
+//! let fresh = cache.unique_id()?; // cachem_id(NULL)
+//! assert_ne!(owner, fresh);
+//!
+//! let mut g = cache.lock()?; // cachem_lock (recovers if a holder died)
+//! let r = g.insert(owner, b"state")?; // cachem_add -> RecordId
+//! let bytes: &[u8] = g.get(r).unwrap(); // cachem_get
+//! assert_eq!(bytes, b"state");
+//! g.get_mut(r).unwrap()[0] = b'S';
+//! let _mine = g.insert(OwnerId::PROCESS, b"gone when this process exits")?;
+//!
+//! // ACCESSING ALL RECORDS WITH A SPECIFIC ID
+//! let mut index = None;
+//! while let Some(i) = g.next_of_owner(owner, index) {
+//!     let _ptr: &[u8] = g.get(i).unwrap();
+//!     index = Some(i);
+//! }
+//! for (_id, bytes) in g.iter_owner(owner) {
+//!     assert_eq!(bytes, b"State");
+//! }
+//! // DELETING ALL RECORDS WITH CURRENT PID AND SPECIFIC ID
+//! let me = std::process::id();
+//! while let Some(i) = g.next_of_owner_pid(owner, me, None) {
+//!     g.remove(i)?; // cachem_delete (compacts)
+//! }
+//! let n = g.purge(owner, me)?; // cachem_delete_pid
+//! assert_eq!(n, 0);
+//! drop(g); // cachem_unlock
+//!
+//! let report = cache.reap()?; // purge dead processes' records
+//! assert_eq!(report.records, 0);
+//! let status = cache.status()?; // for `cachem stat`
+//! assert_eq!(status.region.records, 1); // our process-scoped record
+//! assert_eq!(status.owner_name(owner), Some("mod_status"));
+//! cache.destroy()?;
+//! # Ok::<(), cachem::Error>(())
+//! ```
+//!
+//! Layers: [`layout`] (the pure layout engine), [`region`] (mapping, lock,
+//! recovery, reaping), `cachem_ids` (the owner-id registry), and this
+//! crate's [`Cache`], which ties a region and its registry together.
+#![forbid(unsafe_code)]
+
 pub use cachem_core::*;
+pub use cachem_ids::IdRegistry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// How to open a cache: which region, where, how large.
+#[derive(Clone, Debug)]
+pub struct Config {
+    name: Option<String>,
+    size: Option<u64>,
+    dir: Option<PathBuf>,
+    lock_file: Option<PathBuf>,
+    id_store: Option<PathBuf>,
+    mode: u32,
+    attach_any_size: bool,
+    create: bool,
+    reap_all: bool,
+    no_reap: bool,
+}
+
+impl Config {
+    /// A named region: an absolute path, or a name in the runtime directory
+    /// (`.dir()`, else `$CACHEM_DIR`, else `/dev/shm/cachem`).
+    pub fn named(name: impl Into<String>) -> Config {
+        Config {
+            name: Some(name.into()),
+            size: None,
+            dir: None,
+            lock_file: None,
+            id_store: None,
+            mode: 0o600,
+            attach_any_size: false,
+            create: true,
+            reap_all: false,
+            no_reap: false,
+        }
+    }
+
+    /// An anonymous region of `size` bytes, shared with children forked
+    /// after [`Cache::open`]. Its id registry lives in the runtime directory
+    /// as `anon-<generation>.ids` and is removed by [`Cache::destroy`].
+    pub fn anonymous(size: u64) -> Config {
+        Config { name: None, size: Some(size), ..Config::named("") }
+    }
+
+    /// Size to create with (and to expect when attaching).
+    pub fn size(mut self, size: u64) -> Config {
+        self.size = Some(size);
+        self
+    }
+
+    /// Runtime directory for relative names.
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Config {
+        self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Global lockfile (default `<region>.lock`).
+    pub fn lock_file(mut self, path: impl AsRef<Path>) -> Config {
+        self.lock_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Id-registry directory (default `<region>.ids/`).
+    pub fn id_store(mut self, path: impl AsRef<Path>) -> Config {
+        self.id_store = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Permission bits of created files (default `0o600`).
+    pub fn mode(mut self, mode: u32) -> Config {
+        self.mode = mode;
+        self
+    }
+
+    /// Attach to an existing region whatever its size.
+    pub fn attach_any_size(mut self) -> Config {
+        self.attach_any_size = true;
+        self
+    }
+
+    /// Attach only: fail with `NotFound` instead of creating.
+    pub fn attach_only(mut self) -> Config {
+        self.create = false;
+        self
+    }
+
+    /// At creation: reaping purges every record of a dead process, not only
+    /// its process-scoped ones.
+    pub fn reap_all_records_of_dead_processes(mut self) -> Config {
+        self.reap_all = true;
+        self
+    }
+
+    /// Never reap: at creation, for the region; when attaching, for this
+    /// process (needed to attach from another pid namespace).
+    pub fn no_reap(mut self) -> Config {
+        self.no_reap = true;
+        self
+    }
+
+    fn region_options(&self) -> RegionOptions {
+        RegionOptions {
+            size: self.size,
+            dir: self.dir.clone(),
+            lock_file: self.lock_file.clone(),
+            mode: self.mode,
+            attach_any_size: self.attach_any_size,
+            create: self.create,
+            reap_all_records_of_dead_processes: self.reap_all,
+            no_reap: self.no_reap,
+        }
+    }
+
+    /// The region file this config names (None for an anonymous region).
+    pub fn path(&self) -> Result<Option<PathBuf>> {
+        self.name.as_deref().map(|n| region::resolve_path(n, self.dir.as_deref())).transpose()
+    }
+}
+
+/// Removes a named region, its lockfile and its id store, without attaching.
+pub fn destroy(config: &Config) -> Result<()> {
+    let Some(path) = config.path()? else {
+        return Ok(());
+    };
+    let store = config.id_store.clone().unwrap_or_else(|| ids_path(&path));
+    Region::destroy(path.to_str().unwrap_or_default(), &config.region_options())?;
+    let _ = std::fs::remove_dir_all(store);
+    Ok(())
+}
+
+fn ids_path(region: &Path) -> PathBuf {
+    let mut s = region.as_os_str().to_owned();
+    s.push(".ids");
+    PathBuf::from(s)
+}
+
+/// Open handles per region generation in this process, so process-scoped
+/// records are purged when the last one is dropped.
+static HANDLES: Mutex<Option<HashMap<u64, usize>>> = Mutex::new(None);
+
+fn handles(f: impl FnOnce(&mut HashMap<u64, usize>) -> usize) -> usize {
+    let mut h = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
+    f(h.get_or_insert_with(HashMap::new))
+}
+
+/// A region and its owner-id registry: the API of mod_cachem.
+///
+/// Dropping the process's last `Cache` of a region purges the process's
+/// process-scoped records ([`OwnerId::PROCESS`]); a process that dies
+/// without dropping it is reaped by the next `open`, lock recovery, full
+/// insert, or [`Cache::reap`] in any process.
+pub struct Cache {
+    region: Region,
+    store: PathBuf,
+    lock_file: PathBuf,
+    ids: Mutex<Option<IdRegistry>>,
+    anonymous: bool,
+}
+
+impl Cache {
+    /// Creates or attaches the region, then reaps dead processes' records.
+    pub fn open(config: &Config) -> Result<Cache> {
+        let (region, store, lock_file, anonymous) = match &config.name {
+            Some(name) => {
+                let region = Region::open(name, &config.region_options())?;
+                let path = region.path().map(Path::to_path_buf).unwrap_or_default();
+                let store = config.id_store.clone().unwrap_or_else(|| ids_path(&path));
+                let lock = region.lock_path().map(Path::to_path_buf).unwrap_or_default();
+                (region, store, lock, false)
+            }
+            None => {
+                let size = config
+                    .size
+                    .ok_or(Error::BadSize { size: 0, reason: "an anonymous region needs a size" })?;
+                let region = Region::anonymous(size)?;
+                let dir = region::runtime_dir(config.dir.as_deref());
+                let base = dir.join(format!("anon-{:016x}", region.generation()));
+                let store = config.id_store.clone().unwrap_or_else(|| ids_path(&base));
+                let lock = config.lock_file.clone().unwrap_or_else(|| region::default_lock_path(&base));
+                (region, store, lock, true)
+            }
+        };
+        let cache = Cache { region, store, lock_file, ids: Mutex::new(None), anonymous };
+        cache.reap()?;
+        handles(|h| {
+            *h.entry(cache.region.generation()).or_default() += 1;
+            0
+        });
+        Ok(cache)
+    }
+
+    fn registry<T>(&self, f: impl FnOnce(&IdRegistry) -> cachem_ids::Result<T>) -> Result<T> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.is_none() {
+            if let Some(parent) = self.store.parent() {
+                if !parent.exists() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::Io {
+                        op: "create runtime directory",
+                        path: parent.to_path_buf(),
+                        source: e,
+                    })?;
+                }
+            }
+            let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
+                .map_err(|e| Error::Registry(Box::new(e)))?;
+            *ids = Some(reg);
+        }
+        let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;
+        f(reg).map_err(|e| Error::Registry(Box::new(e)))
+    }
+
+    /// The owner id of `name`: the same in every process, for the lifetime
+    /// of the region. mod_cachem's `cachem_id(name)`.
+    pub fn id(&self, name: &str) -> Result<OwnerId> {
+        self.registry(|r| r.id(name))
+    }
+
+    /// Owner ids of several names in one registry cycle.
+    pub fn ids(&self, names: &[&str]) -> Result<Vec<OwnerId>> {
+        self.registry(|r| r.ids(names))
+    }
+
+    /// An owner id never returned before. mod_cachem's `cachem_id(NULL)`.
+    pub fn unique_id(&self) -> Result<OwnerId> {
+        self.registry(|r| r.unique_id())
+    }
+
+    /// The id of `name` if it was registered (no insert).
+    pub fn lookup(&self, name: &str) -> Result<Option<OwnerId>> {
+        self.registry(|r| r.lookup(name))
+    }
+
+    /// Takes the region lock (recovering first if a holder died).
+    pub fn lock(&self) -> Result<Guard<'_>> {
+        self.region.lock()
+    }
+
+    /// Removes dead processes' records now.
+    pub fn reap(&self) -> Result<ReapReport> {
+        self.region.lock()?.reap()
+    }
+
+    /// Removes this process's process-scoped records now.
+    pub fn purge_process(&self) -> Result<Removed> {
+        self.region.lock()?.purge_process()
+    }
+
+    /// Engine status, owner names from the registry, and per-process
+    /// liveness.
+    pub fn status(&self) -> Result<CacheStatus> {
+        let region = self.region.lock()?.status()?;
+        let owner_names: BTreeMap<OwnerId, String> =
+            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect();
+        let pids = region
+            .pids
+            .iter()
+            .map(|p| PidStatus {
+                pid: p.pid,
+                start_time: p.start_time,
+                alive: sys::process::is_alive(p.pid, p.start_time),
+                records: p.records,
+                bytes: p.bytes,
+            })
+            .collect();
+        Ok(CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids })
+    }
+
+    /// The underlying region.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Removes the region file, its lockfile and its id store (for an
+    /// anonymous region: its id store). Other processes keep their mapping.
+    pub fn destroy(self) -> Result<()> {
+        let store = self.store.clone();
+        let lock = self.lock_file.clone();
+        let path = self.region.path().map(Path::to_path_buf);
+        let anonymous = self.anonymous;
+        drop(self);
+        if let Some(p) = path {
+            Region::destroy(
+                p.to_str().unwrap_or_default(),
+                &RegionOptions { lock_file: Some(lock), ..Default::default() },
+            )?;
+        } else if anonymous {
+            let _ = std::fs::remove_file(lock);
+        }
+        let _ = std::fs::remove_dir_all(store);
+        Ok(())
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let left = handles(|h| {
+            let n = h.entry(self.region.generation()).or_insert(1);
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == 0 {
+            match self.purge_process() {
+                Ok(r) if r.records > 0 => {
+                    tracing::debug!(records = r.records, "purged process-scoped records")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("purging process-scoped records failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Liveness and usage of one process in a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidStatus {
+    pub pid: u32,
+    pub start_time: u64,
+    pub alive: bool,
+    pub records: u32,
+    pub bytes: u64,
+}
+
+/// [`Cache::status`]: the engine's status plus names and liveness.
+#[derive(Clone, Debug)]
+pub struct CacheStatus {
+    /// The region file (None when anonymous).
+    pub path: Option<PathBuf>,
+    pub region: Status,
+    pub owner_names: BTreeMap<OwnerId, String>,
+    pub pids: Vec<PidStatus>,
+}
+
+impl CacheStatus {
+    /// The registered name of `owner`, if any.
+    pub fn owner_name(&self, owner: OwnerId) -> Option<&str> {
+        self.owner_names.get(&owner).map(String::as_str)
+    }
+}

@@ -158,6 +158,61 @@ fn two_processes(dir: &std::path::Path) {
     }
 }
 
+/// reap() over 100,000 records of 50 dead and 50 live processes, next to
+/// one scan of the table plus one /proc read per distinct process.
+fn reap(c: &mut Criterion, dir: &std::path::Path) {
+    use cachem_core::layout::ProcTag;
+    use cachem_core::sys::process;
+    let mut sleepers: Vec<std::process::Child> =
+        (0..50).map(|_| std::process::Command::new("sleep").arg("600").spawn().unwrap()).collect();
+    let live: Vec<ProcTag> = sleepers
+        .iter()
+        .map(|c| ProcTag { pid: c.id(), start_time: process::start_time(c.id()).unwrap() })
+        .collect();
+    // Dead: the same pids with another start time (a recycled pid).
+    let dead: Vec<ProcTag> =
+        live.iter().map(|t| ProcTag { pid: t.pid, start_time: t.start_time + 1 }).collect();
+    let r = open(dir, "reap", 16 << 20);
+    let fill = |r: &Region| {
+        let mut g = r.lock().unwrap();
+        g.retain(|_, _| false).unwrap();
+        let l = g.layout();
+        for i in 0..100_000usize {
+            let tag = if i % 2 == 0 { live[i / 2 % 50] } else { dead[i / 2 % 50] };
+            l.insert(OwnerId::PROCESS, tag, &REC).unwrap();
+        }
+    };
+    let mut g = c.benchmark_group("reap");
+    g.sample_size(10);
+    g.bench_function("reap_100k_records_50_dead_50_live", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fill(&r);
+                let t = Instant::now();
+                let rep = r.lock().unwrap().reap().unwrap();
+                total += t.elapsed();
+                assert_eq!(rep.records, 50_000);
+            }
+            total
+        })
+    });
+    fill(&r);
+    g.bench_function("baseline_scan_table_plus_100_proc_reads", |b| {
+        b.iter(|| {
+            let l = r.lock().unwrap();
+            let n = l.iter().filter(|(m, _)| m.owner.is_process()).count();
+            let alive = live.iter().chain(&dead).filter(|t| process::is_alive(t.pid, t.start_time)).count();
+            black_box((n, alive))
+        })
+    });
+    g.finish();
+    for s in &mut sleepers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os("CACHEM_BENCH_CHILD") {
         let r = open(std::path::Path::new(&dir), "contend", 4 << 20);
@@ -172,6 +227,7 @@ fn main() {
         .sample_size(20)
         .configure_from_args();
     locked(&mut c, &dir);
+    reap(&mut c, &dir);
     c.final_summary();
     two_processes(&dir);
     let _ = std::fs::remove_dir_all(&dir);

@@ -70,6 +70,10 @@ pub enum Error {
     #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
     PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
 
+    /// The owner-id registry failed (its message names the path).
+    #[error("owner-id registry: {0}")]
+    Registry(Box<dyn std::error::Error + Send + Sync>),
+
     /// An operating-system call failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -787,7 +787,7 @@ impl<'a> Layout<'a> {
                 continue;
             }
             // Extend the run over live blocks; past live_from all are live.
-            let mut p = j.src;
+            let mut p = j.src + b.size;
             while p < end && p < j.live_from {
                 let b = self.block(p, end)?;
                 if !live(self, p, &b) {
@@ -884,8 +884,11 @@ impl<'a> Layout<'a> {
         }
         let mut head = 0u32;
         let mut used = 0u32;
-        for slot in (0..n).rev() {
-            let e = self.bptr_mut(slot);
+        let size = self.size() as usize;
+        let table: &mut [Bptr] = bytemuck::cast_slice_mut(&mut self.buf[size - n as usize * BPTR_SIZE..size]);
+        // table[0] is the entry with the highest slot (n - 1).
+        for (i, e) in table.iter_mut().enumerate() {
+            let slot = n - 1 - i as u32;
             if e.o_beg == 0 {
                 e.next_free = head;
                 head = slot + 1;

@@ -19,4 +19,4 @@ pub use ids::{OwnerId, ParseRecordIdError, RecordId, RecordMeta};
 pub use layout::{
     FormatOptions, Layout, OwnerUsage, PidUsage, ProcTag, RecoveryReport, Removed, Status, VerifyReport,
 };
-pub use region::{Guard, OpenReport, Region, RegionOptions};
+pub use region::{DeadProcess, Guard, OpenReport, ReapReport, Region, RegionOptions};

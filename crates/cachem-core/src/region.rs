@@ -42,6 +42,7 @@ use crate::layout::{self, FormatOptions, Layout, ProcTag, Removed, Status, Verif
 use crate::sys::map::Mapping;
 use crate::sys::{mutex, process};
 use fs2::FileExt;
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::marker::PhantomData;
@@ -71,6 +72,8 @@ pub struct RegionOptions {
     /// At creation: reaping purges every record of a dead process.
     pub reap_all_records_of_dead_processes: bool,
     /// At creation: never reap (pids are not meaningful for this region).
+    /// When attaching: this process does not reap, which also allows
+    /// attaching from another pid namespace.
     pub no_reap: bool,
 }
 
@@ -109,7 +112,29 @@ pub struct Region {
     generation: u64,
     options: u32,
     pid_ns: u64,
+    /// This process reaps dead processes' records (region and opener agree).
+    reap: bool,
     report: OpenReport,
+}
+
+/// One dead process whose records a reap removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadProcess {
+    pub pid: u32,
+    pub start_time: u64,
+    pub records: usize,
+    pub bytes: u64,
+}
+
+/// What a reap found and reclaimed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Processes found dead that had reapable records.
+    pub dead: Vec<DeadProcess>,
+    /// Records removed.
+    pub records: usize,
+    /// Bytes given back to the free gap (block headers and padding included).
+    pub bytes: u64,
 }
 
 /// Resolves a region name to its file: an absolute path as given, a relative
@@ -332,8 +357,18 @@ impl Region {
             generation: hdr.generation,
             options: hdr.options,
             pid_ns: hdr.pid_ns,
+            reap: hdr.options & OPT_NO_REAP == 0 && !opts.no_reap,
             report: OpenReport::default(),
         };
+        // Pids are meaningless across pid namespaces: refuse to reap there.
+        let ours = process::pid_namespace(None);
+        if region.reap && hdr.pid_ns != 0 && ours != 0 && hdr.pid_ns != ours {
+            return Err(Error::PidNamespace {
+                path: path.to_path_buf(),
+                region_ns: hdr.pid_ns,
+                our_ns: ours,
+            });
+        }
         // A lock word from another boot may be owned by a thread that is on
         // no robust list: re-arm the mutex (no process of that boot is left)
         // and recover. We hold the global lockfile, so no one else attaches.
@@ -372,6 +407,7 @@ impl Region {
             generation: h.generation,
             options: 0,
             pid_ns: h.pid_ns,
+            reap: true,
             report: OpenReport { created: true, ..Default::default() },
         })
     }
@@ -463,6 +499,12 @@ impl Region {
             }
             r?;
             g.recovered = true;
+            if owner_died && self.reap {
+                // The dead owner is likely not the only dead process.
+                if let Err(e) = g.reap() {
+                    tracing::error!("reaping after recovery failed: {e}");
+                }
+            }
         }
         Ok(g)
     }
@@ -504,6 +546,42 @@ impl Region {
     /// What opening this region did.
     pub fn open_report(&self) -> OpenReport {
         self.report
+    }
+
+    /// Whether this process reaps dead processes' records in this region.
+    pub fn reaps(&self) -> bool {
+        self.reap
+    }
+}
+
+/// A multiply-xor hasher for small integer keys (the reaper's per-record
+/// lookups; SipHash costs more than the rest of the pass).
+#[derive(Default, Clone, Copy)]
+struct FastHash;
+
+struct FastHasher(u64);
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -600,10 +678,65 @@ impl<'r> Guard<'r> {
     }
 
     /// Inserts a record owned by `owner`, stamped with this process's pid
-    /// and start time. mod_cachem's `cachem_add`.
+    /// and start time. mod_cachem's `cachem_add`. If the region is full, dead
+    /// processes' records are reaped and the insert is tried once more.
     pub fn insert(&mut self, owner: OwnerId, data: &[u8]) -> Result<RecordId> {
         let (pid, start_time) = process::me();
-        self.layout.insert(owner, ProcTag { pid, start_time }, data)
+        let tag = ProcTag { pid, start_time };
+        match self.layout.insert(owner, tag, data) {
+            Err(Error::Full { .. }) if self.region.reap && self.reap()?.records > 0 => {
+                self.layout.insert(owner, tag, data)
+            }
+            r => r,
+        }
+    }
+
+    /// Removes the records of dead processes: their process-scoped records,
+    /// or all their records if the region was created with
+    /// `reap_all_records_of_dead_processes`. One pass over the table, one
+    /// /proc read per distinct process, one compaction. Does nothing (an
+    /// empty report) if reaping is disabled for this region or process.
+    pub fn reap(&mut self) -> Result<ReapReport> {
+        if !self.region.reap {
+            return Ok(ReapReport::default());
+        }
+        let all = self.region.options & OPT_REAP_ALL != 0;
+        let me = process::me();
+        // One pass: the liveness of each distinct (pid, start time) is read
+        // from /proc the first time it is met, then remembered.
+        let mut procs: HashMap<(u32, u64), Option<DeadProcess>, FastHash> = HashMap::default();
+        let removed = self.layout.retain(|m, _| {
+            if !(all || m.owner.is_process()) || (m.pid, m.start_time) == me {
+                return true;
+            }
+            let dead = procs.entry((m.pid, m.start_time)).or_insert_with(|| {
+                (!process::is_alive(m.pid, m.start_time)).then_some(DeadProcess {
+                    pid: m.pid,
+                    start_time: m.start_time,
+                    records: 0,
+                    bytes: 0,
+                })
+            });
+            match dead {
+                None => true,
+                Some(d) => {
+                    d.records += 1;
+                    d.bytes += crate::format::block_size(m.len as u64);
+                    false
+                }
+            }
+        })?;
+        self.layout.count_reaped(removed.records as u64);
+        let mut dead: Vec<DeadProcess> = procs.into_values().flatten().collect();
+        dead.sort_by_key(|d| (d.pid, d.start_time));
+        Ok(ReapReport { dead, records: removed.records, bytes: removed.bytes })
+    }
+
+    /// Removes this process's process-scoped records (what happens when the
+    /// process's last `Cache` handle is dropped).
+    pub fn purge_process(&mut self) -> Result<Removed> {
+        let me = process::me();
+        self.layout.retain(|m, _| !(m.owner.is_process() && (m.pid, m.start_time) == me))
     }
 
     /// Inserts `value`'s bytes.

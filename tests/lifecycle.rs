@@ -1,0 +1,228 @@
+//! Process life-cycle with real processes: process-scoped records vanish
+//! when their process exits or is killed, even if the pid is reused.
+
+mod common;
+
+use cachem::layout::ProcTag;
+use cachem::{Cache, Config, Error, OwnerId};
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+fn config(dir: &std::path::Path) -> Config {
+    Config::named("life").dir(dir).size(1 << 16)
+}
+
+/// Worker: insert 3 process-scoped and 2 owned records, then exit normally
+/// (dropping the Cache), or wait to be killed, or exit without dropping.
+#[test]
+fn worker_life() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let how = std::env::var("CACHEM_TEST_HOW").unwrap();
+    let cache = Cache::open(&config(dir.as_ref())).unwrap();
+    let owner = cache.id("jobs").unwrap();
+    {
+        let mut g = cache.lock().unwrap();
+        if how == "fill" {
+            while g.insert(OwnerId::PROCESS, &[7u8; 200]).is_ok() {}
+        } else {
+            for i in 0..3u8 {
+                g.insert(OwnerId::PROCESS, &[i; 40]).unwrap();
+            }
+            for i in 0..2u8 {
+                g.insert(owner, &[i; 24]).unwrap();
+            }
+        }
+    }
+    say("inserted");
+    match how.as_str() {
+        "exit" => drop(cache),
+        "abandon" => std::process::exit(0),
+        _ => std::thread::sleep(Duration::from_secs(60)),
+    }
+}
+
+fn run_worker(dir: &TempDir, how: &str) -> std::process::Child {
+    let env = [("CACHEM_TEST_DIR", dir.path().display().to_string()), ("CACHEM_TEST_HOW", how.to_string())];
+    let mut w = spawn_worker("worker_life", &env);
+    assert_eq!(read_line_timeout(&mut w, Duration::from_secs(30)), "inserted");
+    w
+}
+
+#[test]
+fn a_normal_exit_purges_process_scoped_records_only() {
+    let d = TempDir::new("exit");
+    let mut w = run_worker(&d, "exit");
+    assert!(wait_timeout(&mut w, Duration::from_secs(30)).success());
+    let cache = Cache::open(&config(d.path())).unwrap();
+    let st = cache.status().unwrap();
+    assert_eq!(st.region.records, 2, "the owned records remain");
+    let g = cache.lock().unwrap();
+    assert_eq!(g.iter_owner(OwnerId::PROCESS).count(), 0);
+    assert_eq!(g.iter_owner(cache.id("jobs").unwrap()).count(), 2);
+    assert_eq!(g.status().unwrap().counters.reaped_records, 0, "purged by the exiting process, not reaped");
+}
+
+#[test]
+fn a_killed_process_is_reaped_by_the_next_open_and_the_bytes_come_back() {
+    let d = TempDir::new("killed");
+    let before = Cache::open(&config(d.path())).unwrap();
+    let free0 = before.status().unwrap().region.free_bytes;
+    let mut w = run_worker(&d, "wait");
+    let pid = w.id();
+    let st = before.status().unwrap();
+    assert_eq!(st.region.records, 5);
+    assert!(st.pids.iter().any(|p| p.pid == pid && p.alive && p.records == 5));
+    sigkill(&mut w);
+    assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)).signal(), Some(9));
+    let st = before.status().unwrap();
+    assert!(st.pids.iter().any(|p| p.pid == pid && !p.alive), "status shows the process dead");
+    drop(before);
+    // The next open reaps.
+    let cache = Cache::open(&config(d.path())).unwrap();
+    let st = cache.status().unwrap();
+    assert_eq!(st.region.records, 2);
+    assert_eq!(st.region.counters.reaped_records, 3);
+    // 3 blocks of 8 + 40 bytes came back.
+    let owned_and_table = 2 * (8 + 24) + 5 * 32;
+    assert_eq!(st.region.free_bytes, free0 - owned_and_table);
+    // And reap() finds nothing more.
+    assert_eq!(cache.reap().unwrap().records, 0);
+}
+
+#[test]
+fn reap_reports_what_it_reclaimed() {
+    let d = TempDir::new("reap");
+    let cache = Cache::open(&config(d.path())).unwrap();
+    let mut w = run_worker(&d, "abandon");
+    let pid = w.id();
+    assert!(wait_timeout(&mut w, Duration::from_secs(30)).success());
+    let rep = cache.reap().unwrap();
+    assert_eq!(rep.records, 3);
+    assert_eq!(rep.bytes, 3 * 48);
+    assert_eq!(rep.dead.len(), 1);
+    assert_eq!((rep.dead[0].pid, rep.dead[0].records), (pid, 3));
+}
+
+#[test]
+fn pid_reuse_is_told_apart_by_start_time() {
+    let d = TempDir::new("reuse");
+    let cache = Cache::open(&config(d.path())).unwrap();
+    // pid 1 is alive; one record carries its real start time, one a forged one.
+    let start1 = cachem::sys::process::start_time(1).expect("/proc/1/stat");
+    let (real, forged) = {
+        let mut g = cache.lock().unwrap();
+        let l = g.layout();
+        let real = l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 }, b"init's").unwrap();
+        let forged =
+            l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 + 777 }, b"old pid 1").unwrap();
+        (real, forged)
+    };
+    let rep = cache.reap().unwrap();
+    assert_eq!(rep.records, 1);
+    let g = cache.lock().unwrap();
+    assert!(g.get(real).is_some(), "matching start time: alive, kept");
+    assert!(g.get(forged).is_none(), "same pid, other start time: dead, reaped");
+}
+
+#[test]
+fn a_region_full_of_a_dead_process_still_takes_an_insert() {
+    let d = TempDir::new("full");
+    let cache = Cache::open(&config(d.path())).unwrap();
+    let mut w = run_worker(&d, "fill");
+    sigkill(&mut w);
+    let _ = wait_timeout(&mut w, Duration::from_secs(30));
+    let mut g = cache.lock().unwrap();
+    assert!(g.status().unwrap().free_bytes < 300, "the dead worker filled the region");
+    let id = g.insert(OwnerId(1), &[1u8; 256]).unwrap();
+    assert_eq!(g.get(id).unwrap().len(), 256);
+    assert!(g.status().unwrap().counters.reaped_records > 100);
+}
+
+#[test]
+fn dropping_the_last_handle_purges_this_process() {
+    let d = TempDir::new("drop");
+    let a = Cache::open(&config(d.path())).unwrap();
+    let b = Cache::open(&config(d.path())).unwrap();
+    a.lock().unwrap().insert(OwnerId::PROCESS, b"mine").unwrap();
+    drop(a);
+    assert_eq!(b.status().unwrap().region.records, 1, "another handle is still open");
+    drop(b);
+    let c = Cache::open(&config(d.path())).unwrap();
+    assert_eq!(c.status().unwrap().region.records, 0);
+    c.lock().unwrap().insert(OwnerId::PROCESS, b"mine").unwrap();
+    assert_eq!(c.purge_process().unwrap().records, 1);
+}
+
+#[test]
+fn forked_children_of_an_anonymous_region_killed_are_reaped_by_the_parent() {
+    let out = run_prefork(&["4", "10", "kill"]);
+    assert!(out.contains("reaped=40") && out.contains("records=40 ok=true"), "{out}");
+}
+
+fn run_prefork(args: &[&str]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let helper = exe.parent().unwrap().parent().unwrap().join("examples").join("prefork");
+    if !helper.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = std::process::Command::new(cargo);
+        c.args(["build", "--quiet", "--example", "prefork"]);
+        if exe.to_string_lossy().contains("/release/") {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success());
+    }
+    let out = std::process::Command::new(&helper).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "prefork {args:?}: {text} {}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Worker: attach from inside a new pid namespace.
+#[test]
+fn worker_other_ns() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let cfg = config(dir.as_ref());
+    match Cache::open(&cfg) {
+        Err(Error::PidNamespace { .. }) => say("refused"),
+        other => say(format!("unexpected {:?}", other.map(|_| ()))),
+    }
+    match Cache::open(&cfg.no_reap()) {
+        Ok(_) => say("no_reap ok"),
+        Err(e) => say(format!("no_reap failed: {e}")),
+    }
+}
+
+#[test]
+fn another_pid_namespace_is_refused_unless_reaping_is_off() {
+    let d = TempDir::new("ns");
+    let _cache = Cache::open(&config(d.path())).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--"])
+        .arg(&exe)
+        .args(["worker_other_ns", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env("CACHEM_TEST_WORKER", "1")
+        .env("CACHEM_TEST_DIR", d.path())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!("skipped: unshare --pid refused here: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            println!("skipped: unshare not available: {e}");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("@@ refused"), "{text}");
+    assert!(text.contains("@@ no_reap ok"), "{text}");
+}
