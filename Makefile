@@ -19,11 +19,11 @@ fmt-check:
 	$(CARGO) fmt --all --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --workspace --all-targets --features failpoints -- -D warnings
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
 unit:
-	$(CARGO) test --workspace
+	$(CARGO) test
 	$(CARGO) test --release --features failpoints --test crash
 
 ## Benchmarks (criterion); figures go to docs/benchmarks.md by hand.

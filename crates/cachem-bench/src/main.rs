@@ -1,0 +1,2 @@
+//! Placeholder: the comparison benchmark is being written.
+fn main() {}
