@@ -51,7 +51,7 @@ pub enum Error {
     RecoveryRequired,
 
     /// The existing region has another size than the one asked for.
-    #[error("region {path} was created with size {existing}, asked for {requested}; pass attach_any_size (--attach-any-size) or destroy it")]
+    #[error("region {path} was created with size {existing}, asked for {requested}; open it without a size (attach_any_size) or destroy it first (cachem destroy)")]
     SizeMismatch { path: PathBuf, existing: u64, requested: u64 },
 
     /// The lock was left unrecoverable.

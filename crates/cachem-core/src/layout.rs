@@ -273,7 +273,7 @@ impl<'a> Layout<'a> {
     /// the buffer's length), so a lie here costs correctness of results, not
     /// memory safety.
     pub fn reopen(buf: &'a mut [u8]) -> Result<Self> {
-        if buf.len() < HEADER_SIZE || buf.len() as u64 > MAX_REGION_SIZE {
+        if buf.len() < HEADER_SIZE || buf.len() as u64 > MAX_REGION_SIZE || buf.len() % ALIGN != 0 {
             return Err(Error::corrupt("region_size", format!("{} bytes", buf.len())));
         }
         check_align(buf)?;
@@ -404,6 +404,7 @@ impl<'a> Layout<'a> {
     /// The record's bytes for writing, or `Stale` / `Corrupt`.
     pub fn try_get_mut(&mut self, id: RecordId) -> Result<&mut [u8]> {
         let st = self.st()?;
+        self.check_no_journal()?;
         let (_, o, b) = self.resolve(&st, id)?;
         let d = (o + BH) as usize;
         Ok(&mut self.buf[d..d + b.len as usize])
@@ -494,6 +495,7 @@ impl<'a> Layout<'a> {
             return Err(Error::TooLarge { len, max: self.max_record_len() });
         }
         let st = self.st()?;
+        self.check_no_journal()?;
         let need = block_size(len);
         let free = st.o_bptop - st.o_fr;
         let head = self.hdr().free_head;
@@ -722,10 +724,23 @@ impl<'a> Layout<'a> {
         loop {
             let j = self.hdr().journal;
             let end = j.end;
+            // Killed between the two advancing stores of a finished move
+            // (dst already moved, src not): finish the advance.
+            if j.mv_src == j.src
+                && j.mv_len != 0
+                && j.mv_dst.checked_add(j.mv_len) == Some(j.dst)
+                && j.mv_src.checked_add(j.mv_len).is_some_and(|e| e <= end)
+            {
+                self.hdr_mut().journal.src = j.mv_src + j.mv_len;
+                fence();
+                continue;
+            }
             if !(H <= j.start
                 && j.start <= j.dst
                 && j.dst <= j.src
                 && j.src <= end
+                && j.start <= j.live_from
+                && j.live_from <= end
                 && end <= self.hdr().o_bptop.min(size))
                 || (j.start | j.src | j.dst | end) % 8 != 0
             {
@@ -742,6 +757,7 @@ impl<'a> Layout<'a> {
                     || len % 8 != 0
                     || src.checked_add(len).is_none_or(|e| e > end)
                     || j.mv_done > len
+                    || j.mv_done % 8 != 0
                 {
                     return Err(Error::corrupt(
                         "journal.mv",
@@ -767,10 +783,10 @@ impl<'a> Layout<'a> {
                     moved += len;
                 }
                 fence();
-                let h = self.hdr_mut();
-                h.journal.dst = dst + len;
+                self.hdr_mut().journal.dst = dst + len;
                 fence();
-                h.journal.src = src + len;
+                hit("compact.mid_advance");
+                self.hdr_mut().journal.src = src + len;
                 fence();
                 continue;
             }
@@ -909,6 +925,20 @@ impl<'a> Layout<'a> {
     /// rebuilds the derived state (free list, counts, table top) and checks
     /// every invariant. Idempotent; cheap to run on a consistent image.
     pub fn recover(&mut self) -> Result<RecoveryReport> {
+        // The flag stays set until every invariant is checked, so a recovery
+        // that fails (or is killed) is run again by the next locker.
+        self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
+        fence();
+        let rep = self.recover_inner()?;
+        self.hdr_mut().flags &= !FLAG_RECOVERY_REQUIRED;
+        if let Err(e) = self.verify() {
+            self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
+            return Err(e);
+        }
+        Ok(rep)
+    }
+
+    fn recover_inner(&mut self) -> Result<RecoveryReport> {
         let mut rep = RecoveryReport::default();
         // n_bptr follows o_bptop (the table grows by moving o_bptop first).
         let size = self.size();
@@ -925,10 +955,9 @@ impl<'a> Layout<'a> {
         if h.journal.op == JOURNAL_COMPACT {
             self.compact(true)?;
             rep.finished_compaction = true;
+            self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
         } else if h.journal.op != JOURNAL_NONE {
             return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
-        } else if h.flags & FLAG_RECOVERY_REQUIRED != 0 {
-            self.hdr_mut().flags &= !FLAG_RECOVERY_REQUIRED;
         }
         let o_fr = self.hdr().o_fr;
         // Entries published by an insert that did not advance o_fr.
@@ -940,8 +969,13 @@ impl<'a> Layout<'a> {
             }
         }
         self.rebuild_derived()?;
-        self.verify()?;
         Ok(rep)
+    }
+
+    /// Marks the image as needing recovery (a mutation was abandoned, e.g.
+    /// by a panic while the lock was held).
+    pub fn mark_recovery_required(&mut self) {
+        self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
     }
 
     /// Checks every invariant of the image without changing it: geometry,
@@ -1160,7 +1194,7 @@ fn move_run(buf: &mut [u8], src: u64, dst: u64, len: u64, mut done: u64) {
         copy_chunk(&mut lo[d..d + c as usize], &hi[..c as usize]);
         fence();
         done += c;
-        buf[MV_DONE_AT..MV_DONE_AT + 8].copy_from_slice(&done.to_ne_bytes());
+        *bytemuck::from_bytes_mut::<u64>(&mut buf[MV_DONE_AT..MV_DONE_AT + 8]) = done;
         fence();
         if !half && done * 2 >= len {
             half = true;

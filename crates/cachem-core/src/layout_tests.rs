@@ -507,12 +507,28 @@ fn corrupt_impossible_journal() {
         src: 392,
         dst: 384,
         end: fr,
+        live_from: fr,
         mv_src: 392,
         mv_dst: 384,
         mv_len: 1 << 20,
         ..bytemuck::Zeroable::zeroed()
     };
     assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal.mv"));
+    // live_from outside [start, end].
+    let mut img = populated();
+    let fr = img.hdr().o_fr;
+    img.hdr().journal = Journal {
+        op: JOURNAL_COMPACT,
+        start: 392,
+        src: 392,
+        dst: 392,
+        end: fr,
+        live_from: 8,
+        ..bytemuck::Zeroable::zeroed()
+    };
+    assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal"));
+    // A failed recovery leaves the region marked, so the next one runs again.
+    assert!(img.l().recovery_required());
     // Unknown journal operation.
     let mut img = populated();
     img.hdr().journal.op = 9;

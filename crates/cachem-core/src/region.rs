@@ -247,6 +247,10 @@ impl Region {
                 .map_err(io_err("create runtime directory", &parent))?;
         }
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        if !opts.create && !path.exists() {
+            // Attach only: do not leave a lockfile behind for a missing region.
+            return Err(Error::NotFound { path });
+        }
         let global = GlobalLock::take(&lock_path, opts.mode)?;
         let mut created = false;
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -372,13 +376,16 @@ impl Region {
         // A lock word from another boot may be owned by a thread that is on
         // no robust list: re-arm the mutex (no process of that boot is left)
         // and recover. We hold the global lockfile, so no one else attaches.
+        // A stored boot id of zeros means "unknown" (the creator could not
+        // read it): never re-arm then, live processes may use the mutex.
         let now = process::boot_id();
-        if now != [0; 16] && hdr.boot_id != now {
+        if now != [0; 16] && hdr.boot_id != [0; 16] && hdr.boot_id != now {
             tracing::warn!(path = %path.display(), "region is from another boot: re-initialising its lock and recovering");
             // SAFETY: the mutex bytes lie inside the mapping, 8-aligned; no
             // process of the boot that used it exists any more.
             unsafe { mutex::init(region.mutex_ptr()) }.map_err(io_err("initialise lock", path))?;
             region.report.rearmed_after_reboot = true;
+            region.report.recovered = true;
             let mut g = region.lock_inner()?;
             g.layout.recover()?;
             g.layout.count_recovery();
@@ -654,6 +661,11 @@ pub struct Guard<'r> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A panic may have abandoned a mutation midway: make the next
+            // locker recover.
+            self.layout.mark_recovery_required();
+        }
         // SAFETY: this guard's existence means this thread holds the lock.
         if let Err(e) = unsafe { mutex::unlock(self.region.mutex_ptr()) } {
             tracing::error!("unlocking region failed: {e}");

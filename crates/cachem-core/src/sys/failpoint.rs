@@ -17,6 +17,7 @@ pub const POINTS: &[&str] = &[
     "compact.mid_move",
     "compact.after_move",
     "compact.mid_fixup",
+    "compact.mid_advance",
     "compact.before_clear",
 ];
 
