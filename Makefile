@@ -10,7 +10,7 @@ all: test
 
 ## The README's "run it" command.
 demo:
-	$(CARGO) run --quiet --release --example demo
+	$(CARGO) run --quiet --release --bin cachem -- demo
 
 ## The README's test command (and .ci/run): format, lints, every test.
 test: fmt-check clippy unit

@@ -217,6 +217,7 @@ pub struct Cache {
     lock_file: PathBuf,
     ids: Mutex<Option<IdRegistry>>,
     anonymous: bool,
+    open_reap: ReapReport,
 }
 
 impl Cache {
@@ -242,8 +243,15 @@ impl Cache {
                 (region, store, lock, true)
             }
         };
-        let cache = Cache { region, store, lock_file, ids: Mutex::new(None), anonymous };
-        cache.reap()?;
+        let mut cache = Cache {
+            region,
+            store,
+            lock_file,
+            ids: Mutex::new(None),
+            anonymous,
+            open_reap: ReapReport::default(),
+        };
+        cache.open_reap = cache.reap()?;
         handles(|h| {
             *h.entry(cache.region.generation()).or_default() += 1;
             0
@@ -295,6 +303,11 @@ impl Cache {
     /// Takes the region lock (recovering first if a holder died).
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.region.lock()
+    }
+
+    /// What the reap at [`Cache::open`] removed.
+    pub fn open_reap(&self) -> &ReapReport {
+        &self.open_reap
     }
 
     /// Removes dead processes' records now.

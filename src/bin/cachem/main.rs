@@ -1,0 +1,364 @@
+//! `cachem`: inspect and use cachem regions from the command line.
+//!
+//! Exit codes: 0 success, 1 the operation failed (not found, verify failed,
+//! full, ...), 2 usage error.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod show;
+mod stress;
+
+use cachem::{Cache, Config, OwnerId, RecordId};
+use clap::{ArgGroup, Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "cachem", version, about = "Shared-memory state records for cooperating processes")]
+struct Cli {
+    /// Runtime directory for region names (default: $CACHEM_DIR, else /dev/shm/cachem).
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a region (fully allocated; fails if it exists with another size).
+    Create {
+        name: String,
+        /// Size: 65536, 64K, 1M, 1G; a multiple of 8, at least one page.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Permission bits of the region, lockfile and id store (octal).
+        #[arg(long, value_parser = parse_mode, default_value = "0600")]
+        mode: u32,
+        /// Reaping removes every record of a dead process, not only its
+        /// process-scoped ones.
+        #[arg(long)]
+        reap_all: bool,
+        /// Never reap dead processes' records in this region.
+        #[arg(long)]
+        no_reap: bool,
+    },
+    /// Show a region's geometry, usage per owner and per process, counters.
+    Stat {
+        name: String,
+        /// Machine-readable output with stable keys.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Insert a record and print its id.
+    #[command(group(ArgGroup::new("who").required(true).args(["owner", "owner_id", "process"])))]
+    #[command(group(ArgGroup::new("input").args(["data", "file"])))]
+    Put {
+        name: String,
+        /// Owner name (registered if new).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Owner id.
+        #[arg(long, value_parser = parse_owner_id)]
+        owner_id: Option<u32>,
+        /// A process-scoped record. It belongs to this `cachem` process, so it
+        /// is removed as soon as this command exits.
+        #[arg(long)]
+        process: bool,
+        /// The record's bytes ("-" reads standard input).
+        data: Option<String>,
+        /// Read the record's bytes from a file.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+    },
+    /// Print a record's bytes.
+    Get {
+        name: String,
+        #[arg(value_parser = parse_record_id)]
+        record_id: RecordId,
+        /// Hex dump instead of raw bytes.
+        #[arg(long)]
+        hex: bool,
+    },
+    /// Delete a record (the block section is compacted).
+    Del {
+        name: String,
+        #[arg(value_parser = parse_record_id)]
+        record_id: RecordId,
+    },
+    /// List records (id, owner, pid, alive, len).
+    #[command(group(ArgGroup::new("filter").args(["owner", "owner_id"])))]
+    Ls {
+        name: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long, value_parser = parse_owner_id)]
+        owner_id: Option<u32>,
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the owner id of OWNERNAME (registered if new).
+    Id { name: String, owner_name: String },
+    /// Remove the records of dead processes now.
+    Reap {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every invariant; exit 1 with the reason if one is broken.
+    Verify { name: String },
+    /// Remove a region, its lockfile and its id store.
+    Destroy { name: String },
+    /// One worker's random insert / update / remove loop over self-checking
+    /// records; prints a summary (ops, errors) at exit.
+    Stress {
+        name: String,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Largest record size.
+        #[arg(long, default_value_t = 256)]
+        record_size: usize,
+        /// Use records owned by NAME instead of process-scoped ones.
+        #[arg(long, value_name = "NAME")]
+        owner: Option<String>,
+    },
+    /// Show the whole product in ten seconds: workers, a SIGKILL, a reap.
+    Demo,
+    #[command(hide = true)]
+    DemoWorker { name: String, index: u32 },
+}
+
+/// A failure: message for stderr and exit code.
+pub struct Fail(pub String, pub u8);
+
+impl From<cachem::Error> for Fail {
+    fn from(e: cachem::Error) -> Self {
+        Fail(e.to_string(), 1)
+    }
+}
+
+impl From<std::io::Error> for Fail {
+    fn from(e: std::io::Error) -> Self {
+        Fail(e.to_string(), 1)
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, Fail>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg, code)) => {
+            if !msg.is_empty() {
+                eprintln!("cachem: {msg}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+/// Config of an existing region (any size).
+pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
+    let c = Config::named(name).attach_only().attach_any_size();
+    match dir {
+        Some(d) => c.dir(d),
+        None => c,
+    }
+}
+
+/// Opens an existing region for inspection: it does not reap, so the state
+/// shown is the state found (dead processes' records included).
+pub fn inspect(dir: &Option<PathBuf>, name: &str) -> CliResult<Cache> {
+    Ok(Cache::open(&existing(dir, name).no_reap())?)
+}
+
+fn run(cli: Cli) -> CliResult {
+    let dir = cli.dir;
+    let mut out = std::io::stdout().lock();
+    match cli.cmd {
+        Cmd::Create { name, size, mode, reap_all, no_reap } => {
+            let mut c = Config::named(&name).size(size).mode(mode);
+            if let Some(d) = &dir {
+                c = c.dir(d);
+            }
+            if reap_all {
+                c = c.reap_all_records_of_dead_processes();
+            }
+            if no_reap {
+                c = c.no_reap();
+            }
+            let cache = Cache::open(&c)?;
+            let path = cache.region().path().map(|p| p.display().to_string()).unwrap_or_default();
+            if cache.region().open_report().created {
+                writeln!(out, "created {path} ({} bytes)", cache.region().size())?;
+            } else {
+                writeln!(out, "{path} already exists ({} bytes)", cache.region().size())?;
+            }
+        }
+        Cmd::Stat { name, json } => {
+            let cache = inspect(&dir, &name)?;
+            let st = cache.status()?;
+            if json {
+                writeln!(out, "{}", show::status_json(&st))?;
+            } else {
+                show::status_human(&mut out, &st)?;
+            }
+        }
+        Cmd::Put { name, owner, owner_id, process, data, file } => {
+            let bytes = match (data.as_deref(), file) {
+                (_, Some(f)) => {
+                    std::fs::read(&f).map_err(|e| Fail(format!("cannot read {}: {e}", f.display()), 1))?
+                }
+                (Some("-"), None) | (None, None) => {
+                    let mut v = vec![];
+                    std::io::stdin().read_to_end(&mut v)?;
+                    v
+                }
+                (Some(d), None) => d.as_bytes().to_vec(),
+            };
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let who = match (owner, owner_id, process) {
+                (Some(n), _, _) => cache.id(&n)?,
+                (_, Some(id), _) => OwnerId(id),
+                _ => OwnerId::PROCESS,
+            };
+            let id = cache.lock()?.insert(who, &bytes)?;
+            writeln!(out, "{id}")?;
+        }
+        Cmd::Get { name, record_id, hex } => {
+            let cache = inspect(&dir, &name)?;
+            let g = cache.lock()?;
+            let bytes = g.try_get(record_id)?;
+            if hex {
+                show::hexdump(&mut out, bytes)?;
+            } else {
+                out.write_all(bytes)?;
+            }
+        }
+        Cmd::Del { name, record_id } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            cache.lock()?.remove(record_id)?;
+            writeln!(out, "deleted {record_id}")?;
+        }
+        Cmd::Ls { name, owner, owner_id, pid, json } => {
+            let cache = inspect(&dir, &name)?;
+            let filter = match (owner, owner_id) {
+                (Some(n), _) => Some(
+                    cache
+                        .lookup(&n)?
+                        .ok_or_else(|| Fail(format!("no owner named {n:?} in region {name}"), 1))?,
+                ),
+                (_, Some(id)) => Some(OwnerId(id)),
+                _ => None,
+            };
+            show::list(&mut out, &cache, filter, pid, json)?;
+        }
+        Cmd::Id { name, owner_name } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            writeln!(out, "{}", cache.id(&owner_name)?.get())?;
+        }
+        Cmd::Reap { name, json } => {
+            // Opening reaps already (on attach); report that and any more.
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let mut rep = cache.open_reap().clone();
+            let more = cache.reap()?;
+            rep.records += more.records;
+            rep.bytes += more.bytes;
+            rep.dead.extend(more.dead);
+            show::reap(&mut out, &rep, json)?;
+        }
+        Cmd::Verify { name } => {
+            let cache = inspect(&dir, &name)?;
+            let rep = cache.lock()?.verify()?;
+            writeln!(
+                out,
+                "ok: {} records in {} table entries, {} bytes used, {} bytes free",
+                rep.records, rep.slots, rep.used_bytes, rep.free_bytes
+            )?;
+        }
+        Cmd::Destroy { name } => {
+            let c = existing(&dir, &name);
+            cachem::destroy(&c)?;
+            writeln!(out, "destroyed {}", c.path()?.map(|p| p.display().to_string()).unwrap_or_default())?;
+        }
+        Cmd::Stress { name, seconds, seed, record_size, owner } => {
+            drop(out);
+            stress::run(&dir, &name, seconds, seed, record_size, owner)?;
+        }
+        Cmd::Demo => {
+            drop(out);
+            demo::run()?;
+        }
+        Cmd::DemoWorker { name, index } => {
+            drop(out);
+            demo::worker(&dir, &name, index)?;
+        }
+    }
+    Ok(())
+}
+
+/// `65536`, `64K`, `1M`, `1G` (powers of 1024); a multiple of 8, at least a page.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown unit {c:?} in {s:?}: use K, M or G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size: use e.g. 65536, 64K, 1M, 1G"))?;
+    let size = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
+    cachem::region::check_create_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode"))?;
+    if m > 0o777 || m & 0o600 != 0o600 {
+        return Err(format!("mode {s} must be at most 0777 and include 0600 (owner read and write)"));
+    }
+    Ok(m)
+}
+
+fn parse_owner_id(s: &str) -> Result<u32, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an owner id (an integer; 0 is the process owner)"))
+}
+
+fn parse_record_id(s: &str) -> Result<RecordId, String> {
+    s.parse::<RecordId>().map_err(|e| e.to_string())
+}
