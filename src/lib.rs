@@ -190,6 +190,27 @@ pub fn destroy(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Gives the id store's files the region's mode (sled creates them with the
+/// umask's), so a group that may use the region may use its registry.
+/// Best effort: files sled creates later keep the umask's mode.
+fn share_files(dir: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if mode == 0o600 {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(region::dir_mode(mode)));
+                share_files(&p, mode);
+            } else {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+            }
+        }
+    }
+}
+
 fn ids_path(region: &Path) -> PathBuf {
     let mut s = region.as_os_str().to_owned();
     s.push(".ids");
@@ -218,6 +239,7 @@ pub struct Cache {
     ids: Mutex<Option<IdRegistry>>,
     anonymous: bool,
     open_reap: ReapReport,
+    mode: u32,
 }
 
 impl Cache {
@@ -250,6 +272,7 @@ impl Cache {
             ids: Mutex::new(None),
             anonymous,
             open_reap: ReapReport::default(),
+            mode: config.mode,
         };
         cache.open_reap = cache.reap()?;
         handles(|h| {
@@ -271,8 +294,16 @@ impl Cache {
                     })?;
                 }
             }
+            if !self.store.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(region::dir_mode(self.mode))
+                    .create(&self.store)
+                    .map_err(|e| Error::Io { op: "create id store", path: self.store.clone(), source: e })?;
+            }
             let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
                 .map_err(|e| Error::Registry(Box::new(e)))?;
+            share_files(&self.store, self.mode);
             *ids = Some(reg);
         }
         let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;

@@ -201,6 +201,19 @@ fn page_size() -> u64 {
     }
 }
 
+/// Mode of a runtime directory for files of `mode`: rwx for the owner, and
+/// rwx for group / others that may read or write the files.
+pub fn dir_mode(mode: u32) -> u32 {
+    let mut m = 0o700;
+    if mode & 0o060 != 0 {
+        m |= 0o070;
+    }
+    if mode & 0o006 != 0 {
+        m |= 0o007;
+    }
+    m
+}
+
 /// Checks a size asked for at creation: a multiple of 8, at least one page.
 pub fn check_create_size(size: u64) -> Result<()> {
     layout::check_size(size)?;
@@ -223,6 +236,17 @@ impl GlobalLock {
             .mode(mode)
             .open(path)
             .map_err(io_err("open lockfile", path))?;
+        // The mode given at open is filtered by the umask; a new (empty)
+        // lockfile gets exactly `mode`, so a group sharing the region can
+        // lock it too.
+        if let Ok(m) = f.metadata() {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            // Only the file's owner may chmod it: compare with our own uid
+            // (the owner of /proc/self).
+            if m.len() == 0 && m.uid() == fs::metadata("/proc/self").map(|s| s.uid()).unwrap_or(u32::MAX) {
+                let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+            }
+        }
         FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
         Ok(GlobalLock(f))
     }
@@ -242,15 +266,20 @@ impl Region {
         if !parent.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(dir_mode(opts.mode))
                 .create(&parent)
                 .map_err(io_err("create runtime directory", &parent))?;
         }
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
-        if !opts.create && !path.exists() {
+        if !opts.create {
             // Attach only: do not leave a lockfile behind for a missing region.
-            return Err(Error::NotFound { path });
+            match fs::metadata(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
+                Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
+            }
         }
+        let lock_existed = lock_path.exists();
         let global = GlobalLock::take(&lock_path, opts.mode)?;
         let mut created = false;
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -263,7 +292,18 @@ impl Region {
                     return Err(Error::NotFound { path });
                 };
                 created = true;
-                Self::create_file(&path, size, opts)?
+                match Self::create_file(&path, size, opts) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Leave nothing behind: the lockfile too, if this
+                        // call made it (publishing never replaces a region,
+                        // so a racer holding the old lockfile cannot harm one).
+                        if !lock_existed {
+                            let _ = fs::remove_file(&lock_path);
+                        }
+                        return Err(e);
+                    }
+                }
             }
             Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
         };
@@ -303,7 +343,7 @@ impl Region {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(fs::Permissions::from_mode(opts.mode))
                 .map_err(io_err("chmod region", &tmp))?;
-            FileExt::allocate(&file, size).map_err(|e| {
+            crate::sys::file::allocate(&file, size).map_err(|e| {
                 let e = if e.raw_os_error() == Some(libc::ENOSPC) {
                     io::Error::new(
                         e.kind(),
@@ -323,7 +363,9 @@ impl Region {
                 options |= OPT_NO_REAP;
             }
             init_image(&map, options)?;
-            fs::rename(&tmp, path).map_err(io_err("rename region into place", path))
+            // Publish without ever replacing an existing region.
+            fs::hard_link(&tmp, path).map_err(io_err("publish region", path))?;
+            fs::remove_file(&tmp).map_err(io_err("remove temporary", &tmp))
         })();
         if let Err(e) = built {
             let _ = fs::remove_file(&tmp);

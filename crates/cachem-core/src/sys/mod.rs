@@ -2,6 +2,7 @@
 //! `unsafe` lives below this module; the layout engine above it has none.
 
 pub mod failpoint;
+pub mod file;
 pub mod map;
 pub mod mutex;
 pub mod process;

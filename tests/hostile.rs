@@ -1,0 +1,178 @@
+//! Hostile conditions: a full tmpfs, other users, API misuse. (Corrupt
+//! images are covered by the engine's unit tests, `tests/cli.rs` and the
+//! fuzz regressions.)
+
+mod common;
+
+use cachem::{Cache, Config, Error, OwnerId, RecordId};
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cachem");
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn a_full_tmpfs_fails_at_create_and_leaves_nothing() {
+    let d = TempDir::new("tmpfs");
+    let mnt = d.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt).output();
+    match m {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            println!("skipped: mounting a tmpfs was refused: {}", String::from_utf8_lossy(&o.stderr).trim());
+            return;
+        }
+        Err(e) => {
+            println!("skipped: mount not available: {e}");
+            return;
+        }
+    }
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Umount(&mnt);
+    let r = Cache::open(&Config::named("big").dir(&mnt).size(4 << 20));
+    match r {
+        Err(Error::Io { op: "allocate region", ref source, .. }) => {
+            assert!(source.to_string().contains("no room"), "{source}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a 4 MiB region fit in a 1 MiB tmpfs"),
+    }
+    let e = r.err().unwrap().to_string();
+    assert!(e.contains("big") && e.contains("no room"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // A region that fits still works there.
+    let c = Cache::open(&Config::named("small").dir(&mnt).size(256 << 10)).unwrap();
+    c.lock().unwrap().insert(OwnerId(1), b"fits").unwrap();
+}
+
+#[test]
+fn files_are_private_by_default_and_other_users_are_refused() {
+    let d = TempDir::new("perm");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = d.path().join("run");
+    let o =
+        Command::new(BIN).arg("--dir").arg(&run).args(["create", "priv", "--size", "64K"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(Command::new(BIN)
+        .arg("--dir")
+        .arg(&run)
+        .args(["id", "priv", "x"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert_eq!(mode_of(&run), 0o700, "runtime directory");
+    assert_eq!(mode_of(&run.join("priv")), 0o600, "region");
+    assert_eq!(mode_of(&run.join("priv.lock")), 0o600, "lockfile");
+    assert_eq!(mode_of(&run.join("priv.ids")), 0o700, "id store");
+    // Another user cannot attach, and is told which path refused.
+    let o = Command::new(BIN)
+        .arg("--dir")
+        .arg(&run)
+        .args(["stat", "priv"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if o.status.code() == Some(126) || err.contains("cannot execute") {
+        println!("skipped: nobody cannot execute the test binary here");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("Permission denied") && err.contains(run.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn a_shared_group_with_mode_0660_can_attach() {
+    let d = TempDir::new("group");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    // The deployment: a directory of the shared group, setgid, so files
+    // created in it belong to that group.
+    assert!(Command::new("chgrp").arg("nogroup").arg(&shared).status().unwrap().success());
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let o = Command::new(BIN)
+        .arg("--dir")
+        .arg(&shared)
+        .args(["create", "app", "--size", "64K", "--mode", "0660"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode_of(&shared.join("app")), 0o660);
+    assert_eq!(std::fs::metadata(shared.join("app")).unwrap().gid(), 65534);
+    // nobody (group nogroup) can attach, read and write.
+    let as_nobody = |args: &[&str]| {
+        Command::new(BIN).arg("--dir").arg(&shared).args(args).uid(65534).gid(65534).output().unwrap()
+    };
+    let o = as_nobody(&["put", "app", "--owner-id", "3", "from nobody"]);
+    if o.status.code() == Some(126) {
+        println!("skipped: nobody cannot execute the test binary here");
+        return;
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_nobody(&["verify", "app"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o =
+        Command::new(BIN).arg("--dir").arg(&shared).args(["ls", "app", "--owner-id", "3"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("65534")
+            || String::from_utf8_lossy(&o.stdout).contains('3')
+    );
+}
+
+#[test]
+fn api_misuse_gives_specific_errors() {
+    let d = TempDir::new("misuse");
+    let cfg = |name: &str, size: u64| Config::named(name).dir(d.path()).size(size);
+    // Sizes.
+    for (size, why) in [(8191u64, "multiple of 8"), (4000, "page"), (1 << 40, "4 GiB")] {
+        match Cache::open(&cfg("s", size)) {
+            Err(Error::BadSize { reason, .. }) => assert!(reason.contains(why), "{size}: {reason}"),
+            Err(e) => panic!("{size}: {e}"),
+            Ok(_) => panic!("{size} accepted"),
+        }
+    }
+    // Names.
+    for name in ["a/../b", "/tmp/../x", "../x", "", "a\0"] {
+        assert!(matches!(Cache::open(&cfg(name, 65536)), Err(Error::BadName { .. })), "{name:?}");
+    }
+    let a = Cache::open(&cfg("a", 65536)).unwrap();
+    let b = Cache::open(&cfg("b", 65536)).unwrap();
+    let mut ga = a.lock().unwrap();
+    // Zero-length records are records.
+    let z = ga.insert(OwnerId(1), b"").unwrap();
+    assert_eq!(ga.get(z), Some(&b""[..]));
+    // Oversized.
+    assert!(matches!(ga.insert(OwnerId(1), &vec![0; 70_000]), Err(Error::TooLarge { .. })));
+    // Stale: removed, then the slot reused.
+    let r = ga.insert(OwnerId(1), b"r").unwrap();
+    ga.remove(r).unwrap();
+    let r2 = ga.insert(OwnerId(1), b"r2").unwrap();
+    assert_eq!(r.slot(), r2.slot());
+    assert!(matches!(ga.try_get(r), Err(Error::Stale(_))));
+    assert!(matches!(ga.remove(r), Err(Error::Stale(_))));
+    // An id from another region.
+    let x = b.lock().unwrap().insert(OwnerId(1), b"other region").unwrap();
+    assert!(matches!(ga.try_get(x), Err(Error::Stale(_))), "an id from region b must not reach region a");
+    assert!(matches!(ga.try_get(RecordId::from_u64(u64::MAX)), Err(Error::Stale(_))));
+    // Pod of the wrong size.
+    assert!(matches!(ga.get_pod::<u64>(r2), Err(Error::PodMismatch { expected: 8, actual: 2, .. })));
+    drop(ga);
+    // Same name, other size.
+    assert!(matches!(Cache::open(&cfg("a", 131072)), Err(Error::SizeMismatch { .. })));
+}
