@@ -164,17 +164,7 @@ fn forked_children_of_an_anonymous_region_killed_are_reaped_by_the_parent() {
 }
 
 fn run_prefork(args: &[&str]) -> String {
-    let exe = std::env::current_exe().unwrap();
-    let helper = exe.parent().unwrap().parent().unwrap().join("examples").join("prefork");
-    if !helper.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = std::process::Command::new(cargo);
-        c.args(["build", "--quiet", "--example", "prefork"]);
-        if exe.to_string_lossy().contains("/release/") {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success());
-    }
+    let helper = prefork_helper();
     let out = std::process::Command::new(&helper).args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "prefork {args:?}: {text} {}", String::from_utf8_lossy(&out.stderr));

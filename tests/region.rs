@@ -180,17 +180,7 @@ fn a_process_killed_holding_the_lock_does_not_freeze_the_region() {
 fn anonymous_region_is_shared_with_forked_children() {
     // The helper is a small single-threaded program (examples/prefork.rs):
     // it forks children that insert and exit, and verifies in the parent.
-    let exe = std::env::current_exe().unwrap();
-    let helper = exe.parent().unwrap().parent().unwrap().join("examples").join("prefork");
-    if !helper.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut c = std::process::Command::new(cargo);
-        c.args(["build", "--quiet", "--example", "prefork"]);
-        if exe.to_string_lossy().contains("/release/") {
-            c.arg("--release");
-        }
-        assert!(c.status().unwrap().success(), "building the prefork example failed");
-    }
+    let helper = prefork_helper();
     let out = std::process::Command::new(&helper).args(["8", "50"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "prefork failed: {text} {}", String::from_utf8_lossy(&out.stderr));

@@ -160,3 +160,19 @@ pub fn make_record(pid: u32, seq: u32, len: usize, rng: &mut Rng) -> Vec<u8> {
 pub fn record_ok(v: &[u8]) -> bool {
     v.len() >= 16 && checksum(&v[..v.len() - 8]).to_ne_bytes() == v[v.len() - 8..]
 }
+
+/// Path of the single-threaded `prefork` example (built on demand).
+pub fn prefork_helper() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let helper = exe.parent().unwrap().parent().unwrap().join("examples").join("prefork");
+    if !helper.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["build", "--quiet", "--example", "prefork"]);
+        if exe.to_string_lossy().contains("/release/") {
+            c.arg("--release");
+        }
+        assert!(c.status().unwrap().success(), "building the prefork example failed");
+    }
+    helper
+}
