@@ -4,7 +4,7 @@ CARGO ?= cargo
 SECONDS ?= 60
 KILLS ?= 5000
 
-.PHONY: all demo test fmt-check clippy unit bench torture fuzz clean
+.PHONY: all demo test fmt-check clippy unit bench bench-quick torture fuzz clean
 
 all: test
 
@@ -26,11 +26,20 @@ unit:
 	$(CARGO) test
 	$(CARGO) test --release --features failpoints --test crash
 
-## Benchmarks (criterion); figures go to docs/benchmarks.md by hand.
+## Benchmarks: criterion (engine, locked region, reap, id registry), then
+## the side-by-side comparison with LMDB, Redis and memcached, which
+## installs the servers if missing and rewrites its section of
+## docs/benchmarks.md.
 bench:
+	sh crates/cachem-bench/setup.sh
+	CACHEM_BENCH_CMD="make bench" $(CARGO) run --release -p cachem-bench
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
 	$(CARGO) bench -p cachem-core --bench region -- --noplot
 	$(CARGO) bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5 --noplot
+
+bench-quick:
+	sh crates/cachem-bench/setup.sh
+	$(CARGO) run --release -p cachem-bench -- --quick
 
 ## Long crash soak: KILLS random SIGKILLs of stress workers.
 torture:

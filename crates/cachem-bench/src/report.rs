@@ -1,0 +1,541 @@
+//! The markdown report: machine, method, tables, ratios, targets; and the
+//! marked section of docs/benchmarks.md it replaces.
+
+use crate::harness::Budget;
+use crate::remove_cost::{human_bytes, Point};
+use crate::{System, Workload, BASIC_N};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+pub const BEGIN: &str = "<!-- cachem-bench:begin -->";
+pub const END: &str = "<!-- cachem-bench:end -->";
+
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub mem: String,
+    pub rustc: String,
+    pub date: String,
+    pub command: String,
+    pub load_start: String,
+    pub load_end: String,
+    pub total: Duration,
+    pub versions: Vec<String>,
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+pub fn lmdb_version() -> String {
+    let v = heed::lmdb_version();
+    format!("{}.{}.{}", v.major, v.minor, v.patch)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from the system clock.
+fn utc_now() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+impl Machine {
+    pub fn collect() -> Machine {
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let mem = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|kb| format!("{:.0} GiB", kb / (1 << 20) as f64))
+            .unwrap_or_default();
+        let rustc = std::process::Command::new("rustc")
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "rustc (unknown version)".into());
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let command = std::env::var("CACHEM_BENCH_CMD").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+            if args.is_empty() {
+                "cargo run --release -p cachem-bench".into()
+            } else {
+                format!("cargo run --release -p cachem-bench -- {}", args.join(" "))
+            }
+        });
+        Machine {
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpu,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            mem,
+            rustc,
+            date: utc_now(),
+            command,
+            load_start: loadavg(),
+            load_end: String::new(),
+            total: Duration::ZERO,
+            versions: Vec::new(),
+        }
+    }
+
+    pub fn finish(&mut self, total: Duration) {
+        self.load_end = loadavg();
+        self.total = total;
+    }
+}
+
+pub struct Results {
+    pub workloads: Vec<Workload>,
+    pub keys: Vec<&'static str>,
+    /// `ns[workload][system]`: median ns per op (None: not supported).
+    pub ns: Vec<Vec<Option<f64>>>,
+}
+
+impl Results {
+    pub fn new(systems: &[System], workloads: &[Workload]) -> Results {
+        Results {
+            workloads: workloads.to_vec(),
+            keys: systems.iter().map(|s| s.key).collect(),
+            ns: vec![vec![None; systems.len()]; workloads.len()],
+        }
+    }
+
+    pub fn get(&self, w: Workload, key: &str) -> Option<f64> {
+        let wi = self.workloads.iter().position(|&x| x == w)?;
+        let si = self.keys.iter().position(|&k| k == key)?;
+        self.ns[wi][si]
+    }
+}
+
+pub struct TwoProc {
+    pub system: usize,
+    pub live: usize,
+    pub a: f64,
+    pub b: f64,
+    pub error: Option<String>,
+}
+
+/// 10000 -> "10,000".
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn short_count(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn sig3(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+pub fn fmt_ns(ns: f64) -> String {
+    if !ns.is_finite() {
+        "n/a".into()
+    } else if ns < 1e3 {
+        format!("{} ns", sig3(ns))
+    } else if ns < 1e6 {
+        format!("{} µs", sig3(ns / 1e3))
+    } else if ns < 1e9 {
+        format!("{} ms", sig3(ns / 1e6))
+    } else {
+        format!("{} s", sig3(ns / 1e9))
+    }
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if !r.is_finite() {
+        "n/a".into()
+    } else if r >= 100.0 {
+        format!("{r:.0}x")
+    } else if r >= 10.0 {
+        format!("{r:.1}x")
+    } else if r >= 1.0 {
+        format!("{r:.2}x")
+    } else if r > 0.1 {
+        format!("1/{:.1}", 1.0 / r)
+    } else {
+        format!("1/{:.0}", 1.0 / r)
+    }
+}
+
+fn fmt_ops(x: f64) -> String {
+    if !x.is_finite() {
+        "n/a".into()
+    } else if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn workload_title(w: Workload) -> String {
+    match w {
+        Workload::Insert => "insert".into(),
+        Workload::Get => "get".into(),
+        Workload::Remove => "remove".into(),
+        Workload::Churn(n) => format!("churn {}", short_count(n)),
+        Workload::Iterate => "iterate (per record)".into(),
+    }
+}
+
+const PEERS: [(&str, &str); 5] = [
+    ("lmdb1", "LMDB 1/txn"),
+    ("lmdb100", "LMDB 100/txn"),
+    ("redis", "Redis"),
+    ("redis16", "Redis x16"),
+    ("memcached", "memcached"),
+];
+
+#[allow(clippy::too_many_arguments)]
+pub fn markdown(
+    m: &Machine,
+    b: &Budget,
+    systems: &[System],
+    r: &Results,
+    points: &[Point],
+    two: &[TwoProc],
+    notes: &[String],
+    svg: &str,
+) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "## cachem next to LMDB, Redis, memcached and a bare mutex\n");
+    let _ = writeln!(
+        w,
+        "Generated by `crates/cachem-bench` (part of `make bench`); everything between the\n\
+         `cachem-bench` markers is rewritten by each full run."
+    );
+    let _ = writeln!(w);
+    let _ = writeln!(w, "- Command: `{}`", m.command);
+    let _ = writeln!(w, "- Date: {}; the whole bench took {:.0} s.", m.date, m.total.as_secs_f64());
+    let _ = writeln!(
+        w,
+        "- Machine: {} cores (nproc), {}, {} RAM, Linux {}; {}; {}.",
+        m.cores,
+        m.cpu,
+        m.mem,
+        m.kernel,
+        m.rustc,
+        m.versions.join(", ")
+    );
+    let _ = writeln!(
+        w,
+        "- Load average (1, 5, 15 min): {} at the start, {} at the end. The cores are shared \
+         with other work, so compare figures within one run.",
+        m.load_start, m.load_end
+    );
+    let _ = writeln!(
+        w,
+        "- Method: each cell is the median over {} runs of ns per operation; a run repeats chunks \
+         of ops until {} ms were timed, after one untimed warm-up chunk. Ops are drawn (untimed) \
+         before each chunk. Records are 64 bytes.",
+        b.runs,
+        b.run_time.as_millis()
+    );
+    let n = thousands(BASIC_N);
+    let _ = writeln!(
+        w,
+        "  - insert: {n} records into an empty store; get: a random one of {n} live; remove: all {n} \
+         in random order (live shrinks from {n} to 0); churn N: 50% get, 25% insert, 25% remove of \
+         random records at N live (kept within N ± N/16); iterate: all records of one owner of {} \
+         ({} records each, inserted interleaved), per record visited.",
+        crate::stores::ITER_OWNERS,
+        thousands(crate::stores::ITER_PER_OWNER as usize)
+    );
+    let _ = writeln!(
+        w,
+        "  - cachem: `Cache::lock()` + op + unlock for every op, on a 256 MiB region in /dev/shm. \
+         The floor: lock + unlock of a process-shared, robust, error-checking pthread mutex in a \
+         /dev/shm mapping (`cachem::sys::mutex`), once per op whatever the op."
+    );
+    let _ = writeln!(
+        w,
+        "  - LMDB: heed, env in /dev/shm with `NO_SYNC | WRITE_MAP`, 8-byte big-endian keys. \
+         \"1 op per txn\": every write in its own write transaction, every get in its own read \
+         transaction; \"100 ops per txn\": 100 ops per transaction (a read transaction when all \
+         100 are gets). Iterate: a prefix scan over (owner, seq) keys."
+    );
+    let _ = writeln!(
+        w,
+        "  - Redis and memcached: started by the bench on 127.0.0.1 with a free port \
+         (`redis-server --save '' --appendonly no`, `memcached -U 0 -m 1024`), one client over \
+         one TCP connection with TCP_NODELAY, one request at a time: SET/GET/DEL (memcached: \
+         set/get/delete). \"Pipelined by 16\": 16 requests written, then their 16 replies read. \
+         Iterate: Redis HGETALL of one hash per owner; memcached cannot enumerate its keys (n/a)."
+    );
+    for note in notes {
+        let _ = writeln!(w, "- {note}");
+    }
+    let _ = writeln!(w);
+
+    // Main table.
+    let _ = writeln!(w, "### One process: median time per operation\n");
+    let _ = write!(w, "| system |");
+    for &wl in &r.workloads {
+        let _ = write!(w, " {} |", workload_title(wl));
+    }
+    let _ = write!(w, "\n|---|");
+    for _ in &r.workloads {
+        let _ = write!(w, "---:|");
+    }
+    let _ = writeln!(w);
+    for (si, sys) in systems.iter().enumerate() {
+        let _ = write!(w, "| {} |", sys.label);
+        for (wi, &wl) in r.workloads.iter().enumerate() {
+            let cell = match r.ns[wi][si] {
+                Some(x) => fmt_ns(x),
+                None if sys.key == "mutex" && wl == Workload::Iterate => "".into(),
+                None => "n/a".into(),
+            };
+            let _ = write!(w, " {cell} |");
+        }
+        let _ = writeln!(w);
+    }
+    let _ = writeln!(w);
+
+    // Ratios.
+    let peers: Vec<(&str, &str)> = PEERS.iter().copied().filter(|(k, _)| r.keys.contains(k)).collect();
+    if r.keys.contains(&"cachem") {
+        let _ = writeln!(w, "### cachem against the floor and each peer\n");
+        let _ = writeln!(
+            w,
+            "\"vs floor\" is cachem's time / the bare mutex's (1x would be free). The peer columns \
+             are the peer's time / cachem's: above 1, cachem is that many times faster; below 1 \
+             (written 1/k), the peer is k times faster.\n"
+        );
+        let _ = write!(w, "| workload | cachem | vs floor |");
+        for (_, t) in &peers {
+            let _ = write!(w, " {t} |");
+        }
+        let _ = write!(w, "\n|---|---:|---:|");
+        for _ in &peers {
+            let _ = write!(w, "---:|");
+        }
+        let _ = writeln!(w);
+        for &wl in &r.workloads {
+            let Some(c) = r.get(wl, "cachem") else { continue };
+            let floor = if wl == Workload::Iterate { None } else { r.get(wl, "mutex") };
+            let _ = write!(
+                w,
+                "| {} | {} | {} |",
+                workload_title(wl),
+                fmt_ns(c),
+                floor.map(|f| fmt_ratio(c / f)).unwrap_or_default()
+            );
+            for (k, _) in &peers {
+                let _ = write!(
+                    w,
+                    " {} |",
+                    r.get(wl, k).map(|p| fmt_ratio(p / c)).unwrap_or_else(|| "n/a".into())
+                );
+            }
+            let _ = writeln!(w);
+        }
+        let _ = writeln!(w);
+    }
+
+    // Targets.
+    let mut targets: Vec<(String, String, bool)> = Vec::new();
+    let c = |wl| r.get(wl, "cachem");
+    if let (Some(g), Some(f)) = (c(Workload::Get), r.get(Workload::Get, "mutex")) {
+        targets.push(("cachem get within 2x the bare mutex pair".into(), fmt_ratio(g / f), g / f <= 2.0));
+    }
+    if let (Some(i), Some(f)) = (c(Workload::Insert), r.get(Workload::Insert, "mutex")) {
+        targets.push(("cachem insert within 3x the bare mutex pair".into(), fmt_ratio(i / f), i / f <= 3.0));
+    }
+    if let (Some(i), Some(l)) = (c(Workload::Insert), r.get(Workload::Insert, "lmdb1")) {
+        targets.push((
+            "cachem insert at least 20x faster than LMDB put (1 per txn)".into(),
+            fmt_ratio(l / i),
+            l / i >= 20.0,
+        ));
+    }
+    if let (Some(i), Some(l)) = (c(Workload::Insert), r.get(Workload::Insert, "redis")) {
+        targets.push((
+            "cachem insert at least 300x faster than Redis SET".into(),
+            fmt_ratio(l / i),
+            l / i >= 300.0,
+        ));
+    }
+    for p in points {
+        targets.push((
+            format!(
+                "remove within 1.3x of memmove of the same tail, {} live",
+                human_bytes(p.live_bytes as f64)
+            ),
+            fmt_ratio(p.ratio),
+            p.ratio <= 1.3,
+        ));
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(w, "### Targets\n");
+        let _ = writeln!(w, "| target | measured | |\n|---|---:|---|");
+        for (t, m, ok) in &targets {
+            let _ = writeln!(w, "| {t} | {m} | {} |", if *ok { "met" } else { "**missed**" });
+        }
+        let _ = writeln!(w);
+    }
+
+    // Remove cost.
+    if !points.is_empty() {
+        let _ = writeln!(w, "### Remove cost against region size\n");
+        let _ = writeln!(
+            w,
+            "The region is filled with 64-byte records (72 bytes each in the block section) up to \
+             the live size; then, per timed op, `lock()` + `remove` of a record at a random \
+             position + unlock (the record is re-inserted untimed, so the size stays). Next to it, \
+             a raw `copy_within` (memmove) on a plain `Vec` of the same size, moving the same \
+             tail bytes (everything after the removed block) by the same 72 bytes, for the same \
+             sequence of positions. Times are medians over {} runs of the mean per remove; each \
+             has the cost of an empty timer read subtracted. The ratio is the median of the \
+             per-run ratios.\n",
+            b.runs
+        );
+        let _ = writeln!(w, "![remove cost against live data, log-log]({svg})\n");
+        let _ = writeln!(
+            w,
+            "| live data | records | removes timed | mean tail moved | cachem remove | raw memmove | memmove speed | ratio |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for p in points {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {:.1} GB/s | {} |",
+                human_bytes(p.live_bytes as f64),
+                thousands(p.records),
+                thousands(p.removes),
+                human_bytes(p.mean_tail),
+                fmt_ns(p.cachem_us * 1e3),
+                fmt_ns(p.memmove_us * 1e3),
+                p.mean_tail / (p.memmove_us * 1e3),
+                fmt_ratio(p.ratio)
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    // Two processes.
+    if !two.is_empty() {
+        let _ = writeln!(w, "### Two processes at once\n");
+        let _ = writeln!(
+            w,
+            "The churn mix in two processes at the same time on one store: `live` records in all, \
+             each process working on its own half (its own records, or its own keys). A second \
+             process is the bench binary re-executed; both start at a barrier and run {:.1} s; \
+             ops/s per process (ops over the time spent in the store's calls), median of {} runs. \
+             The floor row is lock + unlock pairs.\n",
+            b.two_proc_secs, b.two_proc_runs
+        );
+        let _ = writeln!(
+            w,
+            "| system | live | process A | process B | per op, A | per op, B |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for t in two {
+            let label = systems[t.system].label;
+            if let Some(e) = &t.error {
+                let _ = writeln!(w, "| {label} | {} | failed: {e} | | | |", short_count(t.live));
+                continue;
+            }
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {} ops/s | {} ops/s | {} | {} |",
+                short_count(t.live),
+                fmt_ops(t.a),
+                fmt_ops(t.b),
+                fmt_ns(1e9 / t.a),
+                fmt_ns(1e9 / t.b)
+            );
+        }
+        let _ = writeln!(w);
+    }
+    s.trim_end().to_string()
+}
+
+/// Replaces the marked section of `path` (or appends it, with its
+/// markers, at the end).
+pub fn write_section(path: &Path, body: &str) -> std::io::Result<()> {
+    let old = std::fs::read_to_string(path)?;
+    let section = format!("{BEGIN}\n{body}\n{END}");
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &old[..b], &old[e + END.len()..]),
+        _ => format!("{}\n\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(path, new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_is_appended_then_replaced() {
+        let p = std::env::temp_dir().join(format!("cachem-bench-report-{}.md", std::process::id()));
+        std::fs::write(&p, "# B\n\ntext\n").unwrap();
+        write_section(&p, "one").unwrap();
+        let a = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(a, format!("# B\n\ntext\n\n{BEGIN}\none\n{END}\n"));
+        std::fs::write(&p, format!("{a}\nafter\n")).unwrap();
+        write_section(&p, "two").unwrap();
+        let b = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(b, format!("# B\n\ntext\n\n{BEGIN}\ntwo\n{END}\n\nafter\n"));
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_ns(21.74), "21.7 ns");
+        assert_eq!(fmt_ns(1530.0), "1.53 µs");
+        assert_eq!(fmt_ns(2.5e6), "2.50 ms");
+        assert_eq!(fmt_ratio(0.01), "1/100");
+        assert_eq!(fmt_ratio(0.5), "1/2.0");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(910), "910");
+        assert_eq!(short_count(1_000_000), "1M");
+        assert!(utc_now().ends_with(" UTC"));
+    }
+}
