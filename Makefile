@@ -45,5 +45,10 @@ bench-quick:
 torture:
 	CACHEM_TORTURE_KILLS=$(KILLS) $(CARGO) test --release --features failpoints --test crash -- --ignored --nocapture torture_long
 
+## Fuzz each cargo-fuzz target (fuzz/) for SECONDS seconds; installs
+## cargo-fuzz if missing; exits non-zero on a finding.
+fuzz:
+	fuzz/run.sh $(SECONDS)
+
 clean:
 	$(CARGO) clean

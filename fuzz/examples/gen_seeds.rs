@@ -1,0 +1,84 @@
+//! Writes the seed inputs of tests/fuzz_corpus/ (replayed by
+//! tests/fuzz_regressions.rs, copied into fuzz/corpus/image by run.sh).
+//! Run from fuzz/: `cargo run --example gen_seeds`.
+use cachem_core::format::*;
+use cachem_core::layout::{format, FormatOptions, Layout, ProcTag};
+use cachem_core::{bytemuck, OwnerId};
+use cachem_fuzz::image_driver::built_image;
+
+/// A valid image of `size` bytes with a few records and one free slot.
+fn valid(size: usize) -> Vec<u8> {
+    let mut w = vec![0u64; size / 8];
+    let b: &mut [u8] = bytemuck::cast_slice_mut(&mut w);
+    format(b, &FormatOptions { generation: 0xc0ffee, mutex_size: 40, ..Default::default() }).unwrap();
+    let mut l = Layout::open(b).unwrap();
+    let mut ids = Vec::new();
+    for (i, len) in [0usize, 5, 17, 64, 100].into_iter().enumerate() {
+        let tag = ProcTag { pid: 40 + i as u32 % 2, start_time: 99 };
+        ids.push(l.insert(OwnerId(i as u32 % 3), tag, &vec![0x41 + i as u8; len]).unwrap());
+    }
+    l.remove(ids[1]).unwrap();
+    l.verify().unwrap();
+    b.to_vec()
+}
+
+fn hdr(b: &mut [u8]) -> &mut Header {
+    bytemuck::from_bytes_mut(&mut b[..HEADER_SIZE])
+}
+
+fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz_corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
+    seeds.push(("valid_4096_records", valid(4096)));
+    seeds.push(("truncated_8192_to_4096", valid(8192)[..4096].to_vec()));
+    seeds.push(("truncated_8192_to_4100", valid(8192)[..4100].to_vec()));
+    let mut b = valid(4096);
+    hdr(&mut b).o_fr += 4;
+    seeds.push(("o_fr_unaligned", b));
+    let mut b = valid(4096);
+    let h = hdr(&mut b);
+    h.o_fr = h.o_bptop + 8;
+    seeds.push(("o_fr_past_o_bptop", b));
+    let mut b = valid(4096);
+    hdr(&mut b).o_fr -= 8;
+    seeds.push(("o_fr_inside_last_block", b));
+    let mut b = valid(4096);
+    let h = hdr(&mut b);
+    h.journal.op = JOURNAL_COMPACT;
+    h.flags |= FLAG_RECOVERY_REQUIRED;
+    let garbage: [u8; 72] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5c);
+    bytemuck::bytes_of_mut(&mut h.journal)[8..].copy_from_slice(&garbage);
+    seeds.push(("journal_op1_garbage", b));
+    let mut b = valid(4096);
+    hdr(&mut b).journal.op = 7;
+    seeds.push(("journal_unknown_op", b));
+    // Overlay inputs (< 4096 bytes): byte 0 size, byte 1 population/crash.
+    // 0x5b: 11 records, crash inside a remove with part of the tail moved.
+    seeds.push(("crash_mid_move_raw", built_image(&[0x00, 0x5b])));
+    seeds.push(("overlay_crash_mid_move", vec![0x00, 0x5b]));
+    seeds.push(("overlay_crash_after_clear", vec![0x01, 0x1e]));
+    // o_bptop (offset 88) set to an unaligned value inside the table.
+    let mut p = vec![0x02, 0x0c, 88, 0, 8];
+    p.extend_from_slice(&(4096u64 + 512 * 2 - 20).to_ne_bytes());
+    seeds.push(("overlay_o_bptop_unaligned", p));
+    // Table entry 0's next_free (from the end: size-1-7 = entry 0 + 24)
+    // pointing at itself, and free_head (offset 104) = 1: a free-list cycle.
+    seeds.push(("overlay_free_list_cycle", vec![0x00, 0x07, 7, 0x80, 4, 1, 0, 0, 0, 104, 0, 4, 1, 0, 0, 0]));
+    // The first block's len (offset 388) = u32::MAX.
+    seeds.push(("overlay_block_len_huge", vec![0x00, 0x05, 0x84, 0x01, 4, 0xff, 0xff, 0xff, 0xff]));
+    // The crash seeds do describe interrupted removes.
+    for d in [&[0x00, 0x5b][..], &[0x01, 0x1e]] {
+        let mut w: Vec<u64> =
+            built_image(d).chunks(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+        let j = bytemuck::from_bytes::<Header>(&bytemuck::cast_slice::<u64, u8>(&w)[..HEADER_SIZE]).journal;
+        let l = Layout::open(bytemuck::cast_slice_mut(&mut w)).unwrap();
+        assert!(l.recovery_required(), "{d:?} is not a crash state");
+        println!("{d:02x?}: journal {j:?}");
+    }
+    for (name, data) in &seeds {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    let total: usize = seeds.iter().map(|(_, d)| d.len()).sum();
+    println!("wrote {} seeds ({total} bytes) to {}", seeds.len(), dir.display());
+}
