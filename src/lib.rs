@@ -192,7 +192,8 @@ pub fn destroy(config: &Config) -> Result<()> {
 
 /// Gives the id store's files the region's mode (sled creates them with the
 /// umask's), so a group that may use the region may use its registry.
-/// Best effort: files sled creates later keep the umask's mode.
+/// Run after every registry call (sled writes new snapshot files); best
+/// effort: only files this user owns can be changed.
 fn share_files(dir: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     if mode == 0o600 {
@@ -202,7 +203,11 @@ fn share_files(dir: &Path, mode: u32) {
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(region::dir_mode(mode)));
+                let setgid = std::fs::metadata(&p).map_or(0, |m| m.permissions().mode() & 0o2000);
+                let _ = std::fs::set_permissions(
+                    &p,
+                    std::fs::Permissions::from_mode(region::dir_mode(mode) | setgid),
+                );
                 share_files(&p, mode);
             } else {
                 let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
@@ -265,6 +270,13 @@ impl Cache {
                 (region, store, lock, true)
             }
         };
+        // The id store takes the region file's mode (whoever makes it), so a
+        // group sharing the region shares its registry too.
+        let mode = region
+            .path()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .unwrap_or(config.mode);
         let mut cache = Cache {
             region,
             store,
@@ -272,13 +284,14 @@ impl Cache {
             ids: Mutex::new(None),
             anonymous,
             open_reap: ReapReport::default(),
-            mode: config.mode,
+            mode,
         };
-        cache.open_reap = cache.reap()?;
+        // Counted before anything can fail, so Drop's decrement matches.
         handles(|h| {
             *h.entry(cache.region.generation()).or_default() += 1;
             0
         });
+        cache.open_reap = cache.reap()?;
         Ok(cache)
     }
 
@@ -295,19 +308,29 @@ impl Cache {
                 }
             }
             if !self.store.exists() {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .mode(region::dir_mode(self.mode))
-                    .create(&self.store)
-                    .map_err(|e| Error::Io { op: "create id store", path: self.store.clone(), source: e })?;
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                let err = |e| Error::Io { op: "create id store", path: self.store.clone(), source: e };
+                // Keep a setgid bit inherited from the runtime directory, so
+                // sled's files get the shared group.
+                let setgid = self
+                    .store
+                    .parent()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0, |m| m.permissions().mode() & 0o2000);
+                let mode = region::dir_mode(self.mode) | setgid;
+                std::fs::DirBuilder::new().mode(mode).create(&self.store).map_err(err)?;
+                // The mode given at creation is filtered by the umask.
+                std::fs::set_permissions(&self.store, std::fs::Permissions::from_mode(mode)).map_err(err)?;
             }
             let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
                 .map_err(|e| Error::Registry(Box::new(e)))?;
-            share_files(&self.store, self.mode);
             *ids = Some(reg);
         }
         let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;
-        f(reg).map_err(|e| Error::Registry(Box::new(e)))
+        let r = f(reg).map_err(|e| Error::Registry(Box::new(e)));
+        // sled may have written new files in this cycle.
+        share_files(&self.store, self.mode);
+        r
     }
 
     /// The owner id of `name`: the same in every process, for the lifetime
@@ -355,8 +378,13 @@ impl Cache {
     /// liveness.
     pub fn status(&self) -> Result<CacheStatus> {
         let region = self.region.lock()?.status()?;
-        let owner_names: BTreeMap<OwnerId, String> =
-            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect();
+        // A region whose registry was never used has no names; looking
+        // must not create the store.
+        let owner_names: BTreeMap<OwnerId, String> = if self.store.exists() {
+            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect()
+        } else {
+            BTreeMap::new()
+        };
         let pids = region
             .pids
             .iter()

@@ -127,6 +127,17 @@ fn a_shared_group_with_mode_0660_can_attach() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = as_nobody(&["verify", "app"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The owner using the region (and its registry) first must not take it
+    // away from the group: the lockfile keeps its mode, the id store gets
+    // the region's.
+    let as_root = |args: &[&str]| Command::new(BIN).arg("--dir").arg(&shared).args(args).output().unwrap();
+    assert!(as_root(&["ls", "app"]).status.success());
+    assert!(as_root(&["id", "app", "root-module"]).status.success());
+    assert_eq!(mode_of(&shared.join("app.lock")), 0o660);
+    for args in [&["verify", "app"][..], &["id", "app", "nobody-module"], &["stat", "app"]] {
+        let o = as_nobody(args);
+        assert!(o.status.success(), "{args:?} as nobody: {}", String::from_utf8_lossy(&o.stderr));
+    }
     let o =
         Command::new(BIN).arg("--dir").arg(&shared).args(["ls", "app", "--owner-id", "3"]).output().unwrap();
     assert!(

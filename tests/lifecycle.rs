@@ -216,3 +216,29 @@ fn another_pid_namespace_is_refused_unless_reaping_is_off() {
     assert!(text.contains("@@ refused"), "{text}");
     assert!(text.contains("@@ no_reap ok"), "{text}");
 }
+
+#[test]
+fn an_id_call_inside_a_guard_does_not_deadlock_with_an_attach() {
+    // Regression: attach held the lockfile while waiting for the region
+    // lock, and a registry call under the region lock waits for the
+    // lockfile. Threads stand in for processes (flock is per open file).
+    let d = TempDir::new("deadlock");
+    let cache = std::sync::Arc::new(Cache::open(&config(d.path())).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let c2 = cache.clone();
+    let holder = std::thread::spawn(move || {
+        let g = c2.lock().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let id = c2.id("late-name").unwrap();
+        drop(g);
+        id
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let dir = d.path().to_path_buf();
+    std::thread::spawn(move || {
+        let other = Cache::open(&config(&dir)).map(|_| ());
+        let _ = tx.send(other.is_ok());
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true), "attach and id() deadlocked");
+    assert_eq!(holder.join().unwrap(), cache.id("late-name").unwrap());
+}

@@ -114,6 +114,8 @@ pub struct Region {
     pid_ns: u64,
     /// This process reaps dead processes' records (region and opener agree).
     reap: bool,
+    /// This process lives in another pid namespace than the region's creator.
+    foreign_ns: bool,
     report: OpenReport,
 }
 
@@ -227,28 +229,45 @@ pub fn check_create_size(size: u64) -> Result<()> {
 struct GlobalLock(File);
 
 impl GlobalLock {
+    /// Opens (creating with exactly `mode` if missing) and flocks the
+    /// lockfile. A lockfile that someone unlinked or replaced while we waited
+    /// (destroy, a failed create) is not the lock others take any more: in
+    /// that case start over with the file now at the path.
     fn take(path: &Path, mode: u32) -> Result<GlobalLock> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(path)
-            .map_err(io_err("open lockfile", path))?;
-        // The mode given at open is filtered by the umask; a new (empty)
-        // lockfile gets exactly `mode`, so a group sharing the region can
-        // lock it too.
-        if let Ok(m) = f.metadata() {
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            // Only the file's owner may chmod it: compare with our own uid
-            // (the owner of /proc/self).
-            if m.len() == 0 && m.uid() == fs::metadata("/proc/self").map(|s| s.uid()).unwrap_or(u32::MAX) {
-                let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        loop {
+            let f = match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path) {
+                Ok(f) => {
+                    // The mode given at open is filtered by the umask; the
+                    // lockfile we made gets exactly `mode`, so a group
+                    // sharing the region can lock it too.
+                    let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+                    f
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    match OpenOptions::new().read(true).write(true).open(path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(Error::Io {
+                                op: "open lockfile",
+                                path: path.to_path_buf(),
+                                source: e,
+                            })
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::Io { op: "open lockfile", path: path.to_path_buf(), source: e }),
+            };
+            FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
+            let ours = f.metadata().map_err(io_err("stat lockfile", path))?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(GlobalLock(f)),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::Io { op: "stat lockfile", path: path.to_path_buf(), source: e }),
             }
         }
-        FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
-        Ok(GlobalLock(f))
     }
 }
 
@@ -262,6 +281,16 @@ impl Region {
     /// Creates the named region or attaches to it. See [`RegionOptions`].
     pub fn open(name: &str, opts: &RegionOptions) -> Result<Region> {
         let path = resolve_path(name, opts.dir.as_deref())?;
+        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        if !opts.create || opts.size.is_none() {
+            // Attach only: leave no directory or lockfile behind for a
+            // missing region.
+            match fs::metadata(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
+                Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
+            }
+        }
         let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         if !parent.exists() {
             fs::DirBuilder::new()
@@ -269,15 +298,6 @@ impl Region {
                 .mode(dir_mode(opts.mode))
                 .create(&parent)
                 .map_err(io_err("create runtime directory", &parent))?;
-        }
-        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
-        if !opts.create {
-            // Attach only: do not leave a lockfile behind for a missing region.
-            match fs::metadata(&path) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
-                Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
-            }
         }
         let lock_existed = lock_path.exists();
         let global = GlobalLock::take(&lock_path, opts.mode)?;
@@ -310,7 +330,16 @@ impl Region {
         let mut region = Self::attach_file(file, &path, opts).map_err(|e| with_path(e, &path))?;
         region.report.created = created;
         region.lock_path = Some(lock_path);
+        // Release the lockfile before waiting for the region lock: a process
+        // holding the region lock may be waiting for the lockfile (an id
+        // registry call inside a guard), and waiting for each other in
+        // opposite orders would deadlock.
         drop(global);
+        let g = region.lock_inner().map_err(|e| with_path(e, &path))?;
+        g.layout.verify().map_err(|e| with_path(e, &path))?;
+        let recovered = g.recovered;
+        drop(g);
+        region.report.recovered |= recovered;
         Ok(region)
     }
 
@@ -404,11 +433,13 @@ impl Region {
             options: hdr.options,
             pid_ns: hdr.pid_ns,
             reap: hdr.options & OPT_NO_REAP == 0 && !opts.no_reap,
+            foreign_ns: false,
             report: OpenReport::default(),
         };
         // Pids are meaningless across pid namespaces: refuse to reap there.
         let ours = process::pid_namespace(None);
-        if region.reap && hdr.pid_ns != 0 && ours != 0 && hdr.pid_ns != ours {
+        region.foreign_ns = hdr.pid_ns != 0 && ours != 0 && hdr.pid_ns != ours;
+        if region.reap && region.foreign_ns {
             return Err(Error::PidNamespace {
                 path: path.to_path_buf(),
                 region_ns: hdr.pid_ns,
@@ -434,12 +465,8 @@ impl Region {
             g.layout.set_boot_id(now);
             drop(g);
         }
-        // Validate the mutable fields under the lock (recovering if needed).
-        let g = region.lock_inner()?;
-        g.layout.verify()?;
-        let recovered = g.recovered;
-        drop(g);
-        region.report.recovered |= recovered;
+        // The mutable fields are validated under the region lock by the
+        // caller, after it released the global lockfile.
         Ok(region)
     }
 
@@ -457,6 +484,7 @@ impl Region {
             options: 0,
             pid_ns: h.pid_ns,
             reap: true,
+            foreign_ns: false,
             report: OpenReport { created: true, ..Default::default() },
         })
     }
@@ -466,8 +494,17 @@ impl Region {
     pub fn destroy(name: &str, opts: &RegionOptions) -> Result<()> {
         let path = resolve_path(name, opts.dir.as_deref())?;
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
-        if !path.exists() {
-            return Err(Error::NotFound { path });
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
+            Err(e) => return Err(Error::Io { op: "destroy region", path, source: e }),
+            Ok(m) if !m.is_file() => {
+                return Err(Error::Io {
+                    op: "destroy region",
+                    path,
+                    source: io::Error::other("not a regular file; refusing to remove it"),
+                })
+            }
+            Ok(_) => {}
         }
         let global = GlobalLock::take(&lock_path, opts.mode)?;
         fs::remove_file(&path).map_err(io_err("remove region", &path))?;
@@ -735,6 +772,13 @@ impl<'r> Guard<'r> {
     /// and start time. mod_cachem's `cachem_add`. If the region is full, dead
     /// processes' records are reaped and the insert is tried once more.
     pub fn insert(&mut self, owner: OwnerId, data: &[u8]) -> Result<RecordId> {
+        if owner.is_process() && self.region.foreign_ns {
+            // Our pid means another process in the creator's namespace: a
+            // reaper there would judge the record by the wrong process.
+            let path = self.region.display_path();
+            let region_ns = self.region.pid_ns;
+            return Err(Error::PidNamespace { path, region_ns, our_ns: process::pid_namespace(None) });
+        }
         let (pid, start_time) = process::me();
         let tag = ProcTag { pid, start_time };
         match self.layout.insert(owner, tag, data) {

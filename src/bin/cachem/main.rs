@@ -121,13 +121,14 @@ enum Cmd {
     /// records; prints a summary (ops, errors) at exit.
     Stress {
         name: String,
-        #[arg(long)]
+        /// How long to run (0 to 31536000).
+        #[arg(long, value_parser = parse_seconds)]
         seconds: f64,
         #[arg(long)]
         seed: Option<u64>,
-        /// Largest record size.
-        #[arg(long, default_value_t = 256)]
-        record_size: usize,
+        /// Largest record size (16 to 16777216).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=16 << 20))]
+        record_size: u64,
         /// Use records owned by NAME instead of process-scoped ones.
         #[arg(long, value_name = "NAME")]
         owner: Option<String>,
@@ -237,6 +238,12 @@ fn run(cli: Cli) -> CliResult {
                 (_, Some(f)) => {
                     std::fs::read(&f).map_err(|e| Fail(format!("cannot read {}: {e}", f.display()), 1))?
                 }
+                (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                    return Err(Fail(
+                        "put needs the record's bytes: DATA, --file PATH, or - for standard input".into(),
+                        2,
+                    ));
+                }
                 (Some("-"), None) | (None, None) => {
                     let mut v = vec![];
                     std::io::stdin().read_to_end(&mut v)?;
@@ -288,6 +295,12 @@ fn run(cli: Cli) -> CliResult {
         Cmd::Reap { name, json } => {
             // Opening reaps already (on attach); report that and any more.
             let cache = Cache::open(&existing(&dir, &name))?;
+            if !cache.region().reaps() {
+                return Err(Fail(
+                    format!("reaping is disabled for region {name} (created with --no-reap)"),
+                    1,
+                ));
+            }
             let mut rep = cache.open_reap().clone();
             let more = cache.reap()?;
             rep.records += more.records;
@@ -311,7 +324,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Stress { name, seconds, seed, record_size, owner } => {
             drop(out);
-            stress::run(&dir, &name, seconds, seed, record_size, owner)?;
+            stress::run(&dir, &name, seconds, seed, record_size as usize, owner)?;
         }
         Cmd::Demo => {
             drop(out);
@@ -344,6 +357,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let size = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
     cachem::region::check_create_size(size).map_err(|e| e.to_string())?;
     Ok(size)
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0 and 31536000")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

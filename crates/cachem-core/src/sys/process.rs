@@ -40,33 +40,38 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// 2) may contain spaces and parentheses, so fields are counted from after
 /// the last `)`.
 pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    // After ")" come field 3 (state) onwards; field 22 is the 20th of them.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    parse_state_and_start(stat).map(|(_, t)| t)
 }
 
-/// Whether /proc is usable on this system.
-pub fn have_proc() -> bool {
-    std::path::Path::new("/proc/self/stat").exists()
+/// Parses the state (field 3) and start time (field 22) out of a
+/// `/proc/<pid>/stat` line.
+pub fn parse_state_and_start(stat: &[u8]) -> Option<(u8, u64)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// Liveness of a (pid, start time) pair.
 ///
-/// With /proc: alive iff `/proc/<pid>/stat` exists and its start time
-/// matches (a recycled pid has another start time). A start time of 0
-/// (unknown) matches any. Without /proc: `kill(pid, 0)` says whether some
-/// process has that pid, which cannot tell a recycled pid apart.
+/// With /proc: alive iff `/proc/<pid>/stat` exists, its start time matches
+/// (a recycled pid has another start time; 0 = unknown matches any), and the
+/// process is not a zombie (`Z`) or dead (`X`): a killed child whose parent
+/// has not waited for it yet is dead for cachem. When `/proc/<pid>` cannot be
+/// read (no /proc, or `hidepid` hides other users' processes), `kill(pid, 0)`
+/// decides: ESRCH is dead, success or EPERM is alive; that fallback cannot
+/// tell a recycled pid apart.
 pub fn is_alive(pid: u32, start: u64) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
     match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => match parse_start_time(&stat) {
-            Some(t) => start == 0 || t == start,
+        Ok(stat) => match parse_state_and_start(&stat) {
+            Some((state, t)) => (start == 0 || t == start) && state != b'Z' && state != b'X',
             None => true,
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && have_proc() => false,
         Err(_) => kill_probe(pid),
     }
 }
@@ -88,7 +93,9 @@ extern "C" fn forget_after_fork() {
 /// This process's pid and start time, cached (and refreshed in a child
 /// after `fork`, through a `pthread_atfork` handler).
 pub fn me() -> (u32, u64) {
-    let pid = PID.load(Ordering::Relaxed);
+    // START is stored before PID (Release) and read after it (Acquire), so
+    // a thread that sees the pid also sees its start time.
+    let pid = PID.load(Ordering::Acquire);
     if pid != 0 {
         return (pid as u32, START.load(Ordering::Relaxed));
     }
@@ -102,7 +109,7 @@ pub fn me() -> (u32, u64) {
     let pid = std::process::id();
     let start = start_time(pid).unwrap_or(0);
     START.store(start, Ordering::Relaxed);
-    PID.store(pid as u64, Ordering::Relaxed);
+    PID.store(pid as u64, Ordering::Release);
     (pid, start)
 }
 
@@ -116,6 +123,27 @@ mod tests {
         assert_eq!(parse_start_time(line), Some(987654));
         assert_eq!(parse_start_time(b"garbage"), None);
         assert_eq!(parse_start_time(b"1 (x) S 1"), None);
+        assert_eq!(parse_state_and_start(line), Some((b'S', 987654)));
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        // SAFETY: fork in a test process: the child only calls _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: _exit is async-signal-safe and ends the child at once.
+            unsafe { libc::_exit(0) };
+        }
+        let start = start_time(pid as u32).unwrap_or(0);
+        // Not waited for yet: a zombie, which is dead for cachem.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while is_alive(pid as u32, start) {
+            assert!(std::time::Instant::now() < deadline, "the exited child still looks alive");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut status = 0;
+        // SAFETY: reaps our own child; writes into a local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
     }
 
     #[test]
