@@ -39,7 +39,7 @@ pub struct ProcTag {
     pub start_time: u64,
 }
 
-/// What [`format`] writes into the immutable part of a new header.
+/// What [`format`](fn@format) writes into the immutable part of a new header.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FormatOptions {
     /// Random id of this incarnation of the region.

@@ -1,6 +1,6 @@
 //! cachem-core: the region layout engine, the shared mapping and the lock.
 //!
-//! - [`format`]: the byte layout (header, block header, block pointer), with
+//! - [`format`](mod@format): the byte layout (header, block header, block pointer), with
 //!   compile-time checks of every size and offset.
 //! - [`layout`]: the layout engine, pure code over `&mut [u8]` (no `unsafe`).
 //! - `sys`: everything that talks to the operating system; all `unsafe`
