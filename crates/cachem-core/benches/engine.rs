@@ -2,14 +2,15 @@
 //! Run with `make bench`; figures go to docs/benchmarks.md.
 
 use cachem_core::layout::{format, FormatOptions, Layout, ProcTag};
-use cachem_core::{OwnerId, RecordId};
+use cachem_core::RecordId;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+mod common;
+
+use common::{rng, OWNER, REC};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const OWNER: OwnerId = OwnerId(1);
 const TAG: ProcTag = ProcTag { pid: 1, start_time: 1 };
-const REC: [u8; 64] = [0x5a; 64];
 
 fn image(size: usize) -> Vec<u64> {
     let mut v = vec![0u64; size / 8];
@@ -19,14 +20,6 @@ fn image(size: usize) -> Vec<u64> {
 
 fn layout(v: &mut [u64]) -> Layout<'_> {
     Layout::open(bytemuck::cast_slice_mut(v)).unwrap()
-}
-
-/// xorshift, so the benchmark does not measure a RNG crate.
-fn rng(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
 }
 
 fn ops(c: &mut Criterion) {

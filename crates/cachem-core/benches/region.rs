@@ -5,18 +5,11 @@
 use cachem_core::sys::{map::Mapping, mutex};
 use cachem_core::{OwnerId, RecordId, Region, RegionOptions};
 use criterion::{Criterion, Throughput};
+mod common;
+
+use common::{rng, OWNER, REC};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
-
-const OWNER: OwnerId = OwnerId(1);
-const REC: [u8; 64] = [0x5a; 64];
-
-fn rng(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
 
 fn bench_dir() -> std::path::PathBuf {
     let d = std::path::PathBuf::from(format!("/dev/shm/cachem-bench-{}", std::process::id()));
