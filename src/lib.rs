@@ -77,6 +77,7 @@ pub struct Config {
     create: bool,
     reap_all: bool,
     no_reap: bool,
+    compaction: Compaction,
 }
 
 impl Config {
@@ -94,6 +95,7 @@ impl Config {
             create: true,
             reap_all: false,
             no_reap: false,
+            compaction: Compaction::Deferred,
         }
     }
 
@@ -160,6 +162,14 @@ impl Config {
         self
     }
 
+    /// At creation: the compaction policy (default [`Compaction::Deferred`];
+    /// [`Compaction::Eager`] keeps the block section compacted at all times).
+    /// An existing region keeps the policy it was created with.
+    pub fn compaction(mut self, policy: Compaction) -> Config {
+        self.compaction = policy;
+        self
+    }
+
     fn region_options(&self) -> RegionOptions {
         RegionOptions {
             size: self.size,
@@ -170,6 +180,7 @@ impl Config {
             create: self.create,
             reap_all_records_of_dead_processes: self.reap_all,
             no_reap: self.no_reap,
+            compaction: self.compaction,
         }
     }
 
@@ -262,7 +273,7 @@ impl Cache {
                 let size = config
                     .size
                     .ok_or(Error::BadSize { size: 0, reason: "an anonymous region needs a size" })?;
-                let region = Region::anonymous(size)?;
+                let region = Region::anonymous_with(size, config.compaction)?;
                 let dir = region::runtime_dir(config.dir.as_deref());
                 let base = dir.join(format!("anon-{:016x}", region.generation()));
                 let store = config.id_store.clone().unwrap_or_else(|| ids_path(&base));
@@ -367,6 +378,12 @@ impl Cache {
     /// Removes dead processes' records now.
     pub fn reap(&self) -> Result<ReapReport> {
         self.region.lock()?.reap()
+    }
+
+    /// Closes every hole left by removes now, in one compaction (see
+    /// [`Guard::compact`]). Returns the bytes moved.
+    pub fn compact(&self) -> Result<u64> {
+        self.region.lock()?.compact()
     }
 
     /// Removes this process's process-scoped records now.

@@ -1,7 +1,9 @@
 //! The layout engine: every region operation as pure code over a byte slice.
 //!
-//! [`Layout`] wraps `&mut [u8]` holding a region image (see `format` and
-//! `docs/format.md`). It performs no system calls and contains no `unsafe`;
+//! [`Layout`] wraps `&mut [u8]` holding a region image without its trailer
+//! (the mutex; see `format` and `docs/format.md`), so the engine's view
+//! never covers bytes that waiting threads write. It performs no system
+//! calls and contains no `unsafe`;
 //! mapping and locking (module `region`) wrap it. Unit tests, property
 //! tests and the fuzzer drive it over plain heap buffers.
 //!
@@ -52,6 +54,8 @@ pub struct FormatOptions {
     pub options: u32,
     /// `size_of::<pthread_mutex_t>()` of the creator (part of the ABI tag).
     pub mutex_size: u32,
+    /// The compaction policy, fixed for the region's life.
+    pub compaction: Compaction,
 }
 
 /// Checks that `size` can be a region size.
@@ -87,9 +91,11 @@ pub fn format(buf: &mut [u8], opts: &FormatOptions) -> Result<()> {
     h.pid_ns = opts.pid_ns;
     h.options = opts.options;
     h.mutex_size = opts.mutex_size;
+    h.compaction = opts.compaction.to_raw();
+    h.trailer_size = TRAILER_SIZE as u32;
     h.boot_id = opts.boot_id;
     h.o_fr = H;
-    h.o_bptop = size;
+    h.o_bptop = size - TRAILER_SIZE as u64;
     h.journal.mv_src = NO_MOVE;
     // Start the generations at a per-region value, so an id from another
     // region is almost surely stale here.
@@ -161,6 +167,12 @@ pub fn check_header(h: &Header, len: u64) -> Result<()> {
     if h.options & !(OPT_REAP_ALL | OPT_NO_REAP) != 0 {
         return Err(Error::corrupt("options", format!("unknown bits {:#x}", h.options)));
     }
+    if Compaction::from_raw(h.compaction).is_none() {
+        return Err(Error::corrupt("compaction", format!("unknown policy {}", h.compaction)));
+    }
+    if h.trailer_size as usize != TRAILER_SIZE {
+        return Err(Error::corrupt("trailer_size", format!("{} (expected {TRAILER_SIZE})", h.trailer_size)));
+    }
     Ok(())
 }
 
@@ -196,6 +208,9 @@ pub struct RecoveryReport {
     pub finished_compaction: bool,
     /// Table entries of interrupted inserts that were rolled back.
     pub rolled_back_inserts: u32,
+    /// Deferred removes killed between marking the block dead and clearing
+    /// the entry, finished.
+    pub finished_removes: u32,
 }
 
 /// What [`Layout::verify`] checked.
@@ -206,6 +221,9 @@ pub struct VerifyReport {
     pub free_slots: u32,
     pub used_bytes: u64,
     pub free_bytes: u64,
+    /// Bytes of dead blocks (included in `used_bytes`).
+    pub dead_bytes: u64,
+    pub dead_blocks: u32,
 }
 
 /// Records and bytes of one owner.
@@ -246,6 +264,14 @@ pub struct Status {
     /// One row per (pid, start time).
     pub pids: Vec<PidUsage>,
     pub counters: Counters,
+    /// Bytes of the trailer (the lock) at the end of the region.
+    pub trailer_bytes: u64,
+    /// Bytes of dead blocks waiting for a compaction (part of `used_bytes`).
+    pub dead_bytes: u64,
+    /// Dead blocks waiting for a compaction.
+    pub dead_blocks: u32,
+    /// The region's compaction policy.
+    pub compaction: Compaction,
     pub generation: u64,
     pub boot_id: [u8; 16],
     pub pid_ns: u64,
@@ -262,29 +288,51 @@ impl<'a> Layout<'a> {
     /// Wraps an image after validating its immutable header fields. The
     /// mutable ones are checked by each operation (and all of them by
     /// [`Layout::verify`]).
+    ///
+    /// `buf` is the whole image, trailer included; the engine keeps a view
+    /// of everything but the trailer.
     pub fn open(buf: &'a mut [u8]) -> Result<Self> {
         check_immutable(buf)?;
-        Ok(Layout { buf })
+        let n = buf.len() - TRAILER_SIZE;
+        Ok(Layout { buf: &mut buf[..n] })
     }
 
-    /// Wraps an image whose immutable fields were validated before (by
-    /// [`Layout::open`] or [`check_immutable`]) and that nobody may have
-    /// rewritten since. Operations never read the immutable fields (they use
-    /// the buffer's length), so a lie here costs correctness of results, not
-    /// memory safety.
-    pub fn reopen(buf: &'a mut [u8]) -> Result<Self> {
-        if buf.len() < HEADER_SIZE || buf.len() as u64 > MAX_REGION_SIZE || buf.len() % ALIGN != 0 {
-            return Err(Error::corrupt("region_size", format!("{} bytes", buf.len())));
+    /// Wraps the engine's view of an image (the region without its
+    /// trailer: `region_size - TRAILER_SIZE` bytes from the start) whose
+    /// immutable fields were validated before (by [`Layout::open`] or
+    /// [`check_immutable`]) and that nobody may have rewritten since.
+    /// Operations read only the compaction policy among the immutable fields
+    /// (sizes come from the buffer's length), so a lie here costs
+    /// correctness of results, not memory safety.
+    pub fn reopen(view: &'a mut [u8]) -> Result<Self> {
+        let full = view.len() as u64 + TRAILER_SIZE as u64;
+        if view.len() < HEADER_SIZE || full > MAX_REGION_SIZE || view.len() % ALIGN != 0 {
+            return Err(Error::corrupt("region_size", format!("{full} bytes")));
         }
-        check_align(buf)?;
-        Ok(Layout { buf })
+        check_align(view)?;
+        Ok(Layout { buf: view })
     }
 
     // ----- raw access ---------------------------------------------------
 
+    /// End of the engine's view: where the table ends and the trailer
+    /// begins (`region_size - TRAILER_SIZE`).
     #[inline(always)]
     fn size(&self) -> u64 {
         self.buf.len() as u64
+    }
+
+    /// Size of the whole region, trailer included.
+    #[inline(always)]
+    fn region_size(&self) -> u64 {
+        self.size() + TRAILER_SIZE as u64
+    }
+
+    /// The region's compaction policy (an unknown value, which `verify`
+    /// reports, is treated as `Deferred`).
+    #[inline(always)]
+    pub fn compaction(&self) -> Compaction {
+        Compaction::from_raw(self.hdr().compaction).unwrap_or(Compaction::Deferred)
     }
 
     #[inline(always)]
@@ -300,20 +348,20 @@ impl<'a> Layout<'a> {
     /// Table entry `slot`. The caller has checked `slot < st.n_bptr`.
     #[inline(always)]
     fn bptr(&self, slot: u32) -> &Bptr {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes(&self.buf[off..off + BPTR_SIZE])
     }
 
     #[inline(always)]
     fn bptr_mut(&mut self, slot: u32) -> &mut Bptr {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE])
     }
 
     /// Writes `o_beg` and `gen` of entry `slot` in one aligned 8-byte store.
     #[inline(always)]
     fn set_loc(&mut self, slot: u32, o_beg: u32, gen: u32) {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         let word: &mut u64 = bytemuck::from_bytes_mut(&mut self.buf[off..off + 8]);
         *word = bytemuck::cast::<[u32; 2], u64>([o_beg, gen]);
     }
@@ -494,11 +542,17 @@ impl<'a> Layout<'a> {
         if len > self.max_record_len() {
             return Err(Error::TooLarge { len, max: self.max_record_len() });
         }
-        let st = self.st()?;
+        let mut st = self.st()?;
         self.check_no_journal()?;
         let need = block_size(len);
-        let free = st.o_bptop - st.o_fr;
         let head = self.hdr().free_head;
+        let want = need + if head == 0 { B } else { 0 };
+        if want > st.o_bptop - st.o_fr && self.hdr().dead_bytes != 0 {
+            // Dead blocks hold the room: close every hole, then try.
+            self.compact_now()?;
+            st = self.st()?;
+        }
+        let free = st.o_bptop - st.o_fr;
 
         // 1. Take a table entry: the free list first, else grow the table.
         let (slot, gen, o_bptop) = if head != 0 {
@@ -590,11 +644,19 @@ impl<'a> Layout<'a> {
 
     // ----- remove ---------------------------------------------------------
 
-    /// Removes a record and compacts the block section behind it.
+    /// Removes a record. Under `Eager`, the block section behind it is
+    /// compacted at once; under `Deferred`, the block is marked dead and a
+    /// compaction runs only when dead bytes pass a quarter of the block
+    /// section (see [`Layout::compact_now`]).
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
         let st = self.st()?;
         self.check_no_journal()?;
         let (_, o, b) = self.resolve(&st, id)?;
+        if self.compaction() == Compaction::Deferred {
+            self.kill_block(id.slot(), o, b.size);
+            self.release_slot(id.slot())?;
+            return self.compact_if_due();
+        }
         self.start_journal(o, st.o_fr, o + b.size);
         hit("remove.after_journal");
         let gen = self.take_gen();
@@ -602,10 +664,10 @@ impl<'a> Layout<'a> {
         fence();
         hit("remove.after_clear");
         let moved = self.compact(false)?;
+        self.count_compaction(moved);
         let h = self.hdr_mut();
         h.u_blks = h.u_blks.wrapping_sub(1);
         h.counters.removes = h.counters.removes.wrapping_add(1);
-        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
         self.release_slot(id.slot())
     }
 
@@ -615,7 +677,7 @@ impl<'a> Layout<'a> {
     pub fn retain(&mut self, mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
         let st = self.st()?;
         self.check_no_journal()?;
-        let mut victims: Vec<u32> = Vec::new();
+        let mut victims: Vec<(u32, u64, u64)> = Vec::new();
         let (mut lo, mut hi, mut bytes) = (u64::MAX, 0u64, 0u64);
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
@@ -626,7 +688,7 @@ impl<'a> Layout<'a> {
             let (e, o, b) = self.resolve(&st, id)?;
             let d = (o + BH) as usize;
             if !keep(&meta_of(id, &e, b.len), &self.buf[d..d + b.len as usize]) {
-                victims.push(slot);
+                victims.push((slot, o, b.size));
                 lo = lo.min(o);
                 hi = hi.max(o + b.size);
                 bytes += b.size;
@@ -635,18 +697,26 @@ impl<'a> Layout<'a> {
         if victims.is_empty() {
             return Ok(Removed::default());
         }
+        if self.compaction() == Compaction::Deferred {
+            for &(slot, o, size) in &victims {
+                self.kill_block(slot, o, size);
+            }
+            self.rebuild_derived()?;
+            self.compact_if_due()?;
+            return Ok(Removed { records: victims.len(), bytes });
+        }
         self.start_journal(lo, st.o_fr, hi);
         hit("remove.after_journal");
-        for &slot in &victims {
+        for &(slot, _, _) in &victims {
             let gen = self.take_gen();
             self.set_loc(slot, 0, gen);
         }
         fence();
         hit("remove.after_clear");
         let moved = self.compact(false)?;
+        self.count_compaction(moved);
         let h = self.hdr_mut();
         h.counters.removes = h.counters.removes.wrapping_add(victims.len() as u64);
-        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
         self.rebuild_derived()?;
         Ok(Removed { records: victims.len(), bytes })
     }
@@ -667,6 +737,77 @@ impl<'a> Layout<'a> {
     pub fn count_recovery(&mut self) {
         let c = &mut self.hdr_mut().counters;
         c.recoveries = c.recoveries.wrapping_add(1);
+    }
+
+    /// The deferred remove of the block of `slot` at `o` (`size` bytes):
+    /// mark the block dead, clear the entry, count the dead bytes. The
+    /// caller releases the slot. Killed after the mark, the entry points at
+    /// a dead block, which recovery recognises and finishes (the record is
+    /// removed); the dead-byte count and the free list are derived state,
+    /// rebuilt by recovery.
+    fn kill_block(&mut self, slot: u32, o: u64, size: u64) {
+        let at = o as usize;
+        *bytemuck::from_bytes_mut::<u32>(&mut self.buf[at..at + 4]) = DEAD_SLOT;
+        fence();
+        hit("defer.after_mark");
+        let gen = self.take_gen();
+        self.set_loc(slot, 0, gen);
+        fence();
+        hit("defer.after_clear");
+        let h = self.hdr_mut();
+        h.dead_bytes = h.dead_bytes.wrapping_add(size);
+        if h.dead_lo == 0 || o < h.dead_lo {
+            h.dead_lo = o;
+        }
+        h.u_blks = h.u_blks.wrapping_sub(1);
+        h.counters.removes = h.counters.removes.wrapping_add(1);
+        fence();
+        hit("defer.after_count");
+    }
+
+    /// Compacts if dead bytes are more than a quarter of the block section:
+    /// the compaction then moves at most three bytes per dead byte, so the
+    /// amortised cost of a remove is a few record-sizes of memmove.
+    fn compact_if_due(&mut self) -> Result<()> {
+        let h = self.hdr();
+        if h.dead_bytes != 0 && h.dead_bytes.saturating_mul(4) > h.o_fr.saturating_sub(H) {
+            self.compact_now()?;
+        }
+        Ok(())
+    }
+
+    /// Closes every hole of the block section in one compaction (journaled:
+    /// a process killed midway leaves a journal that the next locker
+    /// finishes). Returns the bytes moved. Does nothing if there is no dead
+    /// block (always so under `Eager`).
+    pub fn compact_now(&mut self) -> Result<u64> {
+        let st = self.st()?;
+        self.check_no_journal()?;
+        let h = self.hdr();
+        if h.dead_bytes == 0 {
+            return Ok(0);
+        }
+        let start = h.dead_lo;
+        if start < H || start >= st.o_fr || start % 8 != 0 {
+            return Err(Error::corrupt("dead_lo", format!("{start} is outside [{H}, o_fr={})", st.o_fr)));
+        }
+        self.start_journal(start, st.o_fr, st.o_fr);
+        hit("compact.after_journal");
+        let moved = self.compact(false)?;
+        self.count_compaction(moved);
+        Ok(moved)
+    }
+
+    fn count_compaction(&mut self, moved: u64) {
+        let c = &mut self.hdr_mut().counters;
+        c.bytes_moved = c.bytes_moved.wrapping_add(moved);
+        c.compactions = c.compactions.wrapping_add(1);
+        c.largest_compaction = c.largest_compaction.max(moved);
+    }
+
+    /// Bytes of dead blocks waiting for a compaction (from the header).
+    pub fn dead_bytes(&self) -> u64 {
+        self.hdr().dead_bytes
     }
 
     fn check_no_journal(&self) -> Result<()> {
@@ -823,6 +964,10 @@ impl<'a> Layout<'a> {
         let dst = self.hdr().journal.dst;
         let h = self.hdr_mut();
         h.o_fr = dst;
+        // Every compaction starts at or below the lowest dead block, so no
+        // dead block is left (derived state; recovery recounts anyway).
+        h.dead_bytes = 0;
+        h.dead_lo = 0;
         fence();
         hit("compact.before_clear");
         h.journal.op = JOURNAL_NONE;
@@ -841,6 +986,12 @@ impl<'a> Layout<'a> {
         let mut k = 0u32;
         while p < dst + len {
             let b = self.block(p, dst + len)?;
+            if b.slot == DEAD_SLOT {
+                // A dead block inside a run moved as a whole (past
+                // `live_from`) stays dead at its new place.
+                p += b.size;
+                continue;
+            }
             if b.slot >= n_bptr {
                 return Err(Error::corrupt("block.slot", format!("block at {p} names slot {}", b.slot)));
             }
@@ -960,16 +1111,47 @@ impl<'a> Layout<'a> {
             return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
         }
         let o_fr = self.hdr().o_fr;
-        // Entries published by an insert that did not advance o_fr.
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
-            if e.o_beg != 0 && e.o_beg as u64 >= o_fr {
+            if e.o_beg == 0 {
+                continue;
+            }
+            if e.o_beg as u64 >= o_fr {
+                // Published by an insert that did not advance o_fr.
                 self.set_loc(slot, 0, e.gen);
                 rep.rolled_back_inserts += 1;
+            } else if self.block(e.o_beg as u64, o_fr).is_ok_and(|b| b.slot == DEAD_SLOT) {
+                // A deferred remove killed after marking the block dead:
+                // finish it (the record was being removed).
+                let gen = self.take_gen();
+                self.set_loc(slot, 0, gen);
+                rep.finished_removes += 1;
             }
         }
         self.rebuild_derived()?;
+        self.rebuild_dead()?;
         Ok(rep)
+    }
+
+    /// Recounts the dead blocks (derived state) by walking the block
+    /// section: `dead_bytes` and `dead_lo`.
+    fn rebuild_dead(&mut self) -> Result<()> {
+        let st = self.st()?;
+        let (mut p, mut dead, mut lo) = (H, 0u64, 0u64);
+        while p < st.o_fr {
+            let b = self.block(p, st.o_fr)?;
+            if b.slot == DEAD_SLOT {
+                dead += b.size;
+                if lo == 0 {
+                    lo = p;
+                }
+            }
+            p += b.size;
+        }
+        let h = self.hdr_mut();
+        h.dead_bytes = dead;
+        h.dead_lo = lo;
+        Ok(())
     }
 
     /// Marks the image as needing recovery (a mutation was abandoned, e.g.
@@ -983,7 +1165,8 @@ impl<'a> Layout<'a> {
     /// and its entry agreeing, counts, an acyclic free list of exactly the
     /// unused entries, the top entry in use, no journal pending.
     pub fn verify(&self) -> Result<VerifyReport> {
-        check_immutable(self.buf)?;
+        check_align(self.buf)?;
+        check_header(self.hdr(), self.region_size())?;
         let st = self.st()?;
         let h = self.hdr();
         if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
@@ -995,8 +1178,19 @@ impl<'a> Layout<'a> {
         // Blocks, walked from the header to o_fr.
         let mut p = H;
         let mut records = 0u32;
+        let (mut dead_bytes, mut dead_blocks, mut dead_lo) = (0u64, 0u32, 0u64);
+        let eager = h.compaction == COMPACTION_EAGER;
         while p < st.o_fr {
             let b = self.block(p, st.o_fr)?;
+            if b.slot == DEAD_SLOT && !eager {
+                dead_bytes += b.size;
+                dead_blocks += 1;
+                if dead_lo == 0 {
+                    dead_lo = p;
+                }
+                p += b.size;
+                continue;
+            }
             if b.slot >= st.n_bptr {
                 return Err(Error::corrupt(
                     "block.slot",
@@ -1041,6 +1235,18 @@ impl<'a> Layout<'a> {
         if h.u_blks != records {
             return Err(Error::corrupt("u_blks", format!("{} but {records} records found", h.u_blks)));
         }
+        if h.dead_bytes != dead_bytes {
+            return Err(Error::corrupt(
+                "dead_bytes",
+                format!("{} but {dead_bytes} bytes of dead blocks found", h.dead_bytes),
+            ));
+        }
+        if h.dead_lo != dead_lo {
+            return Err(Error::corrupt(
+                "dead_lo",
+                format!("{} but the lowest dead block is at {dead_lo}", h.dead_lo),
+            ));
+        }
         if st.n_bptr > 0 && self.bptr(st.n_bptr - 1).o_beg == 0 {
             return Err(Error::corrupt("o_bptop", format!("the top entry {} is unused", st.n_bptr - 1)));
         }
@@ -1077,6 +1283,8 @@ impl<'a> Layout<'a> {
             free_slots,
             used_bytes: st.o_fr - H,
             free_bytes: st.o_bptop - st.o_fr,
+            dead_bytes,
+            dead_blocks,
         })
     }
 
@@ -1111,6 +1319,11 @@ impl<'a> Layout<'a> {
         self.hdr().options
     }
 
+    /// The header's counters (cheap; [`Layout::status`] walks the region).
+    pub fn counters(&self) -> Counters {
+        self.hdr().counters
+    }
+
     /// Number of records (from the header's count).
     pub fn records(&self) -> u32 {
         self.hdr().u_blks
@@ -1143,8 +1356,18 @@ impl<'a> Layout<'a> {
             p.records += 1;
             p.bytes += m.len as u64;
         }
+        let (mut dead_bytes, mut dead_blocks) = (0u64, 0u32);
+        let mut p = H;
+        while p < st.o_fr {
+            let Ok(b) = self.block(p, st.o_fr) else { break };
+            if b.slot == DEAD_SLOT {
+                dead_bytes += b.size;
+                dead_blocks += 1;
+            }
+            p += b.size;
+        }
         Ok(Status {
-            size: self.size(),
+            size: self.region_size(),
             header_size: H,
             o_fr: st.o_fr,
             o_bptop: st.o_bptop,
@@ -1157,6 +1380,10 @@ impl<'a> Layout<'a> {
             owners: owners.into_values().collect(),
             pids: pids.into_values().collect(),
             counters: h.counters,
+            trailer_bytes: TRAILER_SIZE as u64,
+            dead_bytes,
+            dead_blocks,
+            compaction: self.compaction(),
             generation: h.generation,
             boot_id: h.boot_id,
             pid_ns: h.pid_ns,

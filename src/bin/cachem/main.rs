@@ -8,7 +8,7 @@ mod demo;
 mod show;
 mod stress;
 
-use cachem::{Cache, Config, OwnerId, RecordId};
+use cachem::{Cache, Compaction, Config, OwnerId, RecordId};
 use clap::{ArgGroup, Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -48,6 +48,11 @@ enum Cmd {
         /// Never reap dead processes' records in this region.
         #[arg(long)]
         no_reap: bool,
+        /// Compaction policy: `deferred` (a delete marks the block dead; one
+        /// compaction closes all holes later) or `eager` (every delete
+        /// compacts at once).
+        #[arg(long, default_value = "deferred", value_parser = parse_compaction)]
+        compaction: Compaction,
     },
     /// Show a region's geometry, usage per owner and per process, counters.
     Stat {
@@ -86,7 +91,8 @@ enum Cmd {
         #[arg(long)]
         hex: bool,
     },
-    /// Delete a record (the block section is compacted).
+    /// Delete a record (compacted at once under `eager`, marked dead under
+    /// `deferred`).
     Del {
         name: String,
         #[arg(value_parser = parse_record_id)]
@@ -113,6 +119,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Close every hole left by deletes now, in one compaction.
+    Compact { name: String },
     /// Check every invariant; exit 1 with the reason if one is broken.
     Verify { name: String },
     /// Remove a region, its lockfile and its id store.
@@ -205,8 +213,8 @@ fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
     let mut out = std::io::stdout().lock();
     match cli.cmd {
-        Cmd::Create { name, size, mode, reap_all, no_reap } => {
-            let mut c = Config::named(&name).size(size).mode(mode);
+        Cmd::Create { name, size, mode, reap_all, no_reap, compaction } => {
+            let mut c = Config::named(&name).size(size).mode(mode).compaction(compaction);
             if let Some(d) = &dir {
                 c = c.dir(d);
             }
@@ -218,10 +226,15 @@ fn run(cli: Cli) -> CliResult {
             }
             let cache = Cache::open(&c)?;
             let path = cache.region().path().map(|p| p.display().to_string()).unwrap_or_default();
+            let policy = cache.lock()?.compaction();
             if cache.region().open_report().created {
-                writeln!(out, "created {path} ({} bytes)", cache.region().size())?;
+                writeln!(out, "created {path} ({} bytes, {policy} compaction)", cache.region().size())?;
             } else {
-                writeln!(out, "{path} already exists ({} bytes)", cache.region().size())?;
+                writeln!(
+                    out,
+                    "{path} already exists ({} bytes, {policy} compaction)",
+                    cache.region().size()
+                )?;
             }
         }
         Cmd::Stat { name, json } => {
@@ -308,6 +321,13 @@ fn run(cli: Cli) -> CliResult {
             rep.dead.extend(more.dead);
             show::reap(&mut out, &rep, json)?;
         }
+        Cmd::Compact { name } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let mut g = cache.lock()?;
+            let dead = g.status()?.dead_bytes;
+            let moved = g.compact()?;
+            writeln!(out, "compacted: {dead} dead bytes reclaimed, {moved} bytes moved")?;
+        }
         Cmd::Verify { name } => {
             let cache = inspect(&dir, &name)?;
             let rep = cache.lock()?.verify()?;
@@ -364,6 +384,10 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds between 0 and 31536000")),
     }
+}
+
+fn parse_compaction(s: &str) -> Result<Compaction, String> {
+    s.parse()
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
