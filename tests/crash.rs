@@ -65,7 +65,7 @@ fn worker_op() {
 }
 
 /// The fault points an operation passes under a policy (in the setup of
-/// [`fault_case`]: the purge removes half the records, which passes the
+/// [`fault_case`]: the purge removes two thirds of the records, which passes the
 /// `Deferred` bound and compacts; the compact finds dead blocks).
 fn points_of(policy: Compaction, op: &str) -> Vec<&'static str> {
     let pre = |p: &[&str]| -> Vec<&'static str> {
@@ -110,7 +110,7 @@ fn fault_case(policy: Compaction, op: &str, point: &str) {
         let mut g = r.lock().unwrap();
         for i in 0..300u32 {
             let rec = make_record(i, 0, 16 + rng.below(400) as usize, &mut rng);
-            ids.push(g.insert(OwnerId(1 + i % 2), &rec).unwrap());
+            ids.push(g.insert(OwnerId(if i % 3 == 0 { 1 } else { 2 }), &rec).unwrap());
         }
         // A few holes (dead blocks under Deferred, below its bound).
         for id in ids.drain(200..230).step_by(3) {

@@ -281,7 +281,7 @@ fn check(l: &Layout, m: &Model) {
     if !m.deferred {
         assert_eq!(v.dead_bytes, 0, "a dead block in an Eager region");
     }
-    assert!(v.dead_bytes * 4 <= v.used_bytes, "dead bytes past the bound: {v:?}");
+    assert!(v.dead_bytes * 2 <= v.used_bytes, "dead bytes past the bound: {v:?}");
     let total = (HEADER_SIZE + TRAILER_SIZE) as u64 + v.used_bytes + v.free_bytes + 32 * v.slots as u64;
     assert_eq!(total, m.size, "geometry does not add up: {v:?}");
     let mut n = 0;

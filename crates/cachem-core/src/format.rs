@@ -280,7 +280,7 @@ pub enum Compaction {
     /// after the record down at once.
     Eager,
     /// A remove marks the block dead; one compaction closes every hole when
-    /// an insert needs the room, when dead bytes pass a quarter of the block
+    /// an insert needs the room, when dead bytes pass half of the block
     /// section, or on demand.
     #[default]
     Deferred,

@@ -31,6 +31,8 @@ use std::sync::atomic::{compiler_fence, Ordering};
 const H: u64 = HEADER_SIZE as u64;
 const B: u64 = BPTR_SIZE as u64;
 const BH: u64 = BLOCK_HEADER_SIZE as u64;
+/// A compaction runs when dead bytes pass `1 / DEAD_BOUND_DIV` of the block section.
+const DEAD_BOUND_DIV: u64 = 2;
 
 /// Pid and process start time stamped on every record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -646,7 +648,7 @@ impl<'a> Layout<'a> {
 
     /// Removes a record. Under `Eager`, the block section behind it is
     /// compacted at once; under `Deferred`, the block is marked dead and a
-    /// compaction runs only when dead bytes pass a quarter of the block
+    /// compaction runs only when dead bytes pass half of the block
     /// section (see [`Layout::compact_now`]).
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
         let st = self.st()?;
@@ -765,12 +767,12 @@ impl<'a> Layout<'a> {
         hit("defer.after_count");
     }
 
-    /// Compacts if dead bytes are more than a quarter of the block section:
-    /// the compaction then moves at most three bytes per dead byte, so the
+    /// Compacts if dead bytes are more than half of the block section: the
+    /// compaction then moves at most one live byte per dead byte, so the
     /// amortised cost of a remove is a few record-sizes of memmove.
     fn compact_if_due(&mut self) -> Result<()> {
         let h = self.hdr();
-        if h.dead_bytes != 0 && h.dead_bytes.saturating_mul(4) > h.o_fr.saturating_sub(H) {
+        if h.dead_bytes != 0 && h.dead_bytes.saturating_mul(DEAD_BOUND_DIV) > h.o_fr.saturating_sub(H) {
             self.compact_now()?;
         }
         Ok(())
@@ -796,6 +798,25 @@ impl<'a> Layout<'a> {
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         Ok(moved)
+    }
+
+    #[inline(always)]
+    fn journal_fields(&self) -> Journal {
+        let h = self.hdr();
+        let j = &h.journal;
+        Journal {
+            op: j.op,
+            _pad: 0,
+            start: std::hint::black_box(j.start),
+            src: std::hint::black_box(j.src),
+            dst: std::hint::black_box(j.dst),
+            end: j.end,
+            live_from: j.live_from,
+            mv_src: std::hint::black_box(j.mv_src),
+            mv_dst: j.mv_dst,
+            mv_len: j.mv_len,
+            mv_done: j.mv_done,
+        }
     }
 
     fn count_compaction(&mut self, moved: u64) {
@@ -862,8 +883,17 @@ impl<'a> Layout<'a> {
     fn compact(&mut self, recovering: bool) -> Result<u64> {
         let size = self.size();
         let mut moved = 0u64;
+        let n_bptr = self.hdr().n_bptr;
+        // Average block size, for choosing the fixup (computed once).
+        let avg = {
+            let h = self.hdr();
+            ((h.o_fr.saturating_sub(H)) / (h.u_blks.max(1) as u64)).max(BH)
+        };
         loop {
-            let j = self.hdr().journal;
+            // Field by field (not a struct copy): the loop has just stored
+            // some of these words, and one wide load over them would stall
+            // on store forwarding at every step.
+            let j = self.journal_fields();
             let end = j.end;
             // Killed between the two advancing stores of a finished move
             // (dst already moved, src not): finish the advance.
@@ -876,14 +906,18 @@ impl<'a> Layout<'a> {
                 fence();
                 continue;
             }
-            if !(H <= j.start
-                && j.start <= j.dst
-                && j.dst <= j.src
-                && j.src <= end
-                && j.start <= j.live_from
-                && j.live_from <= end
-                && end <= self.hdr().o_bptop.min(size))
-                || (j.start | j.src | j.dst | end) % 8 != 0
+            // The journal of a fresh compaction holds only values this loop
+            // derived from checked ones (and bounds-checked slicing backs
+            // them up); one found by recovery is checked on every step.
+            if recovering
+                && (!(H <= j.start
+                    && j.start <= j.dst
+                    && j.dst <= j.src
+                    && j.src <= end
+                    && j.start <= j.live_from
+                    && j.live_from <= end
+                    && end <= self.hdr().o_bptop.min(size))
+                    || (j.start | j.src | j.dst | end) % 8 != 0)
             {
                 return Err(Error::corrupt(
                     "journal",
@@ -893,12 +927,13 @@ impl<'a> Layout<'a> {
             if j.mv_src == j.src && j.src != end {
                 // A run move is in progress (or about to start).
                 let (src, dst, len) = (j.mv_src, j.mv_dst, j.mv_len);
-                if dst != j.dst
-                    || len == 0
-                    || len % 8 != 0
-                    || src.checked_add(len).is_none_or(|e| e > end)
-                    || j.mv_done > len
-                    || j.mv_done % 8 != 0
+                if recovering
+                    && (dst != j.dst
+                        || len == 0
+                        || len % 8 != 0
+                        || src.checked_add(len).is_none_or(|e| e > end)
+                        || j.mv_done > len
+                        || j.mv_done % 8 != 0)
                 {
                     return Err(Error::corrupt(
                         "journal.mv",
@@ -916,7 +951,7 @@ impl<'a> Layout<'a> {
                 hit("compact.after_move");
                 // Fix the moved blocks' entries.
                 if gap != 0 {
-                    if !recovering && self.table_scan_is_cheaper(len) {
+                    if !recovering && (n_bptr as u64) <= 4 * (len / avg) {
                         self.fixup_by_table(src, len, gap);
                     } else {
                         self.fixup_by_walk(dst, len)?;
@@ -934,12 +969,21 @@ impl<'a> Layout<'a> {
             if j.src == end {
                 break;
             }
-            // Decide what lies at src: a dead block to skip, or a live run.
-            let n_bptr = self.hdr().n_bptr;
-            let b = self.block(j.src, end)?;
+            // Decide what lies at src: dead blocks to skip (all of them up
+            // to the next live block, in one store: they stay dead), or a
+            // live run.
             let live = |l: &Self, at: u64, b: &Blk| b.slot < n_bptr && l.bptr(b.slot).o_beg as u64 == at;
+            let b = self.block(j.src, end)?;
             if !live(self, j.src, &b) {
-                self.hdr_mut().journal.src = j.src + b.size;
+                let mut p = j.src + b.size;
+                while p < end {
+                    let b = self.block(p, end)?;
+                    if live(self, p, &b) {
+                        break;
+                    }
+                    p += b.size;
+                }
+                self.hdr_mut().journal.src = p;
                 fence();
                 continue;
             }
@@ -953,6 +997,9 @@ impl<'a> Layout<'a> {
                 p += b.size;
             }
             let run_end = if p >= j.live_from { end } else { p };
+            // (Walking blocks is a chain of dependent loads; scanning the
+            // table is not: the fixup scans the table when it is not much
+            // longer than the run.)
             let h = self.hdr_mut();
             h.journal.mv_dst = j.dst;
             h.journal.mv_len = run_end - j.src;
@@ -1004,14 +1051,6 @@ impl<'a> Layout<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Walking blocks is a chain of dependent loads; scanning the table is
-    /// not. Scan the table when it is not much longer than the run.
-    fn table_scan_is_cheaper(&self, len: u64) -> bool {
-        let h = self.hdr();
-        let avg = ((h.o_fr - H) / (h.u_blks.max(1) as u64)).max(BH);
-        (h.n_bptr as u64) <= 4 * (len / avg)
     }
 
     /// Fixes the entries of the blocks moved from `[src, src + len)` by `gap`
