@@ -60,6 +60,12 @@ pub struct FormatOptions {
     pub compaction: Compaction,
 }
 
+/// Largest record a region of `size` bytes (trailer included) could ever
+/// hold (when empty).
+pub fn max_record_len_for(size: u64) -> u64 {
+    size.saturating_sub(TRAILER_SIZE as u64).saturating_sub(H).saturating_sub(BH + B) & !7
+}
+
 /// Checks that `size` can be a region size.
 pub fn check_size(size: u64) -> Result<()> {
     if size % ALIGN as u64 != 0 {
@@ -534,7 +540,7 @@ impl<'a> Layout<'a> {
 
     /// Largest record this region could ever hold (when empty).
     pub fn max_record_len(&self) -> u64 {
-        (self.size() - H).saturating_sub(BH + B) & !7
+        max_record_len_for(self.region_size())
     }
 
     /// Inserts a record and returns its id. `Full` if the free gap is too
