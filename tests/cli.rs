@@ -422,3 +422,26 @@ fn create_gives_the_region_to_an_owner_and_refuses_unknown_ones() {
         assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
     }
 }
+
+#[test]
+fn a_format_v1_region_is_refused_with_what_to_do() {
+    let d = TempDir::new("cli-v1");
+    let p = d.path();
+    ok(p, &["create", "old", "--size", "64K"]);
+    let path = p.join("old");
+    let mut img = std::fs::read(&path).unwrap();
+    let at = std::mem::offset_of!(cachem::format::Header, format_version);
+    img[at..at + 4].copy_from_slice(&1u32.to_ne_bytes());
+    std::fs::write(&path, &img).unwrap();
+    for args in [&["stat", "old"][..], &["verify", "old"], &["put", "old", "--owner", "x", "y"]] {
+        let (code, err) = fails(p, args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(
+            err.contains("format version 1") && err.contains("destroy") && err.contains("re-create"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), img, "the refused file was changed");
+    ok(p, &["destroy", "old"]);
+    assert!(ok(p, &["create", "old", "--size", "64K"]).starts_with("created"));
+}
