@@ -70,6 +70,11 @@ pub enum Error {
     #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
     PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
 
+    /// A snapshot file (`Cache::save` / `Cache::restore`) is damaged, is not
+    /// a cachem snapshot, or does not fit the region; nothing was changed.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+
     /// The owner-id registry failed (its message names the path).
     #[error("owner-id registry: {0}")]
     Registry(Box<dyn std::error::Error + Send + Sync>),
