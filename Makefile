@@ -68,7 +68,8 @@ install: capi
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
 	  crates/cachem-capi/cachem.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/cachem.pc
 
-## Benchmarks: criterion (engine, locked region, reap, id registry), then
+## Benchmarks: criterion (engine, locked region, reap, id registry), the C
+## ABI next to the Rust API (cachem-capi's abi bench), then
 ## the side-by-side comparison with LMDB, Redis and memcached, which
 ## installs the servers if missing and rewrites its section of
 ## docs/benchmarks.md.
@@ -78,6 +79,7 @@ bench:
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
 	$(CARGO) bench -p cachem-core --bench region -- --noplot
 	$(CARGO) bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5 --noplot
+	$(CARGO) bench -p cachem-capi --bench abi
 
 bench-quick:
 	sh crates/cachem-bench/setup.sh

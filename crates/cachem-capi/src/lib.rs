@@ -15,11 +15,9 @@ mod state;
 
 use cachem_rs::{Cache, Config, OwnerId, RecordId};
 use fail::{ffi, Fail};
-use state::Handle;
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// An open cache: a region and its owner-id registry. Opaque; shareable by
 /// the threads of a process and inherited by children forked after
@@ -221,7 +219,7 @@ fn token(c: *const cachem_t) -> u64 {
     c as usize as u64
 }
 
-fn handle(c: *const cachem_t) -> Result<Arc<Handle>, Fail> {
+fn handle(c: *const cachem_t) -> Result<state::Use, Fail> {
     state::lookup(token(c))
 }
 
@@ -574,27 +572,29 @@ pub unsafe extern "C" fn cachem_add(
     out: *mut cachem_index_t,
 ) -> cachem_error_t {
     ffi("cachem_add", || {
-        let h = handle(c)?;
-        if len as u64 > h.max_record_len {
-            return Err(Fail::new(
-                CACHEM_E_TOO_LARGE,
-                format!(
-                    "record of {len} bytes is too large: this region holds at most {} bytes per record",
-                    h.max_record_len
-                ),
-            ));
-        }
         if data.is_null() && len > 0 {
             return Err(Fail::invalid("data is NULL"));
         }
-        let bytes: &[u8] = if len == 0 {
-            &[]
-        } else {
-            // SAFETY: non-NULL, readable for `len` bytes per the contract,
-            // and `len` is at most the region's record limit (< isize::MAX).
-            unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
-        };
-        let r = state::with_guard(&h, |g| Ok(g.insert(OwnerId(owner), bytes)?))?;
+        let r = state::locked(token(c), |h, g| {
+            if len as u64 > h.max_record_len {
+                return Err(Fail::new(
+                    CACHEM_E_TOO_LARGE,
+                    format!(
+                        "record of {len} bytes is too large: this region holds at most {} bytes per record",
+                        h.max_record_len
+                    ),
+                ));
+            }
+            let bytes: &[u8] = if len == 0 {
+                &[]
+            } else {
+                // SAFETY: non-NULL, readable for `len` bytes per the
+                // contract, and `len` is at most the region's record limit
+                // (< isize::MAX).
+                unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
+            };
+            Ok(g.insert(OwnerId(owner), bytes)?)
+        })?;
         // SAFETY: per this function's contract.
         unsafe { put(out, r.to_u64()) };
         Ok(())
@@ -627,9 +627,8 @@ pub unsafe extern "C" fn cachem_get(
     ffi("cachem_get", || {
         need(ptr, "ptr")?;
         need(len, "len")?;
-        let h = handle(c)?;
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
-        let got = state::with_held_guard(&h, |g| match g.get_mut(id) {
+        let got = state::held_only(token(c), |g| match g.get_mut(id) {
             Some(b) => Ok((b.as_mut_ptr(), b.len())),
             None => Err(match g.try_get(id) {
                 Err(e) => e.into(),
@@ -669,9 +668,8 @@ pub unsafe extern "C" fn cachem_read(
         if buf.is_null() && len > 0 {
             return Err(Fail::invalid("buf is NULL"));
         }
-        let h = handle(c)?;
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
-        state::with_guard(&h, |g| {
+        state::locked(token(c), |_, g| {
             let b = g.try_get(id)?;
             // SAFETY: per this function's contract.
             unsafe { put(out_len, b.len()) };
@@ -710,8 +708,7 @@ pub unsafe extern "C" fn cachem_get_id(
 ) -> cachem_error_t {
     ffi("cachem_get_id", || {
         need(out, "out")?;
-        let h = handle(c)?;
-        let r = state::with_guard(&h, |g| Ok(g.next_of_owner(OwnerId(owner), index(after))))?;
+        let r = state::locked(token(c), |_, g| Ok(g.next_of_owner(OwnerId(owner), index(after))))?;
         // SAFETY: checked non-NULL, writable per the contract.
         unsafe { put(out, out_index(r)) };
         Ok(())
@@ -734,9 +731,8 @@ pub unsafe extern "C" fn cachem_get_pid(
 ) -> cachem_error_t {
     ffi("cachem_get_pid", || {
         need(out, "out")?;
-        let h = handle(c)?;
         let pid = me();
-        let r = state::with_guard(&h, |g| Ok(g.next_of_owner_pid(OwnerId(owner), pid, index(after))))?;
+        let r = state::locked(token(c), |_, g| Ok(g.next_of_owner_pid(OwnerId(owner), pid, index(after))))?;
         // SAFETY: checked non-NULL, writable per the contract.
         unsafe { put(out, out_index(r)) };
         Ok(())
@@ -756,9 +752,8 @@ pub unsafe extern "C" fn cachem_get_pid(
 #[no_mangle]
 pub unsafe extern "C" fn cachem_delete(c: *mut cachem_t, i: cachem_index_t) -> cachem_error_t {
     ffi("cachem_delete", || {
-        let h = handle(c)?;
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
-        state::with_guard(&h, |g| Ok(g.remove(id)?))
+        state::locked(token(c), |_, g| Ok(g.remove(id)?))
     })
 }
 
@@ -777,9 +772,8 @@ pub unsafe extern "C" fn cachem_delete_pid(
     removed: *mut usize,
 ) -> cachem_error_t {
     ffi("cachem_delete_pid", || {
-        let h = handle(c)?;
         let pid = me();
-        let n = state::with_guard(&h, |g| Ok(g.purge(OwnerId(owner), pid)?))?;
+        let n = state::locked(token(c), |_, g| Ok(g.purge(OwnerId(owner), pid)?))?;
         // SAFETY: per this function's contract.
         unsafe { put(removed, n) };
         Ok(())
@@ -796,8 +790,7 @@ pub unsafe extern "C" fn cachem_delete_pid(
 #[no_mangle]
 pub unsafe extern "C" fn cachem_purge_process(c: *mut cachem_t, removed: *mut usize) -> cachem_error_t {
     ffi("cachem_purge_process", || {
-        let h = handle(c)?;
-        let r = state::with_guard(&h, |g| Ok(g.purge_process()?))?;
+        let r = state::locked(token(c), |_, g| Ok(g.purge_process()?))?;
         // SAFETY: per this function's contract.
         unsafe { put(removed, r.records) };
         Ok(())
@@ -817,8 +810,7 @@ pub unsafe extern "C" fn cachem_purge_process(c: *mut cachem_t, removed: *mut us
 #[no_mangle]
 pub unsafe extern "C" fn cachem_reap(c: *mut cachem_t, report: *mut cachem_reap_report_t) -> cachem_error_t {
     ffi("cachem_reap", || {
-        let h = handle(c)?;
-        let r = state::with_guard(&h, |g| Ok(g.reap()?))?;
+        let r = state::locked(token(c), |_, g| Ok(g.reap()?))?;
         let rep = cachem_reap_report_t {
             processes: r.dead.len() as u64,
             records: r.records as u64,
@@ -841,8 +833,7 @@ pub unsafe extern "C" fn cachem_reap(c: *mut cachem_t, report: *mut cachem_reap_
 #[no_mangle]
 pub unsafe extern "C" fn cachem_verify(c: *mut cachem_t) -> cachem_error_t {
     ffi("cachem_verify", || {
-        let h = handle(c)?;
-        state::with_guard(&h, |g| {
+        state::locked(token(c), |_, g| {
             g.verify()?;
             Ok(())
         })
@@ -861,8 +852,7 @@ pub unsafe extern "C" fn cachem_verify(c: *mut cachem_t) -> cachem_error_t {
 pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) -> cachem_error_t {
     ffi("cachem_stat", || {
         need(out, "out")?;
-        let h = handle(c)?;
-        let st = state::with_guard(&h, |g| Ok(g.status()?))?;
+        let (st, max) = state::locked(token(c), |h, g| Ok((g.status()?, h.max_record_len)))?;
         let dead = st
             .pids
             .iter()
@@ -877,7 +867,7 @@ pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) 
             free_bytes: st.free_bytes,
             records: st.records as u64,
             slots: st.slots as u64,
-            max_record_len: h.max_record_len,
+            max_record_len: max,
             owners: st.owners.len() as u64,
             processes: pids as u64,
             dead_processes: dead as u64,

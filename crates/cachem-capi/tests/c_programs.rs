@@ -124,6 +124,33 @@ fn the_seed_usage_loops_run_in_c_as_a_mod_cachem_user_writes_them() {
 }
 
 #[test]
+fn the_complete_example_of_docs_c_api_md_compiles_and_runs() {
+    let doc = std::fs::read_to_string(format!("{CRATE}/../../docs/c-api.md")).unwrap();
+    let start = doc.find("```c\n/* example.c").expect("the example block in docs/c-api.md") + 5;
+    let len = doc[start..].find("```").unwrap();
+    let dir = scratch("example");
+    let src = dir.join("example.c");
+    std::fs::write(&src, &doc[start..start + len]).unwrap();
+    let exe = dir.join("example");
+    let mut cc = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cc.args(["-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined"])
+        .arg(format!("-I{CRATE}/include"))
+        .arg(&src)
+        .arg(staticlib())
+        .args(NATIVE)
+        .arg("-o")
+        .arg(&exe);
+    let (ok, out) = run_bounded(cc, Duration::from_secs(120));
+    assert!(ok, "the example does not compile:\n{out}");
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    let mut run = Command::new(&exe);
+    run.env("CACHEM_DIR", dir.join("run"));
+    let (ok, out) = run_bounded(run, Duration::from_secs(120));
+    assert!(ok && out.contains("3 workers, 300 requests"), "the example failed:\n{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_header_compiles_as_cplusplus_11() {
     let dir = scratch("cxx");
     let src = dir.join("check.cc");
