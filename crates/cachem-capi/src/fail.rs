@@ -74,6 +74,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 
 /// Runs one entry point: no panic crosses into C, and a failure's detail is
 /// kept for `cachem_last_error_message` (prefixed with the function name).
+#[inline]
 pub(crate) fn ffi(func: &str, f: impl FnOnce() -> Result<(), Fail>) -> cachem_error_t {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CACHEM_OK,
