@@ -6,7 +6,10 @@
  * cachem_error_t and lists below the codes it returns; the calling thread's
  * detail text is cachem_last_error_message(). Misuse (NULL pointers, a
  * closed handle, unlock without lock, a stale index) is an error code,
- * never undefined behaviour.
+ * never undefined behaviour. In every function taking a handle, a NULL
+ * handle is CACHEM_E_INVALID_ARGUMENT and a closed, unknown or forged one
+ * CACHEM_E_MISUSE; a NULL out-pointer that is not marked optional is
+ * CACHEM_E_INVALID_ARGUMENT.
  *
  * Typical use (mod_cachem's loops, on an explicit handle):
  *
@@ -391,7 +394,8 @@ cachem_t *cachem_open(const char *name,
  *
  * Returns `CACHEM_OK` (also for NULL), or:
  * - `CACHEM_E_BUSY`: a thread (this one included) holds the lock through
- *   this handle; nothing was closed;
+ *   this handle, or a call through it is running on another thread;
+ *   nothing was closed;
  * - `CACHEM_E_MISUSE`: not an open handle (already closed?).
  *
  * # Safety

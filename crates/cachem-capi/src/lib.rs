@@ -444,7 +444,8 @@ pub unsafe extern "C" fn cachem_open(
 ///
 /// Returns `CACHEM_OK` (also for NULL), or:
 /// - `CACHEM_E_BUSY`: a thread (this one included) holds the lock through
-///   this handle; nothing was closed;
+///   this handle, or a call through it is running on another thread;
+///   nothing was closed;
 /// - `CACHEM_E_MISUSE`: not an open handle (already closed?).
 ///
 /// # Safety
