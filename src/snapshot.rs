@@ -294,7 +294,7 @@ impl Cache {
         }
         let file = std::fs::read(path).map_err(io("read snapshot"))?;
         let snap = parse(path, &file)?;
-        let max = self.lock()?.layout().max_record_len();
+        let max = self.max_record_len();
         if let Some((i, (_, d))) = snap.records.iter().enumerate().find(|(_, r)| r.1.len() as u64 > max) {
             return Err(bad(
                 path,
