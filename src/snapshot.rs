@@ -8,7 +8,10 @@
 //! process, so they are not saved). Owner ids are not portable (another
 //! region hands out other ids), so restore resolves each name again; an owner
 //! without a name (a [`Cache::unique_id`]) gets one fresh unique id for all
-//! its records. Restored records carry the restoring process's pid.
+//! its records. Restored records carry the restoring process's pid: in a
+//! region created with `reap_all_records_of_dead_processes` they are reaped
+//! once that process is gone, so restore from the long-lived process that
+//! owns them (the `cachem restore` command refuses such a region).
 //!
 //! ## File format (version 1, every integer little-endian)
 //!
