@@ -37,7 +37,7 @@
 //! // DELETING ALL RECORDS WITH CURRENT PID AND SPECIFIC ID
 //! let me = std::process::id();
 //! while let Some(i) = g.next_of_owner_pid(owner, me, None) {
-//!     g.remove(i)?; // cachem_delete (compacts)
+//!     g.remove(i)?; // cachem_delete (the hole is reclaimed by a later compaction)
 //! }
 //! let n = g.purge(owner, me)?; // cachem_delete_pid
 //! assert_eq!(n, 0);

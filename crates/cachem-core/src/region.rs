@@ -1018,7 +1018,8 @@ impl<'r> Guard<'r> {
         self.layout.meta(id)
     }
 
-    /// Removes a record and compacts. mod_cachem's `cachem_delete`.
+    /// Removes a record (Eager: compacts at once; Deferred: marks its block
+    /// dead for a later compaction). mod_cachem's `cachem_delete`.
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
         self.layout.remove(id)
     }
