@@ -806,6 +806,10 @@ impl<'a> Layout<'a> {
         Ok(moved)
     }
 
+    /// The journal, read one word at a time: `black_box` keeps the compiler
+    /// from merging the loads of words the compaction loop has just stored
+    /// into one wide load, which would wait for those stores to retire
+    /// (a store-forwarding stall on every step of the loop).
     #[inline(always)]
     fn journal_fields(&self) -> Journal {
         let h = self.hdr();
