@@ -60,7 +60,7 @@
 pub use cachem_core::*;
 pub use cachem_ids::IdRegistry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -77,6 +77,7 @@ pub struct Config {
     create: bool,
     reap_all: bool,
     no_reap: bool,
+    owner: Option<(u32, u32)>,
 }
 
 impl Config {
@@ -94,6 +95,7 @@ impl Config {
             create: true,
             reap_all: false,
             no_reap: false,
+            owner: None,
         }
     }
 
@@ -160,6 +162,21 @@ impl Config {
         self
     }
 
+    /// Give everything cachem creates for the region — the region file, its
+    /// lockfile, the id store and every file written into it, the runtime
+    /// directory when cachem made it — to user `uid` and group `gid`, with
+    /// the configured mode. For a server started as root whose workers run
+    /// as another user (Apache's `User`/`Group`). Only root may give files
+    /// to another user: anyone else gets an error at open.
+    ///
+    /// Without this option, files a root process makes later for an existing
+    /// region (a re-created lockfile, sled's files) take the region file's
+    /// owner, as they take its mode.
+    pub fn owner(mut self, uid: u32, gid: u32) -> Config {
+        self.owner = Some((uid, gid));
+        self
+    }
+
     fn region_options(&self) -> RegionOptions {
         RegionOptions {
             size: self.size,
@@ -170,6 +187,7 @@ impl Config {
             create: self.create,
             reap_all_records_of_dead_processes: self.reap_all,
             no_reap: self.no_reap,
+            owner: self.owner,
         }
     }
 
@@ -185,30 +203,38 @@ pub fn destroy(config: &Config) -> Result<()> {
         return Ok(());
     };
     let store = config.id_store.clone().unwrap_or_else(|| ids_path(&path));
-    Region::destroy(path.to_str().unwrap_or_default(), &config.region_options())?;
+    Region::destroy_path(path, &config.region_options())?;
     let _ = std::fs::remove_dir_all(store);
     Ok(())
 }
 
 /// Gives the id store's files the region's mode (sled creates them with the
-/// umask's), so a group that may use the region may use its registry.
-/// Run after every registry call (sled writes new snapshot files); best
-/// effort: only files this user owns can be changed.
-fn share_files(dir: &Path, mode: u32) {
+/// umask's) and, when running as root, the region's owner, so the users and
+/// groups that may use the region may use its registry. Run after every
+/// registry cycle (sled writes new snapshot files); best effort: only files
+/// this user owns can be changed.
+fn share_files(dir: &Path, mode: u32, owner: Option<(u32, u32)>) {
     use std::os::unix::fs::PermissionsExt;
-    if mode == 0o600 {
+    if mode == 0o600 && owner.is_none() {
         return;
     }
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
+            let _ = region::chown_to(&p, owner);
+            if mode == 0o600 {
+                if p.is_dir() {
+                    share_files(&p, mode, owner);
+                }
+                continue;
+            }
             if p.is_dir() {
                 let setgid = std::fs::metadata(&p).map_or(0, |m| m.permissions().mode() & 0o2000);
                 let _ = std::fs::set_permissions(
                     &p,
                     std::fs::Permissions::from_mode(region::dir_mode(mode) | setgid),
                 );
-                share_files(&p, mode);
+                share_files(&p, mode, owner);
             } else {
                 let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
             }
@@ -216,19 +242,14 @@ fn share_files(dir: &Path, mode: u32) {
     }
 }
 
+fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> Error {
+    Error::Io { op, path: path.to_path_buf(), source }
+}
+
 fn ids_path(region: &Path) -> PathBuf {
     let mut s = region.as_os_str().to_owned();
     s.push(".ids");
     PathBuf::from(s)
-}
-
-/// Open handles per region generation in this process, so process-scoped
-/// records are purged when the last one is dropped.
-static HANDLES: Mutex<Option<HashMap<u64, usize>>> = Mutex::new(None);
-
-fn handles(f: impl FnOnce(&mut HashMap<u64, usize>) -> usize) -> usize {
-    let mut h = HANDLES.lock().unwrap_or_else(|p| p.into_inner());
-    f(h.get_or_insert_with(HashMap::new))
 }
 
 /// A region and its owner-id registry: the API of mod_cachem.
@@ -245,6 +266,9 @@ pub struct Cache {
     anonymous: bool,
     open_reap: ReapReport,
     mode: u32,
+    /// The pid that opened this handle: a handle inherited through `fork`
+    /// is not counted among the child's own.
+    opener: u32,
 }
 
 impl Cache {
@@ -262,7 +286,7 @@ impl Cache {
                 let size = config
                     .size
                     .ok_or(Error::BadSize { size: 0, reason: "an anonymous region needs a size" })?;
-                let region = Region::anonymous(size)?;
+                let region = Region::anonymous_with(size, &config.region_options())?;
                 let dir = region::runtime_dir(config.dir.as_deref());
                 let base = dir.join(format!("anon-{:016x}", region.generation()));
                 let store = config.id_store.clone().unwrap_or_else(|| ids_path(&base));
@@ -277,6 +301,7 @@ impl Cache {
             .and_then(|p| std::fs::metadata(p).ok())
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .unwrap_or(config.mode);
+        let (opener, _) = sys::process::me();
         let mut cache = Cache {
             region,
             store,
@@ -285,12 +310,10 @@ impl Cache {
             anonymous,
             open_reap: ReapReport::default(),
             mode,
+            opener,
         };
         // Counted before anything can fail, so Drop's decrement matches.
-        handles(|h| {
-            *h.entry(cache.region.generation()).or_default() += 1;
-            0
-        });
+        sys::process::handles::opened(cache.region.generation());
         cache.open_reap = cache.reap()?;
         Ok(cache)
     }
@@ -298,30 +321,7 @@ impl Cache {
     fn registry<T>(&self, f: impl FnOnce(&IdRegistry) -> cachem_ids::Result<T>) -> Result<T> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.is_none() {
-            if let Some(parent) = self.store.parent() {
-                if !parent.exists() {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::Io {
-                        op: "create runtime directory",
-                        path: parent.to_path_buf(),
-                        source: e,
-                    })?;
-                }
-            }
-            if !self.store.exists() {
-                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-                let err = |e| Error::Io { op: "create id store", path: self.store.clone(), source: e };
-                // Keep a setgid bit inherited from the runtime directory, so
-                // sled's files get the shared group.
-                let setgid = self
-                    .store
-                    .parent()
-                    .and_then(|p| std::fs::metadata(p).ok())
-                    .map_or(0, |m| m.permissions().mode() & 0o2000);
-                let mode = region::dir_mode(self.mode) | setgid;
-                std::fs::DirBuilder::new().mode(mode).create(&self.store).map_err(err)?;
-                // The mode given at creation is filtered by the umask.
-                std::fs::set_permissions(&self.store, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-            }
+            self.prepare_store()?;
             let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
                 .map_err(|e| Error::Registry(Box::new(e)))?;
             *ids = Some(reg);
@@ -329,8 +329,66 @@ impl Cache {
         let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;
         let r = f(reg).map_err(|e| Error::Registry(Box::new(e)));
         // sled may have written new files in this cycle.
-        share_files(&self.store, self.mode);
+        share_files(&self.store, self.mode, self.region.file_owner());
         r
+    }
+
+    /// Makes the id store's directory and the lockfile with the region's
+    /// mode and owner, if missing. Many processes may race here on a fresh
+    /// region: whoever creates a file first wins, and "already exists" is
+    /// success for everyone else.
+    fn prepare_store(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        let owner = self.region.file_owner();
+        if let Some(parent) = self.store.parent() {
+            if !parent.exists() {
+                let mode = region::dir_mode(self.mode);
+                match std::fs::DirBuilder::new().recursive(true).mode(mode).create(parent) {
+                    Ok(()) => {
+                        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode));
+                        region::chown_to(parent, owner)?;
+                    }
+                    Err(e) if parent.is_dir() => drop(e),
+                    Err(e) => {
+                        return Err(Error::Io {
+                            op: "create runtime directory",
+                            path: parent.to_path_buf(),
+                            source: e,
+                        })
+                    }
+                }
+            }
+        }
+        // Keep a setgid bit inherited from the runtime directory, so sled's
+        // files get the shared group.
+        let setgid = self
+            .store
+            .parent()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.permissions().mode() & 0o2000);
+        let mode = region::dir_mode(self.mode) | setgid;
+        match std::fs::DirBuilder::new().mode(mode).create(&self.store) {
+            Ok(()) => {
+                // The mode given at creation is filtered by the umask.
+                std::fs::set_permissions(&self.store, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_error("create id store", &self.store, e))?;
+                region::chown_to(&self.store, owner)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error("create id store", &self.store, e)),
+        }
+        // The lockfile of an anonymous region (a named region's was made at
+        // open), with the configured mode, not the umask's.
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(self.mode).open(&self.lock_file) {
+            Ok(f) => {
+                f.set_permissions(std::fs::Permissions::from_mode(self.mode))
+                    .map_err(|e| io_error("create lockfile", &self.lock_file, e))?;
+                region::chown_to(&self.lock_file, owner)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error("create lockfile", &self.lock_file, e)),
+        }
+        Ok(())
     }
 
     /// The owner id of `name`: the same in every process, for the lifetime
@@ -357,6 +415,11 @@ impl Cache {
     /// Takes the region lock (recovering first if a holder died).
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.region.lock()
+    }
+
+    /// Largest record this region could ever hold (when empty).
+    pub fn max_record_len(&self) -> u64 {
+        self.region.max_record_len()
     }
 
     /// What the reap at [`Cache::open`] removed.
@@ -413,10 +476,7 @@ impl Cache {
         let anonymous = self.anonymous;
         drop(self);
         if let Some(p) = path {
-            Region::destroy(
-                p.to_str().unwrap_or_default(),
-                &RegionOptions { lock_file: Some(lock), ..Default::default() },
-            )?;
+            Region::destroy_path(p, &RegionOptions { lock_file: Some(lock), ..Default::default() })?;
         } else if anonymous {
             let _ = std::fs::remove_file(lock);
         }
@@ -427,11 +487,14 @@ impl Cache {
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        let left = handles(|h| {
-            let n = h.entry(self.region.generation()).or_insert(1);
-            *n = n.saturating_sub(1);
-            *n
-        });
+        let generation = self.region.generation();
+        let left = if sys::process::me().0 == self.opener {
+            sys::process::handles::closed(generation)
+        } else {
+            // Inherited through fork: not one of this process's own handles.
+            // It was the last one if the process opened none of its own.
+            sys::process::handles::count(generation)
+        };
         if left == 0 {
             match self.purge_process() {
                 Ok(r) if r.records > 0 => {

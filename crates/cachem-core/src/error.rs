@@ -70,6 +70,19 @@ pub enum Error {
     #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
     PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
 
+    /// This thread already holds the region lock (a second `lock()` by the
+    /// same thread is an error, never a hang).
+    #[error(
+        "region {path}: this thread already holds the region lock; drop the first guard before locking again"
+    )]
+    AlreadyLocked { path: PathBuf },
+
+    /// An option conflicts with the region: a creation-time option that the
+    /// existing region was made without, or one that makes no sense for this
+    /// kind of region. Options are never silently ignored.
+    #[error("region {path}: option {option} cannot be honoured: {detail}; drop the option, or destroy and re-create the region with it")]
+    OptionMismatch { path: PathBuf, option: &'static str, detail: String },
+
     /// The owner-id registry failed (its message names the path).
     #[error("owner-id registry: {0}")]
     Registry(Box<dyn std::error::Error + Send + Sync>),
@@ -84,7 +97,62 @@ pub enum Error {
     },
 }
 
+/// The kind of an [`Error`], without its details: for matching in tests and
+/// for mapping to error codes (the C ABI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    Full,
+    TooLarge,
+    Stale,
+    PodMismatch,
+    BadSize,
+    Version,
+    ForeignAbi,
+    Corrupt,
+    RecoveryRequired,
+    SizeMismatch,
+    LockUnrecoverable,
+    NotFound,
+    BadName,
+    PidNamespace,
+    OptionMismatch,
+    Registry,
+    /// An OS call failed with "permission denied" (EACCES / EPERM).
+    PermissionDenied,
+    /// This thread already holds the region lock.
+    AlreadyLocked,
+    Io,
+}
+
 impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Full { .. } => ErrorKind::Full,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::Stale(_) => ErrorKind::Stale,
+            Error::PodMismatch { .. } => ErrorKind::PodMismatch,
+            Error::BadSize { .. } => ErrorKind::BadSize,
+            Error::Version { .. } => ErrorKind::Version,
+            Error::ForeignAbi { .. } => ErrorKind::ForeignAbi,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::RecoveryRequired => ErrorKind::RecoveryRequired,
+            Error::SizeMismatch { .. } => ErrorKind::SizeMismatch,
+            Error::LockUnrecoverable { .. } => ErrorKind::LockUnrecoverable,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::BadName { .. } => ErrorKind::BadName,
+            Error::PidNamespace { .. } => ErrorKind::PidNamespace,
+            Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
+            Error::Registry(_) => ErrorKind::Registry,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                ErrorKind::PermissionDenied
+            }
+            Error::AlreadyLocked { .. } => ErrorKind::AlreadyLocked,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
     pub(crate) fn corrupt(field: &'static str, detail: impl Into<String>) -> Self {
         Error::Corrupt { field, detail: detail.into() }
     }

@@ -55,6 +55,11 @@ pub struct FormatOptions {
 }
 
 /// Checks that `size` can be a region size.
+/// Largest record a region of `size` bytes could ever hold (when empty).
+pub fn max_record_len_for(size: u64) -> u64 {
+    size.saturating_sub(H).saturating_sub(BH + B) & !7
+}
+
 pub fn check_size(size: u64) -> Result<()> {
     if size % ALIGN as u64 != 0 {
         return Err(Error::BadSize { size, reason: "must be a multiple of 8" });
@@ -484,7 +489,7 @@ impl<'a> Layout<'a> {
 
     /// Largest record this region could ever hold (when empty).
     pub fn max_record_len(&self) -> u64 {
-        (self.size() - H).saturating_sub(BH + B) & !7
+        max_record_len_for(self.size())
     }
 
     /// Inserts a record and returns its id. `Full` if the free gap is too

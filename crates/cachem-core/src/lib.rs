@@ -14,7 +14,7 @@ pub mod region;
 pub mod sys;
 
 pub use bytemuck;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use ids::{OwnerId, ParseRecordIdError, RecordId, RecordMeta};
 pub use layout::{
     FormatOptions, Layout, OwnerUsage, PidUsage, ProcTag, RecoveryReport, Removed, Status, VerifyReport,

@@ -75,6 +75,11 @@ pub struct RegionOptions {
     /// When attaching: this process does not reap, which also allows
     /// attaching from another pid namespace.
     pub no_reap: bool,
+    /// Give everything created for the region (the region file, its
+    /// lockfile, the runtime directory when this call made it) to this
+    /// `(uid, gid)`. Needs root unless it is the caller's own; when
+    /// attaching as root, the region file and lockfile are given to it too.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for RegionOptions {
@@ -88,7 +93,45 @@ impl Default for RegionOptions {
             create: true,
             reap_all_records_of_dead_processes: false,
             no_reap: false,
+            owner: None,
         }
+    }
+}
+
+impl RegionOptions {
+    /// Checks that the caller may give files to `owner`: only root may give
+    /// them to someone else.
+    pub fn check_owner(&self) -> Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            let (euid, egid) = process::effective_ids();
+            if euid != 0 && (uid, gid) != (euid, egid) {
+                return Err(Error::Io {
+                    op: "give region files to",
+                    path: PathBuf::from(format!("uid {uid} gid {gid}")),
+                    source: io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "only root may give files to another user (running as uid {euid}); \
+                             drop the owner option or run as root"
+                        ),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives `path` to `owner` (if any). Root only; a no-op when it already has
+/// that owner.
+pub fn chown_to(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.uid() == uid && m.gid() == gid => Ok(()),
+        _ => std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("chown", path)),
     }
 }
 
@@ -117,6 +160,10 @@ pub struct Region {
     /// This process lives in another pid namespace than the region's creator.
     foreign_ns: bool,
     report: OpenReport,
+    /// Who files made later for this region (lockfile, id store) belong to,
+    /// when this process runs as root: the configured owner, else the region
+    /// file's owner. None: leave them to whoever makes them.
+    file_owner: Option<(u32, u32)>,
 }
 
 /// One dead process whose records a reap removed.
@@ -280,7 +327,13 @@ impl Drop for GlobalLock {
 impl Region {
     /// Creates the named region or attaches to it. See [`RegionOptions`].
     pub fn open(name: &str, opts: &RegionOptions) -> Result<Region> {
-        let path = resolve_path(name, opts.dir.as_deref())?;
+        Self::open_path(resolve_path(name, opts.dir.as_deref())?, opts)
+    }
+
+    /// Creates the region file at `path` or attaches to it (`path` as
+    /// given; [`Region::open`] resolves a name first).
+    pub fn open_path(path: PathBuf, opts: &RegionOptions) -> Result<Region> {
+        opts.check_owner()?;
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
         if !opts.create || opts.size.is_none() {
             // Attach only: leave no directory or lockfile behind for a
@@ -298,9 +351,17 @@ impl Region {
                 .mode(dir_mode(opts.mode))
                 .create(&parent)
                 .map_err(io_err("create runtime directory", &parent))?;
+            // The mode is filtered by the umask; the directory cachem made
+            // gets exactly the mode the files need, and their owner.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&parent, fs::Permissions::from_mode(dir_mode(opts.mode)));
+            chown_to(&parent, opts.owner)?;
         }
         let lock_existed = lock_path.exists();
         let global = GlobalLock::take(&lock_path, opts.mode)?;
+        if !lock_existed {
+            chown_to(&lock_path, opts.owner)?;
+        }
         let mut created = false;
         let file = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
@@ -327,9 +388,21 @@ impl Region {
             }
             Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
         };
+        let file_owner = if process::effective_ids().0 == 0 {
+            use std::os::unix::fs::MetadataExt;
+            if opts.owner.is_some() && !created {
+                chown_to(&path, opts.owner)?;
+            }
+            opts.owner.or_else(|| file.metadata().ok().map(|m| (m.uid(), m.gid())))
+        } else {
+            None
+        };
+        // Files made later for the region by root take the region's owner.
+        chown_to(&lock_path, file_owner)?;
         let mut region = Self::attach_file(file, &path, opts).map_err(|e| with_path(e, &path))?;
         region.report.created = created;
         region.lock_path = Some(lock_path);
+        region.file_owner = file_owner;
         // Release the lockfile before waiting for the region lock: a process
         // holding the region lock may be waiting for the lockfile (an id
         // registry call inside a guard), and waiting for each other in
@@ -372,6 +445,7 @@ impl Region {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(fs::Permissions::from_mode(opts.mode))
                 .map_err(io_err("chmod region", &tmp))?;
+            chown_to(&tmp, opts.owner)?;
             crate::sys::file::allocate(&file, size).map_err(|e| {
                 let e = if e.raw_os_error() == Some(libc::ENOSPC) {
                     io::Error::new(
@@ -420,6 +494,13 @@ impl Region {
                 return Err(Error::SizeMismatch { path: path.to_path_buf(), existing: len, requested: req });
             }
         }
+        if opts.reap_all_records_of_dead_processes && hdr.options & OPT_REAP_ALL == 0 {
+            return Err(Error::OptionMismatch {
+                path: path.to_path_buf(),
+                option: "reap_all_records_of_dead_processes",
+                detail: "the existing region was created reaping only process-scoped records".into(),
+            });
+        }
         if hdr.mutex_size as usize != mutex::SIZE {
             return Err(Error::ForeignAbi {
                 what: format!("pthread_mutex_t of {} bytes, here {}", hdr.mutex_size, mutex::SIZE),
@@ -435,6 +516,7 @@ impl Region {
             reap: hdr.options & OPT_NO_REAP == 0 && !opts.no_reap,
             foreign_ns: false,
             report: OpenReport::default(),
+            file_owner: None,
         };
         // Pids are meaningless across pid namespaces: refuse to reap there.
         let ours = process::pid_namespace(None);
@@ -473,26 +555,65 @@ impl Region {
     /// Creates an anonymous region of `size` bytes, shared with children
     /// forked after this call (the pre-fork server model).
     pub fn anonymous(size: u64) -> Result<Region> {
+        Self::anonymous_with(size, &RegionOptions::default())
+    }
+
+    /// [`Region::anonymous`] with options: the reap policy
+    /// (`reap_all_records_of_dead_processes`, `no_reap`) and `owner` (kept
+    /// for the files made later for the region: its lockfile and id store).
+    /// Options that only make sense for a file (`attach_any_size`, attach
+    /// only) are refused, never ignored; `dir`, `lock_file` and `mode` are
+    /// for the caller's files (see `cachem::Cache`).
+    pub fn anonymous_with(size: u64, opts: &RegionOptions) -> Result<Region> {
+        let refuse = |option: &'static str| {
+            Err(Error::OptionMismatch {
+                path: PathBuf::from("<anonymous>"),
+                option,
+                detail: "an anonymous region is always created, never attached".into(),
+            })
+        };
+        if opts.attach_any_size {
+            return refuse("attach_any_size");
+        }
+        if !opts.create {
+            return refuse("attach_only");
+        }
+        if opts.size.is_some_and(|s| s != size) {
+            return Err(Error::BadSize { size, reason: "the options ask for another size" });
+        }
+        opts.check_owner()?;
         check_create_size(size)?;
+        let mut options = 0;
+        if opts.reap_all_records_of_dead_processes {
+            options |= OPT_REAP_ALL;
+        }
+        if opts.no_reap {
+            options |= OPT_NO_REAP;
+        }
         let map = Mapping::anonymous(size as usize)?;
-        let h = init_image(&map, 0)?;
+        let h = init_image(&map, options)?;
         Ok(Region {
             map,
             path: None,
             lock_path: None,
             generation: h.generation,
-            options: 0,
+            options,
             pid_ns: h.pid_ns,
-            reap: true,
+            reap: options & OPT_NO_REAP == 0,
             foreign_ns: false,
             report: OpenReport { created: true, ..Default::default() },
+            file_owner: if process::effective_ids().0 == 0 { opts.owner } else { None },
         })
     }
 
     /// Removes a named region's file and its lockfile. Processes still
     /// attached keep their mapping until they drop it.
     pub fn destroy(name: &str, opts: &RegionOptions) -> Result<()> {
-        let path = resolve_path(name, opts.dir.as_deref())?;
+        Self::destroy_path(resolve_path(name, opts.dir.as_deref())?, opts)
+    }
+
+    /// [`Region::destroy`] of the file at `path` (as given).
+    pub fn destroy_path(path: PathBuf, opts: &RegionOptions) -> Result<()> {
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
         match fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
@@ -537,11 +658,7 @@ impl Region {
                 return Err(Error::LockUnrecoverable { path: self.display_path() })
             }
             Err(mutex::LockError::Deadlock) => {
-                return Err(Error::Io {
-                    op: "lock",
-                    path: self.display_path(),
-                    source: io::Error::other("this thread already holds the region lock"),
-                })
+                return Err(Error::AlreadyLocked { path: self.display_path() })
             }
             Err(mutex::LockError::Other(e)) => {
                 return Err(Error::Io { op: "lock", path: self.display_path(), source: e })
@@ -581,7 +698,9 @@ impl Region {
                     rolled_back_inserts = rep.rolled_back_inserts,
                     "recovered region after a process died holding its lock"
                 ),
-                Err(e) => tracing::error!(path = %self.display_path().display(), "recovery failed: {e}"),
+                // Returned to the caller below, who reports it: not logged
+                // as an error here, or it would be printed twice.
+                Err(e) => tracing::debug!(path = %self.display_path().display(), "recovery failed: {e}"),
             }
             r?;
             g.recovered = true;
@@ -637,6 +756,17 @@ impl Region {
     /// Whether this process reaps dead processes' records in this region.
     pub fn reaps(&self) -> bool {
         self.reap
+    }
+
+    /// Who files made later for this region (by a root process) belong to:
+    /// see [`RegionOptions::owner`].
+    pub fn file_owner(&self) -> Option<(u32, u32)> {
+        self.file_owner
+    }
+
+    /// Largest record this region could ever hold (when empty).
+    pub fn max_record_len(&self) -> u64 {
+        layout::max_record_len_for(self.size())
     }
 }
 
@@ -761,6 +891,11 @@ impl<'r> Guard<'r> {
     /// The region this guard locks.
     pub fn region(&self) -> &'r Region {
         self.region
+    }
+
+    /// Largest record this region could ever hold (when empty).
+    pub fn max_record_len(&self) -> u64 {
+        self.region.max_record_len()
     }
 
     /// The engine, for operations not wrapped here (tests, tools).

@@ -20,19 +20,29 @@
 //! reads or writes the region itself: the caller passes the region's
 //! generation to [`IdRegistry::open`].
 //!
-//! # One lock + sled cycle per call
+//! # One lock + sled cycle per call, in a helper process
 //!
 //! sled cannot be opened by two processes at once, so every call that needs
 //! the store takes the global lockfile exclusively (`flock`, through fs2),
-//! opens sled, does its work, flushes, drops sled and releases the lock. A
-//! cycle costs a few milliseconds; the registry memoises name -> id in the
-//! process, so a repeated [`IdRegistry::id`] costs nanoseconds, and
-//! [`IdRegistry::ids`] resolves many names in one cycle.
+//! opens sled, does its work, flushes, drops sled and releases the lock.
+//!
+//! That cycle never runs in the caller: it runs in a short-lived child
+//! forked for the purpose (`cachem_core::sys::child`), which sends its
+//! answer back through a pipe and exits. sled keeps process-global state (a
+//! thread pool counted in statics, a process-wide lock) that a forked child
+//! inherits in a state where it hangs forever; a caller that never runs sled
+//! itself can fork at any moment — the pre-fork server pattern — and its
+//! children can use the registry as well as it can. A cycle costs a few
+//! milliseconds (a fork plus the sled cycle; see `docs/ids.md`); the
+//! registry memoises name -> id in the caller, so a repeated
+//! [`IdRegistry::id`] costs nanoseconds, and [`IdRegistry::ids`] resolves
+//! many names in one cycle. A cycle that does not answer within
+//! [`CYCLE_TIMEOUT`] is killed and reported as [`Error::Helper`].
 //!
 //! Because the lockfile is taken by every call, do not call the registry
 //! while the same process already holds the global lockfile through another
-//! file handle: `flock` locks of two handles exclude each other even within
-//! one process, so the call would wait forever.
+//! file handle: the helper's `flock` would wait for the caller, which waits
+//! for the helper (until the timeout).
 //!
 //! # Lifetime: region generations
 //!
@@ -78,6 +88,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod wire;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -116,6 +128,11 @@ const PREFIX_ID: u8 = b'i';
 /// (see [`open_sled`]).
 const SLED_LOCK_RETRY: Duration = Duration::from_secs(5);
 
+/// How long one registry cycle (waiting for the lockfile included) may take
+/// before its helper process is killed and the call fails with
+/// [`Error::Helper`].
+pub const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything that can go wrong in the registry.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -149,6 +166,19 @@ pub enum Error {
     Store {
         /// The store directory.
         path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The helper process that runs a registry cycle failed: it could not be
+    /// started, did not answer within [`CYCLE_TIMEOUT`], or died.
+    #[error(
+        "id registry helper process (lockfile {}): {reason}; if it timed out, another \
+         process may be holding the lockfile for too long",
+        lock.display()
+    )]
+    Helper {
+        /// The global lockfile of the registry.
+        lock: PathBuf,
         /// What went wrong.
         reason: String,
     },
@@ -263,18 +293,22 @@ impl IdRegistry {
         }
         // One cycle resolves every name, memoised or not, so the answer
         // comes from a single view of the store.
-        let found = self.cycle(|s| s.ids_of(names))?;
+        let found = self.cycle(|s| {
+            let map = s.ids_of(names)?;
+            names
+                .iter()
+                .map(|n| {
+                    map.get(*n)
+                        .copied()
+                        .ok_or_else(|| s.corrupt(format!("name {n:?} was not resolved (internal error)")))
+                })
+                .collect::<Result<Vec<OwnerId>>>()
+        })?;
         let mut memo = self.memo();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let id = found.get(*name).copied().ok_or_else(|| Error::Store {
-                path: self.store_dir.clone(),
-                reason: format!("name {name:?} was not resolved (internal error)"),
-            })?;
-            memo.insert((*name).to_owned(), id);
-            out.push(id);
+        for (name, id) in names.iter().zip(&found) {
+            memo.insert((*name).to_owned(), *id);
         }
-        Ok(out)
+        Ok(found)
     }
 
     /// A fresh id, never handed out before for this region generation
@@ -356,12 +390,14 @@ impl IdRegistry {
     /// Runs `f` inside a lock + sled cycle, with the global lockfile held and
     /// sled open, then flushes and releases as usual. Only for crash tests
     /// (a process killed here must not harm the registry).
+    /// `f` runs in the helper process.
     #[doc(hidden)]
-    pub fn hold_open_for_test<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+    pub fn hold_open_for_test(&self, f: impl FnOnce()) -> Result<()> {
         self.cycle(|s| {
             // Leave an unflushed write behind, like an interrupted call.
             s.tree.insert(b"x-test", b"pending".as_slice()).map_err(|e| s.err(e))?;
-            Ok(f())
+            f();
+            Ok(())
         })
     }
 
@@ -371,22 +407,39 @@ impl IdRegistry {
         self.memo.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One cycle: lock, open sled, check format and generation, run `f`,
-    /// flush, drop sled, unlock.
-    fn cycle<T>(&self, f: impl FnOnce(&Session<'_>) -> Result<T>) -> Result<T> {
-        let lock = LockGuard::acquire(&self.lock_path)?;
-        let db = open_sled(&self.store_dir)?;
-        let session = Session::start(&db, &self.store_dir, self.generation)?;
-        if session.fresh_generation {
+    /// One cycle, in a helper process: lock, open sled, check format and
+    /// generation, run `f`, flush, drop sled, unlock, send the answer.
+    fn cycle<T: wire::Wire>(&self, f: impl FnOnce(&Session<'_>) -> Result<T>) -> Result<T> {
+        let (store, lock_path, generation) = (&self.store_dir, &self.lock_path, self.generation);
+        let run = move || -> Vec<u8> {
+            // sled logs through the `log` crate; a logger the caller
+            // installed may take locks another thread held at fork time.
+            log::set_max_level(log::LevelFilter::Off);
+            let r = (|| {
+                let lock = LockGuard::acquire(lock_path)?;
+                let db = open_sled(store)?;
+                let session = Session::start(&db, store, generation)?;
+                let fresh = session.fresh_generation;
+                let out = f(&session)?;
+                db.flush().map_err(|e| session.err(e))?;
+                drop(session);
+                drop(db);
+                drop(lock);
+                Ok((fresh, out))
+            })();
+            wire::encode(&r)
+        };
+        let bytes = cachem_core::sys::child::run_in_child(run, CYCLE_TIMEOUT)
+            .map_err(|e| Error::Helper { lock: self.lock_path.clone(), reason: e.to_string() })?;
+        let (fresh, out) = wire::decode::<Result<(bool, T)>>(&bytes).ok_or_else(|| Error::Helper {
+            lock: self.lock_path.clone(),
+            reason: "the helper's answer could not be decoded".into(),
+        })??;
+        if fresh {
             // The table of our generation was (re)created empty: whatever
             // this process memoised no longer holds.
             self.memo().clear();
         }
-        let out = f(&session)?;
-        db.flush().map_err(|e| session.err(e))?;
-        drop(session);
-        drop(db);
-        drop(lock);
         Ok(out)
     }
 }

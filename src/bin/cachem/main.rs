@@ -48,6 +48,10 @@ enum Cmd {
         /// Never reap dead processes' records in this region.
         #[arg(long)]
         no_reap: bool,
+        /// Give the region, its lockfile and id store to USER:GROUP (names or
+        /// numeric ids; root only), e.g. for workers that drop privileges.
+        #[arg(long, value_name = "USER:GROUP", value_parser = parse_owner)]
+        owner: Option<(u32, u32)>,
     },
     /// Show a region's geometry, usage per owner and per process, counters.
     Stat {
@@ -179,11 +183,39 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only on a terminal, and never with NO_COLOR set (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .without_time()
         .try_init();
+}
+
+/// Parses `USER:GROUP` (names from /etc/passwd and /etc/group, or numbers).
+fn parse_owner(s: &str) -> Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or_else(|| format!("{s:?} is not USER:GROUP"))?;
+    let uid = lookup_id("/etc/passwd", u).ok_or_else(|| format!("no such user {u:?}"))?;
+    let gid = lookup_id("/etc/group", g).ok_or_else(|| format!("no such group {g:?}"))?;
+    Ok((uid, gid))
+}
+
+/// A numeric id, or the id of `name` in a passwd/group-style file.
+fn lookup_id(file: &str, name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    if name.is_empty() {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
 }
 
 /// Config of an existing region (any size).
@@ -205,8 +237,11 @@ fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
     let mut out = std::io::stdout().lock();
     match cli.cmd {
-        Cmd::Create { name, size, mode, reap_all, no_reap } => {
+        Cmd::Create { name, size, mode, reap_all, no_reap, owner } => {
             let mut c = Config::named(&name).size(size).mode(mode);
+            if let Some((uid, gid)) = owner {
+                c = c.owner(uid, gid);
+            }
             if let Some(d) = &dir {
                 c = c.dir(d);
             }

@@ -46,34 +46,87 @@ pub fn parse_start_time(stat: &[u8]) -> Option<u64> {
 /// Parses the state (field 3) and start time (field 22) out of a
 /// `/proc/<pid>/stat` line.
 pub fn parse_state_and_start(stat: &[u8]) -> Option<(u8, u64)> {
+    parse_stat(stat).map(|s| (s.state, s.start_time))
+}
+
+/// The fields of `/proc/<pid>/stat` that liveness needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 3: `R`, `S`, `Z`, `X`, ...
+    pub state: u8,
+    /// Field 9: the kernel's `PF_*` task flags.
+    pub flags: u64,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// The kernel's `PF_EXITING` task flag: the task has started to exit
+/// (a fatal signal such as SIGKILL, or `exit`). It is set before the task's
+/// robust futexes are released, so a process whose lock the next locker got
+/// with `EOWNERDEAD` always shows it, even before it is a zombie.
+pub const PF_EXITING: u64 = 0x4;
+
+/// Parses a `/proc/<pid>/stat` line. The command name (field 2) may contain
+/// spaces and parentheses, so fields are counted from after the last `)`.
+pub fn parse_stat(stat: &[u8]) -> Option<Stat> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
     let mut fields = rest.split_ascii_whitespace();
     let state = *fields.next()?.as_bytes().first()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+    // Fields 4..8 (ppid, pgrp, session, tty, tpgid), then 9 (flags).
+    let flags = fields.nth(5)?.parse().ok()?;
+    // Field 22 is 13 fields after field 9.
+    let start_time = fields.nth(12)?.parse().ok()?;
+    Some(Stat { state, flags, start_time })
+}
+
+/// A task that has ended or is ending.
+fn ending(s: &Stat) -> bool {
+    s.state == b'Z' || s.state == b'X' || s.flags & PF_EXITING != 0
 }
 
 /// Liveness of a (pid, start time) pair.
 ///
 /// With /proc: alive iff `/proc/<pid>/stat` exists, its start time matches
 /// (a recycled pid has another start time; 0 = unknown matches any), and the
-/// process is not a zombie (`Z`) or dead (`X`): a killed child whose parent
-/// has not waited for it yet is dead for cachem. When `/proc/<pid>` cannot be
-/// read (no /proc, or `hidepid` hides other users' processes), `kill(pid, 0)`
-/// decides: ESRCH is dead, success or EPERM is alive; that fallback cannot
-/// tell a recycled pid apart.
+/// process is not ending: not a zombie (`Z`) or dead (`X`), and not exiting
+/// (`PF_EXITING`). A process killed by SIGKILL is dead for cachem from the
+/// moment it starts to exit — the kernel releases its robust mutex while
+/// /proc still shows it running, and a waiter that takes the lock at that
+/// instant must purge its records. A killed child whose parent has not
+/// waited for it yet is dead too. If the main thread has ended while other
+/// threads run on (`pthread_exit` in `main`), the other threads decide.
+///
+/// When `/proc/<pid>` cannot be read (no /proc, or `hidepid` hides other
+/// users' processes), `kill(pid, 0)` decides: ESRCH is dead, success or
+/// EPERM is alive; that fallback cannot tell a recycled pid apart.
 pub fn is_alive(pid: u32, start: u64) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
     }
     match std::fs::read(format!("/proc/{pid}/stat")) {
-        Ok(stat) => match parse_state_and_start(&stat) {
-            Some((state, t)) => (start == 0 || t == start) && state != b'Z' && state != b'X',
-            None => true,
+        Ok(stat) => match parse_stat(&stat) {
+            Some(s) if start != 0 && s.start_time != start => false,
+            Some(s) if ending(&s) => other_thread_runs(pid),
+            _ => true,
         },
         Err(_) => kill_probe(pid),
     }
+}
+
+/// Whether a thread other than the main one of `pid` is running and not
+/// exiting (the main thread has ended or is ending).
+fn other_thread_runs(pid: u32) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let tid = e.file_name();
+        if tid.to_str() == Some(&pid.to_string()) {
+            return false;
+        }
+        std::fs::read(e.path().join("stat")).ok().and_then(|b| parse_stat(&b)).is_some_and(|s| !ending(&s))
+    })
 }
 
 fn kill_probe(pid: u32) -> bool {
@@ -113,6 +166,114 @@ pub fn me() -> (u32, u64) {
     (pid, start)
 }
 
+/// The effective user and group ids of this process.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Per-process counts of open handles per region generation, so the last
+/// handle a process drops can purge its process-scoped records.
+///
+/// The counts belong to a pid: a child forked while its parent had handles
+/// open starts with none (it did not open them). They are kept under a
+/// pthread mutex that a `pthread_atfork` handler takes before `fork` and
+/// releases after it in both processes, clearing the child's table — so a
+/// fork at any moment, from any thread, never leaves the child with a
+/// half-updated table or a lock held by a thread that no longer exists.
+pub mod handles {
+    use std::cell::UnsafeCell;
+    use std::collections::HashMap;
+    use std::sync::Once;
+
+    struct Table {
+        lock: UnsafeCell<libc::pthread_mutex_t>,
+        counts: UnsafeCell<Option<HashMap<u64, usize>>>,
+    }
+
+    // SAFETY: `counts` is only touched with `lock` held (see `with`), and
+    // the mutex itself is made for sharing between threads.
+    unsafe impl Sync for Table {}
+
+    static TABLE: Table =
+        Table { lock: UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER), counts: UnsafeCell::new(None) };
+    static ATFORK: Once = Once::new();
+
+    extern "C" fn prepare() {
+        // SAFETY: the static mutex is initialised; this thread does not hold
+        // it (no code forks while inside `with`).
+        unsafe { libc::pthread_mutex_lock(TABLE.lock.get()) };
+    }
+
+    extern "C" fn parent() {
+        // SAFETY: `prepare` took the lock in this thread.
+        unsafe { libc::pthread_mutex_unlock(TABLE.lock.get()) };
+    }
+
+    extern "C" fn child() {
+        // SAFETY: `prepare` took the lock before fork, in the thread that is
+        // now the child's only thread, so nobody else can touch the table.
+        // The table is consistent (no one was inside `with`); the child's
+        // counts start empty. Clearing keeps the allocation: no malloc.
+        unsafe {
+            if let Some(m) = (*TABLE.counts.get()).as_mut() {
+                m.clear();
+            }
+            libc::pthread_mutex_unlock(TABLE.lock.get());
+        }
+    }
+
+    fn with<R>(f: impl FnOnce(&mut HashMap<u64, usize>) -> R) -> R {
+        ATFORK.call_once(|| {
+            // SAFETY: registers handlers that only lock, unlock and clear
+            // the table, as argued at each of them.
+            unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        });
+        // SAFETY: the mutex is a static, initialised, never moved. Unlocked
+        // below on every path (f cannot unwind out: the closures used here
+        // only do map arithmetic; a panic would poison nothing but leave
+        // the mutex held, so `f` is run under catch_unwind).
+        unsafe { libc::pthread_mutex_lock(TABLE.lock.get()) };
+        // SAFETY: we hold the lock, so this is the only reference.
+        let counts = unsafe { &mut *TABLE.counts.get() };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            f(counts.get_or_insert_with(HashMap::new))
+        }));
+        // SAFETY: we hold the lock.
+        unsafe { libc::pthread_mutex_unlock(TABLE.lock.get()) };
+        match r {
+            Ok(r) => r,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// Counts one more open handle of region `generation` in this process.
+    pub fn opened(generation: u64) {
+        with(|m| *m.entry(generation).or_default() += 1);
+    }
+
+    /// Counts one handle less; returns how many stay open in this process.
+    /// Only for a handle this process opened (one inherited through `fork`
+    /// was never counted here: see [`count`]).
+    pub fn closed(generation: u64) -> usize {
+        with(|m| match m.get_mut(&generation) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
+            }
+            _ => {
+                m.remove(&generation);
+                0
+            }
+        })
+    }
+
+    /// Open handles of `generation` in this process.
+    pub fn count(generation: u64) -> usize {
+        with(|m| m.get(&generation).copied().unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +285,10 @@ mod tests {
         assert_eq!(parse_start_time(b"garbage"), None);
         assert_eq!(parse_start_time(b"1 (x) S 1"), None);
         assert_eq!(parse_state_and_start(line), Some((b'S', 987654)));
+        assert_eq!(parse_stat(line), Some(Stat { state: b'S', flags: 4194560, start_time: 987654 }));
+        let exiting = b"77 (x y) R 1 77 77 0 -1 4194564 0 0 0 0 0 0 0 0 20 0 1 0 5555 0 0";
+        let s = parse_stat(exiting).unwrap();
+        assert!(ending(&s) && s.start_time == 5555);
     }
 
     #[test]
