@@ -4,7 +4,13 @@ CARGO ?= cargo
 SECONDS ?= 60
 KILLS ?= 5000
 
-.PHONY: all demo test fmt-check clippy unit bench bench-quick torture fuzz clean apache apache-deps bench-apache
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+HEADER := crates/cachem-capi/include/cachem.h
+CBINDGEN := cbindgen --quiet --config cbindgen.toml --crate cachem-capi
+
+.PHONY: all demo test fmt-check clippy header-check unit bench bench-quick torture fuzz clean c-tools header capi install apache apache-deps bench-apache
 
 all: test
 
@@ -13,7 +19,7 @@ demo:
 	$(CARGO) run --quiet --release --bin cachem -- demo
 
 ## The README's test command (and .ci/run): format, lints, every test.
-test: fmt-check clippy unit
+test: fmt-check clippy header-check unit
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -22,11 +28,48 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
-unit: apache
+unit: c-tools apache
 	$(CARGO) test
 	$(CARGO) test --release --features failpoints --test crash
 
-## Benchmarks: criterion (engine, locked region, reap, id registry), then
+## Tools of the C ABI's build and tests (Debian packages): cbindgen for
+## cachem.h, a C and a C++ compiler with the sanitizer runtimes, pkg-config.
+c-tools:
+	@for p in cbindgen gcc g++ pkg-config; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; fi
+
+## Regenerates the committed C header from crates/cachem-capi/src/lib.rs.
+header: c-tools
+	cd crates/cachem-capi && $(CBINDGEN) --output include/cachem.h
+
+## Fails if the committed header differs from a fresh generation.
+header-check: c-tools
+	@tmp=$$(mktemp) && (cd crates/cachem-capi && $(CBINDGEN) --output $$tmp) && \
+	if ! diff -u $(HEADER) $$tmp; then rm -f $$tmp; \
+	  echo "$(HEADER) is stale: run make header and commit it"; exit 1; fi; rm -f $$tmp
+
+## The C libraries (panic = abort, see docs/c-api.md) and the header:
+## target/release/libcachem.{a,so}.
+capi: header
+	$(CARGO) build --profile capi -p cachem-capi
+	mkdir -p target/release
+	cp target/capi/libcachem.a target/capi/libcachem.so target/release/
+
+## Installs libcachem, cachem.h, cachem.map and cachem.pc under PREFIX.
+install: capi
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PREFIX)/share/cachem
+	install -m 644 target/release/libcachem.a $(DESTDIR)$(LIBDIR)/libcachem.a
+	install -m 755 target/release/libcachem.so $(DESTDIR)$(LIBDIR)/libcachem.so.0
+	ln -sf libcachem.so.0 $(DESTDIR)$(LIBDIR)/libcachem.so
+	install -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/cachem.h
+	install -m 644 crates/cachem-capi/cachem.map $(DESTDIR)$(PREFIX)/share/cachem/cachem.map
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	  crates/cachem-capi/cachem.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/cachem.pc
+
+## Benchmarks: criterion (engine, locked region, reap, id registry), the C
+## ABI next to the Rust API (cachem-capi's abi bench), then
 ## the side-by-side comparison with LMDB, Redis and memcached, which
 ## installs the servers if missing and rewrites its section of
 ## docs/benchmarks.md.
@@ -36,6 +79,7 @@ bench: bench-apache
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
 	$(CARGO) bench -p cachem-core --bench region -- --noplot
 	$(CARGO) bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5 --noplot
+	$(CARGO) bench -p cachem-capi --bench abi
 
 bench-quick:
 	sh crates/cachem-bench/setup.sh

@@ -119,6 +119,12 @@ enum Cmd {
     },
     /// Check every invariant; exit 1 with the reason if one is broken.
     Verify { name: String },
+    /// Write the region's records (not process-scoped ones) with their owner
+    /// names to FILE: a checksummed snapshot, replaced atomically.
+    Save { name: String, file: PathBuf },
+    /// Add the records of the snapshot FILE to the region (owner ids resolved
+    /// again from the names); all or nothing.
+    Restore { name: String, file: PathBuf },
     /// Remove a region, its lockfile and its id store.
     Destroy { name: String },
     /// One worker's random insert / update / remove loop over self-checking
@@ -263,7 +269,7 @@ fn run(cli: Cli) -> CliResult {
             let cache = inspect(&dir, &name)?;
             let st = cache.status()?;
             if json {
-                writeln!(out, "{}", show::status_json(&st))?;
+                writeln!(out, "{}", st.to_json())?;
             } else {
                 show::status_human(&mut out, &st)?;
             }
@@ -350,6 +356,31 @@ fn run(cli: Cli) -> CliResult {
                 out,
                 "ok: {} records in {} table entries, {} bytes used, {} bytes free",
                 rep.records, rep.slots, rep.used_bytes, rep.free_bytes
+            )?;
+        }
+        Cmd::Save { name, file } => {
+            let cache = inspect(&dir, &name)?;
+            let r = cache.save(&file)?;
+            writeln!(
+                out,
+                "saved {} records ({} bytes, {} owners) to {}; {} process-scoped records left out",
+                r.records,
+                r.bytes,
+                r.owners,
+                file.display(),
+                r.skipped_process_records
+            )?;
+        }
+        Cmd::Restore { name, file } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let r = cache.restore(&file)?;
+            writeln!(
+                out,
+                "restored {} records ({} bytes, {} owners) from {}",
+                r.records,
+                r.bytes,
+                r.owners,
+                file.display()
             )?;
         }
         Cmd::Destroy { name } => {
