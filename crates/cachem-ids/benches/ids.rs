@@ -56,7 +56,6 @@ fn bench(c: &mut Criterion) {
             drop(db);
         })
     });
-
 }
 
 criterion_group!(benches, bench);
