@@ -44,6 +44,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
@@ -674,6 +675,7 @@ static void reaper_main(cachem_state *st, server_rec *s, int interval)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     ap_close_listeners();
+    prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
     if (geteuid() == 0 && ap_unixd_setup_child() != 0)
         _exit(1);
     next = apr_time_now() + apr_time_from_sec(interval);
@@ -880,8 +882,12 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         opts.owner_uid = -1;
         opts.owner_gid = -1;
         st->cache = cachem_open(st->path, st->size, &opts, &e);
-        if (st->cache && st->path)
-            prepare_path(s, st->path, 0, st);
+        if (st->cache) {
+            if (st->path)
+                prepare_path(s, st->path, 0, st);
+            prepare_path(s, st->lock_file, 0, st);
+            chown_tree(s, st->dbm, st, 0);
+        }
     }
     if (!st->cache) {
         ap_log_error(APLOG_MARK, APLOG_EMERG, 0, s,

@@ -201,7 +201,8 @@ impl Httpd {
         self.dir().join("run")
     }
 
-    /// Starts the parent and waits (bounded) until it serves.
+    /// Starts the parent and waits (bounded) until it serves: exactly one
+    /// request (the successful probe) is served.
     fn launch(&mut self) {
         assert!(self.child.is_none());
         let child = Command::new("setsid")
@@ -253,6 +254,15 @@ impl Httpd {
             }
         }
         v
+    }
+
+    /// The reaper process (named `cachem-reaper`).
+    fn reaper(&self) -> Option<u32> {
+        self.children().into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "cachem-reaper")
+                .unwrap_or(false)
+        })
     }
 
     /// SIGTERM, up to 20 s, then SIGKILL of the parent and its process
@@ -469,22 +479,32 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
 
 #[test]
 fn sigkilled_children_are_reaped_within_the_interval() {
-    let h = Httpd::start("reap", Mpm::Prefork, NAMED);
+    // Five children, one spare is enough: killing three leaves two idle,
+    // so the parent starts no replacement (whose attach would reap) and
+    // only the reaper process can clean up.
+    let h = Httpd::start(
+        "reap",
+        Mpm::Prefork,
+        &format!("{NAMED}StartServers 5\nMinSpareServers 1\nMaxSpareServers 5\n"),
+    );
+    let reaper = h.reaper().expect("no cachem-reaper process");
+    if is_root() {
+        let uid = std::fs::metadata(format!("/proc/{reaper}")).unwrap().uid();
+        assert_ne!(uid, 0, "the reaper process still runs as root");
+    }
     // Requests until three children hold a record.
     let end = Instant::now() + Duration::from_secs(30);
     let kids = loop {
         let _ = load(h.port, 10, 3);
         let (_, kids) = example(&h);
-        if kids.len() >= 3 {
+        if kids.len() >= 4 {
             break kids;
         }
-        assert!(Instant::now() < end, "three children never served: {kids:?}");
+        assert!(Instant::now() < end, "four children never served: {kids:?}");
     };
     let victims: Vec<u32> = kids.iter().take(3).map(|k| k.0).collect();
-    for v in &victims {
-        signal(*v, "KILL");
-    }
     let killed = Instant::now();
+    kill_and_wait(&victims);
     // CACHEMReapInterval 1 + 2 s. (Only their process-scoped records go:
     // the hit counter belongs to whichever child added it.)
     let end = killed + Duration::from_secs(3);
@@ -498,21 +518,49 @@ fn sigkilled_children_are_reaped_within_the_interval() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("reaped {:?} after {:?}", victims, killed.elapsed());
-    // A replacement child works.
+    // By the reaper process (maybe in two passes).
+    let by_reaper: u64 = h
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("[pid {reaper}:")))
+        .filter_map(|l| l.split("mod_cachem: reaped ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(by_reaper, 3, "not reaped by the reaper process:\n{}", h.log());
+
+    // Kill every worker left: replacements start and work.
+    let workers: Vec<u32> = h.children().into_iter().filter(|p| *p != reaper).collect();
+    kill_and_wait(&workers);
     let end = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = get_ok(h.port, "/index.html");
-        let pid: u32 = r.headers["x-cachem-child"].parse().unwrap();
-        if !victims.contains(&pid) && !kids.iter().any(|k| k.0 == pid) {
-            break;
+        if let Ok(r) = get(h.port, "/index.html") {
+            if r.status == 200 {
+                let pid: u32 = r.headers["x-cachem-child"].parse().unwrap();
+                assert!(!workers.contains(&pid) && !victims.contains(&pid));
+                break;
+            }
         }
         assert!(Instant::now() < end, "no replacement child served");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (hits, _) = example(&h);
-    assert!(hits > 0);
+    let (_, now) = example(&h);
+    for (pid, _) in &now {
+        assert!(alive(*pid), "record of dead child {pid} left: {now:?}");
+    }
     verify(&h.run_dir(), "cache.shm");
-    assert!(h.log().contains("mod_cachem: reaped"), "{}", h.log());
+}
+
+/// SIGKILLs `pids` and waits until they are gone (a victim may have been
+/// accepting a connection as it died: no request before that).
+fn kill_and_wait(pids: &[u32]) {
+    for p in pids {
+        signal(*p, "KILL");
+    }
+    let t = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(t.elapsed() < Duration::from_secs(5), "SIGKILLed children still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -606,7 +654,8 @@ fn stop_and_start_with_and_without_persist() {
 
     h.launch();
     let (restored, _) = example(&h);
-    assert_eq!(restored, hits + 1, "the hit counter was not restored:\n{}", h.log());
+    // + the start's probe request + this page.
+    assert_eq!(restored, hits + 2, "the hit counter was not restored:\n{}", h.log());
     assert!(h.log().contains("records restored"), "{}", h.log());
     assert!(h.stop());
     let gen2 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
@@ -617,7 +666,7 @@ fn stop_and_start_with_and_without_persist() {
     std::fs::write(&h.conf, conf).unwrap();
     h.launch();
     let (fresh, _) = example(&h);
-    assert_eq!(fresh, 1, "a start without CACHEMPersist must start empty");
+    assert_eq!(fresh, 2, "a start without CACHEMPersist must start empty (probe + page)");
     assert!(h.stop());
     let gen3 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
     assert_ne!(gen2, gen3);
