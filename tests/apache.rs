@@ -256,6 +256,14 @@ impl Httpd {
         v
     }
 
+    /// The parent's first mapping of mod_cachem.so (its address range).
+    fn module_mapping(&self) -> Option<String> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).ok()?;
+        maps.lines()
+            .find(|l| l.ends_with("/mod_cachem.so"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+    }
+
     /// The reaper process (named `cachem-reaper`).
     fn reaper(&self) -> Option<u32> {
         self.children().into_iter().find(|p| {
@@ -420,6 +428,8 @@ const NAMED: &str = "CACHEM cache.shm 1M\nCACHEMReapInterval 1\n";
 #[test]
 fn prefork_recycling_counts_every_request_and_status_matches_stat() {
     let mut h = Httpd::start("prefork", Mpm::Prefork, &format!("{NAMED}MaxConnectionsPerChild 10\n"));
+    // Nothing is made in the dry run of post_config: one region per start.
+    assert_eq!(h.log().matches("mod_cachem: region").count(), 1, "{}", h.log());
     let (h0, _) = example(&h);
     let seen = load(h.port, 500, 2);
     // +1: the example page counts itself.
@@ -612,7 +622,12 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(owner_id(h.port, "mod_cachem_example"), ids["mod_cachem_example"]);
     let old = h.children();
+    let mapped = h.module_mapping();
+    assert!(mapped.is_some(), "mod_cachem.so not mapped in the parent");
     h.graceful();
+    // The module pinned itself: same mapping, so the cleanups it registered
+    // on the process pool never jump into unloaded code.
+    assert_eq!(h.module_mapping(), mapped, "mod_cachem.so was unloaded at the restart");
     let (after, kids) = example(&h);
     // +1 for the check above, +1 for this page, + the restart's probe(s).
     assert!(after >= hits + 2 && after <= hits + 5, "hits {hits} -> {after}");
