@@ -760,14 +760,21 @@ fn bad_directive_values_fail_the_config_test() {
 #[test]
 #[ignore]
 fn bench_apache() {
-    let n = std::env::var("CACHEM_AB_REQUESTS").unwrap_or_else(|_| "20000".into());
+    let n = std::env::var("CACHEM_AB_REQUESTS").unwrap_or_else(|_| "10000".into());
     let ab = |port: u16, path: &str| -> f64 {
         let out = Command::new("ab")
             .args(["-q", "-k", "-n", &n, "-c", "2", &format!("http://127.0.0.1:{port}{path}")])
             .output()
             .expect("running ab (apache2-utils)");
         let s = String::from_utf8_lossy(&out.stdout);
-        assert!(s.contains("Failed requests:        0"), "{s}");
+        // The example page's length varies with the counter: ab counts
+        // that as a "Length" failure, which is no failure here.
+        assert!(
+            s.contains("Failed requests:        0") || s.contains("(Connect: 0, Receive: 0, Length:"),
+            "{s}"
+        );
+        assert!(s.contains("Exceptions: 0)") || s.contains("Failed requests:        0"), "{s}");
+        assert!(!s.contains("Non-2xx responses"), "{s}");
         s.lines()
             .find(|l| l.starts_with("Requests per second:"))
             .and_then(|l| l.split_whitespace().nth(3))
@@ -776,17 +783,28 @@ fn bench_apache() {
     };
     let settings = "CACHEM cache.shm 1M\nMaxConnectionsPerChild 0\nKeepAlive On\nMaxKeepAliveRequests 0\n";
     let mut off = Httpd::start("bench-off", Mpm::Prefork, &format!("{settings}CachemExampleCount Off\n"));
-    let _ = ab(off.port, "/index.html");
-    let static_plain = ab(off.port, "/index.html");
-    off.stop();
     let mut on = Httpd::start("bench-on", Mpm::Prefork, settings);
+    // Warm up, then alternate the three measurements (5 rounds) and keep
+    // the median of each, so drift on a shared machine hits all alike.
+    let _ = ab(off.port, "/index.html");
     let _ = ab(on.port, "/index.html");
-    let static_counted = ab(on.port, "/index.html");
-    let example_url = ab(on.port, "/cachem");
+    let _ = ab(on.port, "/cachem");
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        a.push(ab(off.port, "/index.html"));
+        b.push(ab(on.port, "/index.html"));
+        c.push(ab(on.port, "/cachem"));
+    }
+    off.stop();
     on.stop();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    let (static_plain, static_counted, example_url) = (median(a), median(b), median(c));
     let us = |r: f64| 1e6 / r * 2.0; // 2 clients: per-request service time
     let report = format!(
-        "| URL (prefork, ab -k -c 2 -n {n}) | requests/s | µs per request (2 clients) |\n\
+        "| URL (prefork, ab -k -c 2 -n {n}, median of 5) | requests/s | µs per request (2 clients) |\n\
          |---|---:|---:|\n\
          | static file, counting hook off | {static_plain:.0} | {:.1} |\n\
          | static file, counting hook on (lock + in-place counter + child record) | {static_counted:.0} | {:.1} |\n\
