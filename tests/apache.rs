@@ -638,7 +638,9 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     // A second restart, then a stop: nothing jumps into unloaded code.
     h.graceful();
     let _ = example(&h);
+    let reaper = h.reaper().expect("no reaper process after the restarts");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
+    assert!(!alive(reaper), "the reaper process outlived the server");
     h.assert_no_crash();
     assert!(h.log().contains("keeps the region"), "{}", h.log());
 }
