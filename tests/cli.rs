@@ -328,3 +328,50 @@ fn every_command_in_the_readme_tour_works() {
     }
     assert!(n >= 10, "only {n} commands found in the tour");
 }
+
+#[test]
+fn logs_on_a_pipe_carry_no_colour_and_a_failure_is_printed_once() {
+    let d = TempDir::new("cli-log");
+    let p = d.path();
+    ok(p, &["create", "app", "--size", "64K"]);
+    // -v: the purge of the command's own process-scoped record is logged.
+    let o = cachem(p, &["-v", "put", "app", "--process", "x"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("purged"), "no debug line: {err:?}");
+    assert!(!err.contains('\u{1b}'), "ANSI escapes on a pipe: {err:?}");
+
+    ok(p, &["put", "app", "--owner", "x", "hello"]);
+    // Damage the block-pointer table at the end of the region.
+    let path = p.join("app");
+    let mut img = std::fs::read(&path).unwrap();
+    let n = img.len();
+    img[n - 32..].fill(0xff);
+    std::fs::write(&path, img).unwrap();
+    for args in [&["verify", "app"][..], &["stat", "app"], &["put", "app", "--owner", "x", "y"]] {
+        let (code, err) = fails(p, args);
+        assert_eq!(code, 1, "{args:?}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?} printed {lines:?}");
+        assert!(lines[0].starts_with("cachem: region corrupt"), "{args:?}: {lines:?}");
+    }
+}
+
+#[test]
+fn create_gives_the_region_to_an_owner_and_refuses_unknown_ones() {
+    let d = TempDir::new("cli-owner");
+    let p = d.path();
+    let (code, err) = fails(p, &["create", "app", "--size", "64K", "--owner", "no-such-user:root"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no such user"), "{err}");
+    if cachem::sys::process::effective_ids().0 != 0 {
+        eprintln!("SKIPPED: giving files away needs root");
+        return;
+    }
+    ok(p, &["create", "app", "--size", "64K", "--owner", "nobody:65534"]);
+    use std::os::unix::fs::MetadataExt;
+    for f in ["app", "app.lock"] {
+        let m = std::fs::metadata(p.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
+    }
+}

@@ -9,8 +9,8 @@
 //!
 //! After `fork` in a multi-threaded caller, the child holds copies of locks
 //! other threads held at that instant. The child therefore:
-//! - never touches stdout/stderr, the environment, or loggers (the work
-//!   closure must not either; it is run with a silent panic hook);
+//! - never touches stdout/stderr, the environment, loggers or the panic
+//!   hook (the work closure must not either);
 //! - restores default signal dispositions and an empty signal mask, asks the
 //!   kernel to SIGKILL it when the forking thread dies
 //!   (`PR_SET_PDEATHSIG`), and ends with `_exit` (no atexit handlers, no
@@ -107,8 +107,12 @@ fn child_main<F: FnOnce() -> Vec<u8>>(parent: libc::pid_t, fd: libc::c_int, work
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    // The default hook takes a global lock and writes to stderr.
-    std::panic::set_hook(Box::new(|_| {}));
+    // The panic hook is left alone: setting one takes std's hook lock for
+    // writing, which a thread of the caller that was panicking at fork time
+    // holds for reading forever in this child. A panic here (sled on a
+    // corrupt store) runs the caller's hook, which writes to the unbuffered
+    // stderr; it can block only if a thread of the caller was printing a
+    // panic at fork time, and the caller's timeout bounds even that.
     let (kind, payload) = match catch_unwind(AssertUnwindSafe(work)) {
         Ok(bytes) => (KIND_OK, bytes),
         Err(p) => {
@@ -260,6 +264,27 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_fork_while_another_thread_is_panicking_still_answers() {
+        // A thread of the caller that is inside the panic hook when the
+        // child is forked holds std's hook lock in the child forever: the
+        // child must never need it.
+        let prev = std::sync::Arc::new(std::panic::take_hook());
+        let chained = prev.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() == Some(&"slow panic") {
+                std::thread::sleep(Duration::from_millis(800));
+            } else {
+                chained(info);
+            }
+        }));
+        let t = std::thread::spawn(|| std::panic::panic_any("slow panic"));
+        std::thread::sleep(Duration::from_millis(100));
+        let out = run_in_child(|| b"still here".to_vec(), Duration::from_secs(10));
+        let _ = t.join();
+        assert_eq!(out.unwrap(), b"still here");
     }
 
     #[test]
