@@ -58,8 +58,10 @@ typedef struct {
     int test_urls; /* CachemExampleTestURLs On|Off (default Off) */
 } example_cfg;
 
-/* Ids are the same in every process of a server run: resolve once per
- * process (a benign race between threads: they all get the same value). */
+/* Ids are the same in every process of a server run: resolved once in the
+ * parent (example_post_config) and inherited by the children; a child
+ * resolves them itself if that failed (a benign race between threads: they
+ * all get the same value). */
 static ap_cachem_id_t example_owner;
 static ap_cachem_id_t churn_owner;
 
@@ -279,6 +281,22 @@ static void retrieve(void)
     ap_cachem_retrieve();
 }
 
+/* Resolve the owner ids once in the parent (after mod_cachem made the
+ * region), so every child inherits them: no registry access per child.
+ * Skips post_config's dry run, where there is no cache yet. */
+static int example_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                               server_rec *s)
+{
+    (void)plog;
+    (void)ptemp;
+    (void)s;
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
+        return OK;
+    example_owner = ap_cachem_id(EXAMPLE_OWNER, pconf);
+    churn_owner = ap_cachem_id(CHURN_OWNER, pconf);
+    return OK; /* on failure the ids are resolved again per child */
+}
+
 static const command_rec example_cmds[] = {
     AP_INIT_FLAG("CachemExampleCount", set_count, NULL, RSRC_CONF,
                  "count every request in the shared hit counter (default On)"),
@@ -290,7 +308,9 @@ static const command_rec example_cmds[] = {
 static void register_hooks(apr_pool_t *p)
 {
     (void)p;
+    static const char *const after_cachem[] = {"mod_cachem.c", NULL};
     ap_hook_optional_fn_retrieve(retrieve, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(example_post_config, after_cachem, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_read_request(count_request, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(example_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }
