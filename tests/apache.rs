@@ -486,6 +486,11 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
     assert!(agreed, "server-status never agreed with cachem stat");
     let html = get_ok(h.port, "/server-status").body;
     assert!(html.contains("<h2><a name=\"cachem\">mod_cachem</a></h2>"), "{html}");
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    let region = format!("cache.shm</code>: {} bytes, ", j["size"]);
+    assert!(html.contains(&region), "{region} not in {html}");
+    let owners = format!("<h3>Owners ({})</h3>", j["owners"].as_array().unwrap().len());
+    assert!(html.contains(&owners), "{owners} not in {html}");
     assert!(html.contains("mod_cachem_example"), "{html}");
     assert!(html.contains("process-scoped"), "{html}");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
