@@ -726,17 +726,15 @@ static void reaper_maintenance(int reason, void *data, apr_wait_t status)
 {
     apr_proc_t *proc = data;
     (void)status;
-    if (reason == APR_OC_REASON_DEATH || reason == APR_OC_REASON_LOST
-        || reason == APR_OC_REASON_UNREGISTER) {
-        /* At UNREGISTER (pconf cleared) APR removes the record itself. */
-        if (reason != APR_OC_REASON_UNREGISTER)
-            apr_proc_other_child_unregister(data);
+    /* UNREGISTER: pconf is being cleared (a restart); the reaper lives on
+     * until post_config replaces it, and APR drops the record itself. */
+    if (reason == APR_OC_REASON_DEATH || reason == APR_OC_REASON_LOST) {
+        apr_proc_other_child_unregister(data);
         if (g_state && g_state->reaper_pid == proc->pid) {
             g_state->reaper_pid = 0;
-            if (reason != APR_OC_REASON_UNREGISTER)
-                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, g_server,
-                             "mod_cachem: the reaper process %ld exited; the monitor hook "
-                             "reaps every 10 s instead", (long)proc->pid);
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, g_server,
+                         "mod_cachem: the reaper process %ld exited; the monitor hook "
+                         "reaps every 10 s instead", (long)proc->pid);
         }
     }
 }

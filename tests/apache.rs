@@ -266,11 +266,18 @@ impl Httpd {
 
     /// The reaper process (named `cachem-reaper`).
     fn reaper(&self) -> Option<u32> {
-        self.children().into_iter().find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| c.trim() == "cachem-reaper")
-                .unwrap_or(false)
-        })
+        self.reapers().first().copied()
+    }
+
+    fn reapers(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == "cachem-reaper")
+                    .unwrap_or(false)
+            })
+            .collect()
     }
 
     /// SIGTERM, up to 20 s, then SIGKILL of the parent and its process
@@ -653,6 +660,7 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     h.graceful();
     let _ = example(&h);
     let reaper = h.reaper().expect("no reaper process after the restarts");
+    assert_eq!(h.reapers().len(), 1, "the restarts left several reaper processes");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert!(!alive(reaper), "the reaper process outlived the server");
     h.assert_no_crash();
