@@ -13,7 +13,8 @@
  *   to exercise compaction under load.
  * - Test only (`CachemExampleTestURLs On`): `?lock-sleep=N` takes the lock,
  *   sends one line and sleeps N seconds holding it (the crash test SIGKILLs
- *   the child meanwhile).
+ *   the child meanwhile); `?stale` uses an index after deleting its record
+ *   (mod_cachem refuses it and logs the index and the reason).
  *
  * Only mod_cachem.h is needed; LoadModule order does not matter.
  */
@@ -250,6 +251,23 @@ static int example_handler(request_rec *r)
         ap_rputs("unlocked\n", r);
         return OK;
     }
+    if (r->args && strcmp(r->args, "stale") == 0) {
+        /* Test only: use an index after its record was deleted. mod_cachem
+         * refuses it (never another record) and logs index and reason. */
+        ap_cachem_index_t i2;
+        char x = 'x';
+        if (!cfg->test_urls)
+            return HTTP_NOT_FOUND;
+        i2 = ap_cachem_add(&x, 1, churn_owner);
+        if (i2 == AP_CACHEM_INVALID_INDEX || ap_cachem_delete(i2, 0) != APR_SUCCESS)
+            return HTTP_SERVICE_UNAVAILABLE;
+        if (ap_cachem_lock() != APR_SUCCESS)
+            return HTTP_SERVICE_UNAVAILABLE;
+        ap_rprintf(r, "index %" APR_UINT64_T_FMT " %s\n", i2,
+                   ap_cachem_get(i2, NULL) ? "resolved" : "refused");
+        ap_cachem_unlock();
+        return OK;
+    }
     if (r->args && strcmp(r->args, "churn") == 0) {
         churn(r);
         return OK;
@@ -301,7 +319,7 @@ static const command_rec example_cmds[] = {
     AP_INIT_FLAG("CachemExampleCount", set_count, NULL, RSRC_CONF,
                  "count every request in the shared hit counter (default On)"),
     AP_INIT_FLAG("CachemExampleTestURLs", set_test_urls, NULL, RSRC_CONF,
-                 "test only: enable ?lock-sleep=N (default Off)"),
+                 "test only: enable ?lock-sleep=N and ?stale (default Off)"),
     {NULL}
 };
 

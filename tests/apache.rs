@@ -623,6 +623,13 @@ fn child_killed_holding_the_lock_is_recovered() {
     let a = status_auto(h.port);
     assert!(a["CachemRecoveries"].parse::<u64>().unwrap() >= 1, "{a:?}");
     verify(&h.run_dir(), "cache.shm");
+
+    // A stale index is refused, and the error log names it and the reason.
+    let r = get_ok(h.port, "/cachem?stale").body;
+    let index: u64 = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(r.ends_with("refused\n"), "{r}");
+    let line = format!("cachem_get(index {index:#x}) failed: ");
+    assert!(h.log().contains(&line), "no `{line}` in:\n{}", h.log());
 }
 
 fn owner_id(port: u16, name: &str) -> u64 {
