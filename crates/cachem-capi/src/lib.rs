@@ -424,7 +424,7 @@ pub unsafe extern "C" fn cachem_open(
         // SAFETY: per this function's contract.
         let cfg = unsafe { config(name, size, &o) }?;
         let cache = Cache::open(&cfg)?;
-        let max = cache.lock()?.layout().max_record_len();
+        let max = cache.max_record_len();
         out = state::register(cache, max)?;
         Ok(())
     });

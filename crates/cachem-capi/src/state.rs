@@ -447,6 +447,32 @@ mod tests {
     }
 
     #[test]
+    fn a_caught_panic_is_internal_and_releases_this_threads_locks_for_recovery() {
+        let t = open();
+        lock(lookup(t).unwrap()).unwrap();
+        let code = crate::fail::ffi("cachem_test", || {
+            locked(t, |_, g| {
+                g.insert(cachem_rs::OwnerId(3), b"half done").unwrap();
+                panic!("a bug in the middle of a mutation");
+            })
+        });
+        assert_eq!(code, CACHEM_E_INTERNAL);
+        // SAFETY: last_error_ptr gives a NUL-terminated string that stays
+        // valid until this thread's next failure (none before the copy).
+        let msg = unsafe { std::ffi::CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned();
+        assert!(msg.contains("cachem_test") && msg.contains("a bug in the middle"), "{msg}");
+        // The lock was released, and the next locker recovers the region.
+        assert_eq!(held_only(t, |_| Ok(())).unwrap(), None);
+        let u = lookup(t).unwrap();
+        let g = u.cache.lock().unwrap();
+        assert!(g.recovered(), "the region was marked for recovery");
+        g.verify().unwrap();
+        drop(g);
+        drop(u);
+        drop(unregister(t).unwrap());
+    }
+
+    #[test]
     fn lookups_racing_a_close_see_the_live_handle_or_an_error() {
         for _ in 0..10 {
             let t = open();

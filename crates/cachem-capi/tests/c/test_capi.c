@@ -117,6 +117,17 @@ static void test_open_errors(void) {
     CHECK(c3 != NULL);
     OK(cachem_close(c2));
     OK(cachem_close(c3));
+    /* An option the existing region was not created with is refused, not
+     * ignored; so is an attach option on an anonymous region. */
+    cachem_options_init(&o);
+    o.reap = CACHEM_REAP_ALL;
+    CHECK(cachem_open("sized", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(strstr(cachem_last_error_message(NULL), "option") != NULL);
+    cachem_options_init(&o);
+    o.attach_any_size = 1;
+    CHECK(cachem_open(NULL, SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
     OK(cachem_close(c));
 
     /* A file that is not a region. */
