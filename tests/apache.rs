@@ -487,7 +487,7 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
                 .find(|o| o["name"] == "mod_cachem_example")
                 .unwrap_or_else(|| panic!("no mod_cachem_example owner in {j}"));
             let id = ex["id"].as_u64().unwrap();
-            assert_eq!(a[&format!("CachemOwner{id}")], format!("mod_cachem_example 1 8"));
+            assert_eq!(a[&format!("CachemOwner{id}")], "mod_cachem_example 1 8");
             agreed = true;
             break;
         }
