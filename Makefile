@@ -10,7 +10,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 HEADER := crates/cachem-capi/include/cachem.h
 CBINDGEN := cbindgen --quiet --config cbindgen.toml --crate cachem-capi
 
-.PHONY: all demo test fmt-check clippy header-check unit bench bench-quick torture fuzz clean c-tools header capi install
+.PHONY: all demo test fmt-check clippy header-check unit bench bench-quick torture fuzz clean c-tools header capi install apache apache-deps bench-apache
 
 all: test
 
@@ -28,7 +28,7 @@ clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
 
-unit: c-tools
+unit: c-tools apache
 	$(CARGO) test
 	$(CARGO) test --release --features failpoints --test crash
 
@@ -74,7 +74,7 @@ install: capi
 ## the side-by-side comparison with LMDB, Redis and memcached, which
 ## installs the servers if missing and rewrites its section of
 ## docs/benchmarks.md.
-bench:
+bench: bench-apache
 	sh crates/cachem-bench/setup.sh
 	CACHEM_BENCH_CMD="make bench" $(CARGO) run --release -p cachem-bench
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
@@ -94,6 +94,51 @@ torture:
 ## cargo-fuzz if missing; exits non-zero on a finding.
 fuzz:
 	fuzz/run.sh $(SECONDS)
+
+## mod_cachem for Apache httpd 2.4 (apache/): installs apache2, apache2-dev
+## and apache2-utils if missing, builds the C ABI staticlib, then the two
+## modules with apxs. Outputs: target/apache/mod_cachem.so and
+## target/apache/mod_cachem_example.so (apxs works in a copy under
+## target/apache/build, so the source tree stays clean).
+APXS ?= apxs
+APACHE_OUT := target/apache
+APACHE_PKGS := apache2 apache2-dev apache2-utils gcc
+CAPI_LIB := target/release/libcachem.a
+CAPI_INCLUDE := crates/cachem-capi/include
+APXS_CFLAGS := -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter -Wc,-Wno-missing-field-initializers -Wc,-O2
+
+apache: apache-deps
+	$(CARGO) build --release -p cachem-capi
+	$(MAKE) --no-print-directory $(APACHE_OUT)/mod_cachem.so $(APACHE_OUT)/mod_cachem_example.so
+
+apache-deps:
+	@for p in $(APACHE_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+$(APACHE_OUT)/mod_cachem.so: apache/mod_cachem.c apache/mod_cachem.h apache/mod_cachem.map $(CAPI_LIB) $(CAPI_INCLUDE)/cachem.h
+	rm -rf $(APACHE_OUT)/build/cachem && mkdir -p $(APACHE_OUT)/build/cachem
+	cp apache/mod_cachem.c apache/mod_cachem.h $(APACHE_OUT)/build/cachem/
+	cd $(APACHE_OUT)/build/cachem && $(APXS) -c $(APXS_CFLAGS) -I$(abspath $(CAPI_INCLUDE)) \
+	  "-Wl,-Wl,--version-script=$(CURDIR)/apache/mod_cachem.map" mod_cachem.c $(abspath $(CAPI_LIB)) >build.log 2>&1 \
+	  || { cat build.log; exit 1; }
+	grep -E 'warning:|error:' $(APACHE_OUT)/build/cachem/build.log || true
+	strip --strip-debug -o $@ $(APACHE_OUT)/build/cachem/.libs/mod_cachem.so
+
+$(APACHE_OUT)/mod_cachem_example.so: apache/mod_cachem_example.c apache/mod_cachem.h
+	rm -rf $(APACHE_OUT)/build/example && mkdir -p $(APACHE_OUT)/build/example
+	cp apache/mod_cachem_example.c apache/mod_cachem.h $(APACHE_OUT)/build/example/
+	cd $(APACHE_OUT)/build/example && $(APXS) -c $(APXS_CFLAGS) mod_cachem_example.c >build.log 2>&1 \
+	  || { cat build.log; exit 1; }
+	grep -E 'warning:|error:' $(APACHE_OUT)/build/example/build.log || true
+	cp $(APACHE_OUT)/build/example/.libs/mod_cachem_example.so $@
+
+## requests/s of the example module's URL against a static file (ab,
+## prefork, 2 concurrent clients); rewrites its section of docs/apache.md.
+bench-apache: apache
+	$(CARGO) test --release --test apache -- --ignored --nocapture bench_apache
 
 clean:
 	$(CARGO) clean
