@@ -30,7 +30,7 @@ clippy:
 
 unit: c-tools apache
 	$(CARGO) test
-	$(CARGO) test --release --features failpoints --test crash
+	$(CARGO) test --release --features failpoints --test crash --test readpath
 
 ## Tools of the C ABI's build and tests (Debian packages): cbindgen for
 ## cachem.h, a C and a C++ compiler with the sanitizer runtimes, pkg-config.

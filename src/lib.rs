@@ -437,6 +437,27 @@ impl Cache {
         self.region.max_record_len()
     }
 
+    /// Copies record `id` into `buf` and returns its length, without taking
+    /// the lock when no writer is at work (an optimistic read; see
+    /// [`Region::get_into`]). `Stale` if the record is gone,
+    /// `BufferTooSmall` (with its length) if it does not fit.
+    pub fn get_into(&self, id: RecordId, buf: &mut [u8]) -> Result<usize> {
+        self.region.get_into(id, buf)
+    }
+
+    /// Calls `f` with a validated copy of record `id` (an optimistic read;
+    /// see [`Region::get_into`]).
+    pub fn read<R>(&self, id: RecordId, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        self.region.read(id, f)
+    }
+
+    /// Record `id` copied out as a `T` (an optimistic read; see
+    /// [`Region::get_into`]). `PodMismatch` if its length is not
+    /// `size_of::<T>()`.
+    pub fn read_pod<T: bytemuck::Pod>(&self, id: RecordId) -> Result<T> {
+        self.region.read_pod(id)
+    }
+
     /// What the reap at [`Cache::open`] removed.
     pub fn open_reap(&self) -> &ReapReport {
         &self.open_reap

@@ -211,6 +211,15 @@ fn the_lock_lives_in_the_trailer_outside_the_engines_view() {
     assert_eq!(st.header_size + st.used_bytes + st.free_bytes + st.table_bytes + st.trailer_bytes, st.size);
     let top = st.size - st.trailer_bytes - st.table_bytes;
     assert_eq!(top, st.o_bptop);
+    // The insert made the readers' version (the trailer's last word) odd.
+    let version = |t: &[u8]| u64::from_ne_bytes(t[cachem::format::TRAILER_VERSION..].try_into().unwrap());
+    assert_eq!(version(&trailer()), version(&t_free) + 1, "a change makes the version odd");
     drop(g);
-    assert_eq!(trailer(), t_free, "unlocking restores the mutex word");
+    let t_after = trailer();
+    let m = cachem::format::MUTEX_BYTES;
+    assert_eq!(t_after[..m], t_free[..m], "unlocking restores the mutex word");
+    assert_eq!(version(&t_after), version(&t_free) + 2, "unlocking makes the version even again");
+    // A read-only lock leaves the version alone.
+    drop(r.lock().unwrap());
+    assert_eq!(trailer(), t_after);
 }

@@ -506,8 +506,10 @@ cachem_error_t cachem_get(cachem_t *c, cachem_index_t i, void **ptr, size_t *len
 
 /**
  * Copies a record out: up to `len` bytes into `buf`, its full length into
- * `*out_len` (if not NULL). Locks around the call if this thread does not
- * hold the lock. Pass `buf` NULL and `len` 0 to learn the length.
+ * `*out_len` (if not NULL). If this thread holds the lock, reads under it;
+ * otherwise reads optimistically, without the lock, falling back to taking
+ * it when writers keep changing the region (see docs/design.md). Pass
+ * `buf` NULL and `len` 0 to learn the length.
  *
  * Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (nothing copied,
  * `*out_len` set), `CACHEM_E_STALE`, `CACHEM_E_INVALID_ARGUMENT` (`buf` NULL

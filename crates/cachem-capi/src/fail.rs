@@ -44,6 +44,7 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         E::Full { .. } => CACHEM_E_NO_ROOM,
         E::TooLarge { .. } => CACHEM_E_TOO_LARGE,
         E::Stale(_) => CACHEM_E_STALE,
+        E::BufferTooSmall { .. } => CACHEM_E_BUFFER_TOO_SMALL,
         E::PodMismatch { .. } | E::BadSize { .. } | E::BadName { .. } => CACHEM_E_INVALID_ARGUMENT,
         E::Version { .. } | E::ForeignAbi { .. } => CACHEM_E_VERSION,
         E::Corrupt { .. } | E::RecoveryRequired => CACHEM_E_CORRUPT,

@@ -663,8 +663,10 @@ pub unsafe extern "C" fn cachem_get(
 }
 
 /// Copies a record out: up to `len` bytes into `buf`, its full length into
-/// `*out_len` (if not NULL). Locks around the call if this thread does not
-/// hold the lock. Pass `buf` NULL and `len` 0 to learn the length.
+/// `*out_len` (if not NULL). If this thread holds the lock, reads under it;
+/// otherwise reads optimistically, without the lock, falling back to taking
+/// it when writers keep changing the region (see docs/design.md). Pass
+/// `buf` NULL and `len` 0 to learn the length.
 ///
 /// Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (nothing copied,
 /// `*out_len` set), `CACHEM_E_STALE`, `CACHEM_E_INVALID_ARGUMENT` (`buf` NULL
@@ -685,23 +687,44 @@ pub unsafe extern "C" fn cachem_read(
             return Err(Fail::invalid("buf is NULL"));
         }
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
-        state::locked(token(c), |_, g| {
-            let b = g.try_get(id)?;
-            // SAFETY: per this function's contract.
-            unsafe { put(out_len, b.len()) };
-            if b.len() > len {
-                return Err(Fail::new(
+        let dst: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-NULL (checked above) and writable for `len` bytes
+            // per the contract; it cannot overlap the region mapping, which
+            // this library maps itself.
+            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+        };
+        let handle = state::lookup(token(c))?;
+        let held = state::with_held_guard(&handle, |g| {
+            Ok(g.try_get(id).and_then(|b| {
+                if b.len() > dst.len() {
+                    return Err(cachem_rs::Error::BufferTooSmall { id, len: b.len(), capacity: dst.len() });
+                }
+                dst[..b.len()].copy_from_slice(b);
+                Ok(b.len())
+            }))
+        })?;
+        let r = match held {
+            Some(r) => r,
+            None => handle.cache.get_into(id, dst),
+        };
+        match r {
+            Ok(n) => {
+                // SAFETY: per this function's contract.
+                unsafe { put(out_len, n) };
+                Ok(())
+            }
+            Err(cachem_rs::Error::BufferTooSmall { len: n, capacity, .. }) => {
+                // SAFETY: per this function's contract.
+                unsafe { put(out_len, n) };
+                Err(Fail::new(
                     CACHEM_E_BUFFER_TOO_SMALL,
-                    format!("the record has {} bytes, the buffer {len}", b.len()),
-                ));
+                    format!("the record has {n} bytes, the buffer {capacity}"),
+                ))
             }
-            if !b.is_empty() {
-                // SAFETY: buf is writable for len >= b.len() bytes per the
-                // contract and cannot overlap the region mapping we own.
-                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), b.len()) };
-            }
-            Ok(())
-        })
+            Err(e) => Err(e.into()),
+        }
     })
 }
 

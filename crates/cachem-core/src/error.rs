@@ -28,6 +28,10 @@ pub enum Error {
         align = if *.align_ok { "" } else { " and alignment of at most 8" })]
     PodMismatch { id: RecordId, expected: usize, actual: usize, align_ok: bool },
 
+    /// The record does not fit the caller's buffer (`get_into`).
+    #[error("record {id} is {len} bytes, the buffer holds {capacity}")]
+    BufferTooSmall { id: RecordId, len: usize, capacity: usize },
+
     /// A size asked for is not usable as a region size.
     #[error("bad region size {size}: {reason}")]
     BadSize { size: u64, reason: &'static str },
@@ -111,6 +115,8 @@ pub enum ErrorKind {
     TooLarge,
     Stale,
     PodMismatch,
+    /// The record does not fit the caller's buffer.
+    BufferTooSmall,
     BadSize,
     Version,
     ForeignAbi,
@@ -139,6 +145,7 @@ impl Error {
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Stale(_) => ErrorKind::Stale,
             Error::PodMismatch { .. } => ErrorKind::PodMismatch,
+            Error::BufferTooSmall { .. } => ErrorKind::BufferTooSmall,
             Error::BadSize { .. } => ErrorKind::BadSize,
             Error::Version { .. } => ErrorKind::Version,
             Error::ForeignAbi { .. } => ErrorKind::ForeignAbi,

@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! offset 0                                                     size-64      size
-//! | header (384 B) | block section -> | free gap | <- bptr table | lock (64 B) |
+//! | header (384 B) | block section -> | free gap | <- bptr table | trailer (64 B) |
 //!                  ^ o_st            ^ o_fr      ^ o_bptop      ^ table end
 //! ```
 //!
-//! The process-shared mutex lives in the **trailer**, the last
-//! [`TRAILER_SIZE`] bytes of the region, outside the engine's view: threads
-//! waiting for the lock write those bytes while the holder works, so no
-//! `&mut [u8]` of the engine may cover them. The engine's view is the region
+//! The process-shared mutex and the readers' version word live in the
+//! **trailer**, the last [`TRAILER_SIZE`] bytes of the region, outside the
+//! engine's view: threads waiting for the lock write the mutex while the
+//! holder works, and optimistic readers load the version while it changes,
+//! so no `&mut [u8]` of the engine may cover them. The engine's view is the region
 //! without its trailer (`layout::Layout::reopen`).
 //!
 //! Every struct here is `#[repr(C)]`, `bytemuck::Pod`, made of fixed-width
@@ -40,11 +41,15 @@ pub const BPTR_SIZE: usize = 32;
 pub const BLOCK_HEADER_SIZE: usize = 8;
 /// Every offset in the region is a multiple of this.
 pub const ALIGN: usize = 8;
-/// Bytes reserved for the process-shared mutex (the trailer).
-pub const MUTEX_BYTES: usize = 64;
-/// Size of the trailer at the end of the region: the mutex, outside the
-/// engine's view.
-pub const TRAILER_SIZE: usize = MUTEX_BYTES;
+/// Bytes reserved for the process-shared mutex (the start of the trailer).
+pub const MUTEX_BYTES: usize = 48;
+/// Size of the trailer at the end of the region: the mutex and the version
+/// word, outside the engine's view.
+pub const TRAILER_SIZE: usize = 64;
+/// Offset of the version word (the readers' seqlock) inside the trailer:
+/// its last 8 bytes. Odd while a writer changes anything a reader may
+/// follow; see `docs/design.md` ("Optimistic reads").
+pub const TRAILER_VERSION: usize = 56;
 /// `BlockHeader::slot` of a dead block (a record removed under the
 /// `Deferred` policy whose bytes wait for the next compaction). No table
 /// slot can have this number (a region holds fewer than 2^27 entries).
@@ -244,6 +249,9 @@ const _: () = {
     assert!(offset_of!(BlockHeader, slot) == 0);
     assert!(offset_of!(BlockHeader, len) == 4);
     assert!(HEADER_SIZE % ALIGN == 0 && BPTR_SIZE % ALIGN == 0 && TRAILER_SIZE % ALIGN == 0);
+    // The trailer: the mutex, then reserved bytes, then the version word.
+    assert!(MUTEX_BYTES <= TRAILER_VERSION && TRAILER_VERSION % 8 == 0);
+    assert!(TRAILER_VERSION + 8 == TRAILER_SIZE);
     // The trailer (mutex) must leave room for the header and one page of use.
     assert!((HEADER_SIZE + TRAILER_SIZE) as u64 <= MIN_REGION_SIZE);
 };
@@ -270,6 +278,12 @@ pub const fn bptr_offset(size: u64, slot: u32) -> u64 {
 /// Offset of the mutex in a region of `size` bytes: the trailer.
 pub const fn mutex_offset(size: u64) -> u64 {
     size - TRAILER_SIZE as u64
+}
+
+/// Offset of the version word in a region of `size` bytes (8-aligned: the
+/// size is a multiple of 8).
+pub const fn version_offset(size: u64) -> u64 {
+    size - TRAILER_SIZE as u64 + TRAILER_VERSION as u64
 }
 
 /// The compaction policy of a region, fixed at creation (header field

@@ -10,6 +10,7 @@ mod error;
 pub mod format;
 mod ids;
 pub mod layout;
+pub mod optimistic;
 pub mod region;
 pub mod sys;
 

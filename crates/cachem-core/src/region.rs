@@ -43,7 +43,7 @@ use crate::format::{
 use crate::ids::{OwnerId, RecordId, RecordMeta};
 use crate::layout::{self, FormatOptions, Layout, ProcTag, Removed, Status, VerifyReport};
 use crate::sys::map::Mapping;
-use crate::sys::{mutex, process};
+use crate::sys::{mutex, process, seqlock};
 use fs2::FileExt;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -549,6 +549,7 @@ impl Region {
             region.report.rearmed_after_reboot = true;
             region.report.recovered = true;
             let mut g = region.lock_inner()?;
+            g.begin_write();
             g.layout.recover()?;
             g.layout.count_recovery();
             g.layout.set_boot_id(now);
@@ -690,8 +691,13 @@ impl Region {
                 return Err(e);
             }
         };
-        let mut g = Guard { region: self, layout, recovered: false, _not_send: PhantomData };
+        // An odd version here means the last writer died mid-change (its
+        // lock came back with EOWNERDEAD) or the image is from another boot:
+        // this guard makes it even again when it unlocks.
+        let dirty = seqlock::load(&self.map) & 1 != 0;
+        let mut g = Guard { region: self, layout, recovered: false, dirty, _not_send: PhantomData };
         if owner_died || g.layout.recovery_required() {
+            g.begin_write();
             let r = g.layout.recover();
             if owner_died {
                 g.layout.count_recovery();
@@ -776,6 +782,77 @@ impl Region {
     /// Largest record this region could ever hold (when empty).
     pub fn max_record_len(&self) -> u64 {
         layout::max_record_len_for(self.size())
+    }
+
+    /// Copies record `id` into `buf` and returns its length, without the
+    /// lock when possible (an optimistic read: see `docs/design.md`). After
+    /// a bounded number of attempts spoiled by writers (or if a writer died
+    /// mid-change, or a compaction journal is pending) it takes the lock,
+    /// which recovers the region if needed. `Stale` if the record is gone,
+    /// `BufferTooSmall` (with the record's length) if it does not fit.
+    ///
+    /// Called while this thread holds the lock and has changed the region,
+    /// it returns `AlreadyLocked` instead of waiting for itself: read
+    /// through the guard then.
+    pub fn get_into(&self, id: RecordId, buf: &mut [u8]) -> Result<usize> {
+        match self.get_optimistic(id, buf, crate::optimistic::TRIES) {
+            Some(r) => r,
+            None => self.get_locked(id, buf),
+        }
+    }
+
+    /// Only the optimistic part of [`Region::get_into`]: `None` when the
+    /// caller would have to take the lock (after `tries` attempts).
+    pub fn get_optimistic(&self, id: RecordId, buf: &mut [u8], tries: u32) -> Option<Result<usize>> {
+        crate::optimistic::read(&seqlock::MapWords(&self.map), id, buf, tries)
+    }
+
+    /// [`Region::get_into`] under the lock.
+    pub fn get_locked(&self, id: RecordId, buf: &mut [u8]) -> Result<usize> {
+        let g = self.lock()?;
+        let b = g.try_get(id)?;
+        if b.len() > buf.len() {
+            return Err(Error::BufferTooSmall { id, len: b.len(), capacity: buf.len() });
+        }
+        buf[..b.len()].copy_from_slice(b);
+        Ok(b.len())
+    }
+
+    /// Calls `f` with a validated copy of record `id` (see
+    /// [`Region::get_into`]); records up to 256 bytes are copied to the
+    /// stack.
+    pub fn read<R>(&self, id: RecordId, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let mut small = [0u8; 256];
+        let mut cap = match self.get_into(id, &mut small) {
+            Ok(n) => return Ok(f(&small[..n])),
+            Err(Error::BufferTooSmall { len, .. }) => len,
+            Err(e) => return Err(e),
+        };
+        // An id names one record, whose length never changes; a bounded
+        // loop all the same (the lock path re-reads the length).
+        for _ in 0..4 {
+            let mut v = vec![0u8; cap];
+            match self.get_into(id, &mut v) {
+                Ok(n) => return Ok(f(&v[..n])),
+                Err(Error::BufferTooSmall { len, .. }) => cap = len,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::corrupt("block.len", format!("record {id} changed length while read")))
+    }
+
+    /// Record `id` as a `T`, copied out (see [`Region::get_into`]).
+    /// `PodMismatch` if its length is not `size_of::<T>()`.
+    pub fn read_pod<T: bytemuck::Pod>(&self, id: RecordId) -> Result<T> {
+        let mut v = <T as bytemuck::Zeroable>::zeroed();
+        let want = std::mem::size_of::<T>();
+        let mismatch = |actual| Error::PodMismatch { id, expected: want, actual, align_ok: true };
+        match self.get_into(id, bytemuck::bytes_of_mut(&mut v)) {
+            Ok(n) if n == want => Ok(v),
+            Ok(n) => Err(mismatch(n)),
+            Err(Error::BufferTooSmall { len, .. }) => Err(mismatch(len)),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -875,6 +952,9 @@ pub struct Guard<'r> {
     region: &'r Region,
     layout: Layout<'r>,
     recovered: bool,
+    /// This guard made the version odd (it changes the region): it makes
+    /// it even again before unlocking.
+    dirty: bool,
     // A pthread mutex must be unlocked by the thread that locked it.
     _not_send: PhantomData<*mut ()>,
 }
@@ -884,7 +964,11 @@ impl Drop for Guard<'_> {
         if std::thread::panicking() {
             // A panic may have abandoned a mutation midway: make the next
             // locker recover.
+            self.begin_write();
             self.layout.mark_recovery_required();
+        }
+        if self.dirty {
+            seqlock::end_write(&self.region.map);
         }
         // SAFETY: this guard's existence means this thread holds the lock.
         if let Err(e) = unsafe { mutex::unlock(self.region.mutex_ptr()) } {
@@ -894,6 +978,18 @@ impl Drop for Guard<'_> {
 }
 
 impl<'r> Guard<'r> {
+    /// Makes the version odd before the first change this guard makes, so
+    /// optimistic readers retry or take the lock until it unlocks. Every
+    /// method that may change the region (or hands out `&mut` to its
+    /// bytes) calls this first.
+    #[inline(always)]
+    fn begin_write(&mut self) {
+        if !self.dirty {
+            seqlock::begin_write(&self.region.map);
+            self.dirty = true;
+        }
+    }
+
     /// Whether taking this lock recovered the region.
     pub fn recovered(&self) -> bool {
         self.recovered
@@ -911,6 +1007,7 @@ impl<'r> Guard<'r> {
 
     /// The engine, for operations not wrapped here (tests, tools).
     pub fn layout(&mut self) -> &mut Layout<'r> {
+        self.begin_write();
         &mut self.layout
     }
 
@@ -918,6 +1015,7 @@ impl<'r> Guard<'r> {
     /// and start time. mod_cachem's `cachem_add`. If the region is full, dead
     /// processes' records are reaped and the insert is tried once more.
     pub fn insert(&mut self, owner: OwnerId, data: &[u8]) -> Result<RecordId> {
+        self.begin_write();
         if owner.is_process() && self.region.foreign_ns {
             // Our pid means another process in the creator's namespace: a
             // reaper there would judge the record by the wrong process.
@@ -941,6 +1039,7 @@ impl<'r> Guard<'r> {
     /// /proc read per distinct process, one compaction. Does nothing (an
     /// empty report) if reaping is disabled for this region or process.
     pub fn reap(&mut self) -> Result<ReapReport> {
+        self.begin_write();
         if !self.region.reap {
             return Ok(ReapReport::default());
         }
@@ -979,6 +1078,7 @@ impl<'r> Guard<'r> {
     /// Removes this process's process-scoped records (what happens when the
     /// process's last `Cache` handle is dropped).
     pub fn purge_process(&mut self) -> Result<Removed> {
+        self.begin_write();
         let me = process::me();
         self.layout.retain(|m, _| !(m.owner.is_process() && (m.pid, m.start_time) == me))
     }
@@ -1000,6 +1100,7 @@ impl<'r> Guard<'r> {
 
     /// The record's bytes for writing.
     pub fn get_mut(&mut self, id: RecordId) -> Option<&mut [u8]> {
+        self.begin_write();
         self.layout.get_mut(id)
     }
 
@@ -1010,6 +1111,7 @@ impl<'r> Guard<'r> {
 
     /// The record as a mutable `T`.
     pub fn get_pod_mut<T: bytemuck::Pod>(&mut self, id: RecordId) -> Result<&mut T> {
+        self.begin_write();
         self.layout.get_pod_mut(id)
     }
 
@@ -1021,6 +1123,7 @@ impl<'r> Guard<'r> {
     /// Removes a record (Eager: compacts at once; Deferred: marks its block
     /// dead for a later compaction). mod_cachem's `cachem_delete`.
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
+        self.begin_write();
         self.layout.remove(id)
     }
 
@@ -1047,17 +1150,20 @@ impl<'r> Guard<'r> {
     /// Removes every record of `owner` inserted by `pid`. mod_cachem's
     /// `cachem_delete_pid`.
     pub fn purge(&mut self, owner: OwnerId, pid: u32) -> Result<usize> {
+        self.begin_write();
         self.layout.purge(owner, pid)
     }
 
     /// Removes every record for which `keep` returns false, in one pass.
     pub fn retain(&mut self, keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
+        self.begin_write();
         self.layout.retain(keep)
     }
 
     /// Closes every hole left by removes in one compaction (`Deferred`
     /// regions; nothing to do under `Eager`). Returns the bytes moved.
     pub fn compact(&mut self) -> Result<u64> {
+        self.begin_write();
         self.layout.compact_now()
     }
 

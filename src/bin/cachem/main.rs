@@ -316,12 +316,13 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Get { name, record_id, hex } => {
             let cache = inspect(&dir, &name)?;
-            let g = cache.lock()?;
-            let bytes = g.try_get(record_id)?;
+            // An optimistic read: a copy, without the lock unless a writer
+            // is at work.
+            let bytes = cache.read(record_id, <[u8]>::to_vec)?;
             if hex {
-                show::hexdump(&mut out, bytes)?;
+                show::hexdump(&mut out, &bytes)?;
             } else {
-                out.write_all(bytes)?;
+                out.write_all(&bytes)?;
             }
         }
         Cmd::Del { name, record_id } => {

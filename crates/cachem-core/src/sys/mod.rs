@@ -7,3 +7,4 @@ pub mod file;
 pub mod map;
 pub mod mutex;
 pub mod process;
+pub mod seqlock;

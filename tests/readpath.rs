@@ -1,0 +1,311 @@
+//! The optimistic read path (`get_into`, `read`, `read_pod`) with real
+//! processes:
+//!
+//! - the API: lengths, `BufferTooSmall`, `Stale`, typed reads, a reader in
+//!   the writer's own thread;
+//! - a writer SIGKILLed holding the lock mid-change leaves the version odd:
+//!   optimistic reads give up after a bounded number of tries, the lock
+//!   recovers the region and makes the version even, and reads go
+//!   optimistic again;
+//! - (with `--features failpoints`) torture: 3 reader processes hammer
+//!   self-checking records while 2 writer processes insert, update in
+//!   place, remove and compact, and die by SIGKILL at random fault points
+//!   or at random times. Every value a reader gets passes its checksum
+//!   (never a torn mix), and the optimistic path is the one mostly taken.
+
+mod common;
+
+use cachem::{Compaction, ErrorKind, OwnerId, RecordId, Region, RegionOptions};
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn ropts(dir: &Path, compaction: Compaction) -> RegionOptions {
+    RegionOptions { size: Some(1 << 20), dir: Some(dir.to_path_buf()), compaction, ..Default::default() }
+}
+
+fn attach(dir: &str) -> Region {
+    Region::open("rp", &RegionOptions { dir: Some(dir.into()), ..Default::default() }).unwrap()
+}
+
+#[test]
+fn get_into_read_and_read_pod() {
+    let d = TempDir::new("rp-api");
+    let r = Region::open("rp", &ropts(d.path(), Compaction::Deferred)).unwrap();
+    let (a, b, gone) = {
+        let mut g = r.lock().unwrap();
+        let a = g.insert(OwnerId(1), b"hello, optimistic world").unwrap();
+        let b = g.insert_pod(OwnerId(1), &0x1122_3344_5566_7788u64).unwrap();
+        let gone = g.insert(OwnerId(1), &[7; 9]).unwrap();
+        g.remove(gone).unwrap();
+        (a, b, gone)
+    };
+    let mut buf = [0u8; 64];
+    assert_eq!(r.get_into(a, &mut buf).unwrap(), 23);
+    assert_eq!(&buf[..23], b"hello, optimistic world");
+    // Optimistic, not through the lock: one try suffices with no writer.
+    assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
+    let e = r.get_into(a, &mut buf[..5]).unwrap_err();
+    assert!(matches!(e, cachem::Error::BufferTooSmall { len: 23, capacity: 5, .. }), "{e}");
+    assert_eq!(r.get_into(gone, &mut buf).unwrap_err().kind(), ErrorKind::Stale);
+    assert_eq!(r.read(a, |v| v.to_vec()).unwrap(), b"hello, optimistic world");
+    let big = r.lock().unwrap().insert(OwnerId(2), &[0x5a; 1000]).unwrap();
+    assert_eq!(r.read(big, |v| v.to_vec()).unwrap(), vec![0x5a; 1000]);
+    assert_eq!(r.read_pod::<u64>(b).unwrap(), 0x1122_3344_5566_7788);
+    assert_eq!(r.read_pod::<u32>(b).unwrap_err().kind(), ErrorKind::PodMismatch);
+    assert_eq!(r.read_pod::<[u64; 2]>(b).unwrap_err().kind(), ErrorKind::PodMismatch);
+    // The same through the Cache facade.
+    let c = cachem::Cache::open(&cachem::Config::named("rp").dir(d.path())).unwrap();
+    assert_eq!(c.read_pod::<u64>(b).unwrap(), 0x1122_3344_5566_7788);
+    assert_eq!(c.get_into(a, &mut buf).unwrap(), 23);
+    // A change under way in this very thread: the optimistic path gives up
+    // and the lock answers AlreadyLocked instead of waiting for itself.
+    {
+        let mut g = r.lock().unwrap();
+        g.get_mut(a).unwrap()[0] = b'H';
+        assert!(r.get_optimistic(a, &mut buf, 3).is_none());
+        assert_eq!(r.get_into(a, &mut buf).unwrap_err().kind(), ErrorKind::AlreadyLocked);
+        // A read-only guard leaves optimistic readers alone.
+    }
+    {
+        let g = r.lock().unwrap();
+        assert_eq!(g.get(a).unwrap()[0], b'H');
+        assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
+    }
+    assert_eq!(&buf[..5], b"Hello");
+}
+
+/// Worker: takes the lock, starts changing a record, says so, and waits to
+/// be killed.
+#[test]
+fn worker_hold_dirty() {
+    if !is_worker() {
+        return;
+    }
+    let r = attach(&std::env::var("CACHEM_TEST_DIR").unwrap());
+    let id: RecordId = std::env::var("CACHEM_TEST_ID").unwrap().parse().unwrap();
+    let mut g = r.lock().unwrap();
+    g.get_mut(id).unwrap()[..4].copy_from_slice(b"XXXX");
+    say("dirty");
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+#[test]
+fn a_writer_killed_mid_change_costs_readers_one_recovery() {
+    let d = TempDir::new("rp-kill");
+    let r = Region::open("rp", &ropts(d.path(), Compaction::Eager)).unwrap();
+    let id = r.lock().unwrap().insert(OwnerId(1), b"abcdefgh-record").unwrap();
+    let mut w = spawn_worker(
+        "worker_hold_dirty",
+        &[("CACHEM_TEST_DIR", d.path().display().to_string()), ("CACHEM_TEST_ID", id.to_string())],
+    );
+    assert_eq!(read_line_timeout(&mut w, Duration::from_secs(30)), "dirty");
+    let mut buf = [0u8; 32];
+    // The version is odd while the writer works: no optimistic answer.
+    assert!(r.get_optimistic(id, &mut buf, 5).is_none());
+    sigkill(&mut w);
+    let st = wait_timeout(&mut w, Duration::from_secs(30));
+    assert_eq!(st.signal(), Some(9));
+    // Still odd: the writer died before making it even.
+    assert!(r.get_optimistic(id, &mut buf, 5).is_none());
+    // get_into falls back to the lock, which recovers (EOWNERDEAD).
+    let n = r.get_into(id, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"XXXXefgh-record");
+    assert_eq!(r.lock().unwrap().status().unwrap().counters.recoveries, 1);
+    // The version is even again: optimistic at the first try.
+    assert_eq!(r.get_optimistic(id, &mut buf, 1).unwrap().unwrap(), n);
+}
+
+// ----- torture (failpoints) ------------------------------------------------
+
+/// A worker's end: the stop file exists, or its directory is gone (the
+/// parent failed), or two minutes passed. Workers never outlive a failed run.
+fn should_stop(dir: &str, started: Instant) -> bool {
+    let d = Path::new(dir);
+    d.join("stop").exists() || !d.exists() || started.elapsed() > Duration::from_secs(120)
+}
+
+/// Reader process: until `stop` exists, reads random known records
+/// optimistically; refreshes the known ids under the lock now and then.
+/// Reports `ok stale optimistic locked`; panics (exit code 101) on a torn
+/// value.
+#[test]
+fn worker_reader() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let started = Instant::now();
+    let r = attach(&dir);
+    let mut rng = Rng::seeded();
+    let mut ids: Vec<RecordId> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let (mut ok, mut stale, mut optimistic, mut locked) = (0u64, 0u64, 0u64, 0u64);
+    let mut n = 0u64;
+    while n % 256 != 0 || !should_stop(&dir, started) {
+        if n % 512 == 0 || ids.is_empty() {
+            ids = r.lock().unwrap().iter().map(|(m, _)| m.id).collect();
+            if ids.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+                n += 1;
+                continue;
+            }
+        }
+        n += 1;
+        let id = ids[rng.below(ids.len() as u64) as usize];
+        let r = match r.get_optimistic(id, &mut buf, cachem::optimistic::TRIES) {
+            Some(r) => {
+                optimistic += 1;
+                r
+            }
+            None => {
+                locked += 1;
+                r.get_locked(id, &mut buf)
+            }
+        };
+        match r {
+            Ok(len) => {
+                assert!(record_ok(&buf[..len]), "torn or foreign value for {id}: {:?}", &buf[..len]);
+                ok += 1;
+            }
+            Err(e) if e.kind() == ErrorKind::Stale => stale += 1,
+            Err(e) => panic!("read of {id}: {e}"),
+        }
+    }
+    say(format!("{ok} {stale} {optimistic} {locked}"));
+}
+
+/// Writer process: random inserts, in-place updates, removes and
+/// compactions of self-checking records, until `stop` exists (or a fault
+/// point kills it).
+#[test]
+fn worker_writer() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let started = Instant::now();
+    let r = attach(&dir);
+    let mut rng = Rng::seeded();
+    let pid = std::process::id();
+    let mut seq = 0u32;
+    while !should_stop(&dir, started) {
+        let mut g = r.lock().unwrap();
+        let ids: Vec<(RecordId, u32)> = g.iter().map(|(m, _)| (m.id, m.len)).collect();
+        for _ in 0..8 {
+            seq += 1;
+            let op = rng.below(10);
+            if (op < 4 && ids.len() < 1500) || ids.is_empty() {
+                let rec = make_record(pid, seq, 16 + rng.below(300) as usize, &mut rng);
+                match g.insert(OwnerId(1), &rec) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::Full => {}
+                    Err(e) => panic!("insert: {e}"),
+                }
+            } else if op < 7 {
+                let (id, len) = ids[rng.below(ids.len() as u64) as usize];
+                let rec = make_record(pid, seq, len as usize, &mut rng);
+                if let Some(b) = g.get_mut(id) {
+                    if b.len() == rec.len() {
+                        b.copy_from_slice(&rec);
+                    }
+                }
+            } else if op < 9 {
+                let (id, _) = ids[rng.below(ids.len() as u64) as usize];
+                match g.remove(id) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::Stale => {}
+                    Err(e) => panic!("remove: {e}"),
+                }
+            } else {
+                g.compact().unwrap();
+            }
+        }
+        drop(g);
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn readers_never_see_torn_values_while_writers_churn_and_die() {
+    use cachem::sys::failpoint::POINTS;
+    let secs: u64 = std::env::var("CACHEM_READPATH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+    let mut rng = Rng::seeded();
+    let (mut total_ok, mut total_opt, mut total_locked, mut kills) = (0u64, 0u64, 0u64, 0u32);
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        let d = TempDir::new("rp-torture");
+        let dir = d.path().display().to_string();
+        let r = Region::open("rp", &ropts(d.path(), policy)).unwrap();
+        {
+            let mut g = r.lock().unwrap();
+            for i in 0..400 {
+                let rec = make_record(0, i, 16 + rng.below(300) as usize, &mut rng);
+                g.insert(OwnerId(1), &rec).unwrap();
+            }
+        }
+        let env = |fp: Option<String>| {
+            let mut e = vec![("CACHEM_TEST_DIR", dir.clone())];
+            if let Some(fp) = fp {
+                e.push(("CACHEM_FAILPOINT", fp));
+            }
+            e
+        };
+        let mut readers: Vec<_> = (0..3).map(|_| spawn_worker("worker_reader", &env(None))).collect();
+        let spawn_writer = |rng: &mut Rng| {
+            let p = POINTS[rng.below(POINTS.len() as u64) as usize];
+            spawn_worker("worker_writer", &env(Some(format!("{p}:{}", 1 + rng.below(40)))))
+        };
+        let mut writers: Vec<_> = (0..2).map(|_| spawn_writer(&mut rng)).collect();
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            for w in writers.iter_mut() {
+                if rng.below(25) == 0 {
+                    sigkill(w); // a kill at a random time, lock held or not
+                }
+                if let Some(st) = w.try_wait().unwrap() {
+                    assert_eq!(st.signal(), Some(9), "a writer failed: {st:?}");
+                    kills += 1;
+                    *w = spawn_writer(&mut rng);
+                }
+            }
+            for rd in readers.iter_mut() {
+                if let Some(st) = rd.try_wait().unwrap() {
+                    panic!("a reader exited early: {st:?}");
+                }
+            }
+        }
+        std::fs::write(d.path().join("stop"), b"").unwrap();
+        for mut w in writers {
+            let st = wait_timeout(&mut w, Duration::from_secs(60));
+            assert!(st.success() || st.signal() == Some(9), "writer: {st:?}");
+        }
+        for mut rd in readers {
+            let st = wait_timeout(&mut rd, Duration::from_secs(60));
+            assert!(st.success(), "a reader failed (torn value?): {st:?}");
+            let line = stdout_of(&mut rd);
+            let v: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            assert_eq!(v.len(), 4, "reader report {line:?}");
+            total_ok += v[0];
+            total_opt += v[2];
+            total_locked += v[3];
+        }
+        let g = r.lock().unwrap();
+        g.verify().unwrap();
+        assert!(g.iter().all(|(_, b)| record_ok(b)));
+        eprintln!(
+            "{policy:?}: {} records left, {} recoveries",
+            g.iter().count(),
+            g.status().unwrap().counters.recoveries
+        );
+    }
+    eprintln!("reads ok {total_ok}, optimistic {total_opt}, locked {total_locked}, writer kills {kills}");
+    assert!(kills >= 4, "writers must die during the run ({kills})");
+    assert!(total_ok > 1000, "readers must get values ({total_ok})");
+    assert!(
+        total_opt > total_locked,
+        "the optimistic path is the common one ({total_opt} vs {total_locked})"
+    );
+}
