@@ -37,7 +37,7 @@
 //! // DELETING ALL RECORDS WITH CURRENT PID AND SPECIFIC ID
 //! let me = std::process::id();
 //! while let Some(i) = g.next_of_owner_pid(owner, me, None) {
-//!     g.remove(i)?; // cachem_delete (compacts)
+//!     g.remove(i)?; // cachem_delete (the hole is reclaimed by a later compaction)
 //! }
 //! let n = g.purge(owner, me)?; // cachem_delete_pid
 //! assert_eq!(n, 0);
@@ -81,6 +81,7 @@ pub struct Config {
     create: bool,
     reap_all: bool,
     no_reap: bool,
+    compaction: Compaction,
     owner: Option<(u32, u32)>,
 }
 
@@ -99,6 +100,7 @@ impl Config {
             create: true,
             reap_all: false,
             no_reap: false,
+            compaction: Compaction::Deferred,
             owner: None,
         }
     }
@@ -166,6 +168,14 @@ impl Config {
         self
     }
 
+    /// At creation: the compaction policy (default [`Compaction::Deferred`];
+    /// [`Compaction::Eager`] keeps the block section compacted at all times).
+    /// An existing region keeps the policy it was created with.
+    pub fn compaction(mut self, policy: Compaction) -> Config {
+        self.compaction = policy;
+        self
+    }
+
     /// Give everything cachem creates for the region — the region file, its
     /// lockfile, the id store and every file written into it, the runtime
     /// directory when cachem made it — to user `uid` and group `gid`, with
@@ -191,6 +201,7 @@ impl Config {
             create: self.create,
             reap_all_records_of_dead_processes: self.reap_all,
             no_reap: self.no_reap,
+            compaction: self.compaction,
             owner: self.owner,
         }
     }
@@ -440,6 +451,12 @@ impl Cache {
     /// Removes dead processes' records now.
     pub fn reap(&self) -> Result<ReapReport> {
         self.region.lock()?.reap()
+    }
+
+    /// Closes every hole left by removes now, in one compaction (see
+    /// [`Guard::compact`]). Returns the bytes moved.
+    pub fn compact(&self) -> Result<u64> {
+        self.region.lock()?.compact()
     }
 
     /// Removes this process's process-scoped records now.
