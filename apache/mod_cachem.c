@@ -213,40 +213,44 @@ static const char *set_persist(cmd_parms *cmd, void *dummy, const char *arg)
     return NULL;
 }
 
-static const char *set_reap(cmd_parms *cmd, void *dummy, const char *arg)
+/* One keyword of a fixed list: sets *out to its value, or says which
+ * keywords the directive takes. */
+typedef struct {
+    const char *word;
+    int value;
+} keyword;
+
+static const char *set_keyword(cmd_parms *cmd, const char *arg, const keyword *k, int n, int *out)
 {
-    cachem_cfg *c = server_cfg(cmd->server);
     const char *err = global_only(cmd);
-    (void)dummy;
+    const char *all = "";
+    int i;
     if (err)
         return err;
-    if (strcasecmp(arg, "process") == 0)
-        c->reap = CACHEM_REAP_PROCESS;
-    else if (strcasecmp(arg, "all") == 0)
-        c->reap = CACHEM_REAP_ALL;
-    else if (strcasecmp(arg, "off") == 0)
-        c->reap = CACHEM_REAP_OFF;
-    else
-        return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg,
-                           "' is not one of all, process, off", NULL);
-    return NULL;
+    for (i = 0; i < n; i++) {
+        if (strcasecmp(arg, k[i].word) == 0) {
+            *out = k[i].value;
+            return NULL;
+        }
+        all = apr_pstrcat(cmd->pool, all, i ? ", " : "", k[i].word, NULL);
+    }
+    return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg, "' is not one of ", all, NULL);
+}
+
+static const char *set_reap(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    static const keyword k[] = {
+        {"all", CACHEM_REAP_ALL}, {"process", CACHEM_REAP_PROCESS}, {"off", CACHEM_REAP_OFF}};
+    (void)dummy;
+    return set_keyword(cmd, arg, k, 3, &server_cfg(cmd->server)->reap);
 }
 
 static const char *set_compaction(cmd_parms *cmd, void *dummy, const char *arg)
 {
-    cachem_cfg *c = server_cfg(cmd->server);
-    const char *err = global_only(cmd);
+    static const keyword k[] = {
+        {"deferred", CACHEM_COMPACTION_DEFERRED}, {"eager", CACHEM_COMPACTION_EAGER}};
     (void)dummy;
-    if (err)
-        return err;
-    if (strcasecmp(arg, "deferred") == 0)
-        c->compaction = CACHEM_COMPACTION_DEFERRED;
-    else if (strcasecmp(arg, "eager") == 0)
-        c->compaction = CACHEM_COMPACTION_EAGER;
-    else
-        return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg,
-                           "' is not one of deferred, eager", NULL);
-    return NULL;
+    return set_keyword(cmd, arg, k, 2, &server_cfg(cmd->server)->compaction);
 }
 
 static const char *set_reap_interval(cmd_parms *cmd, void *dummy, const char *arg)
