@@ -61,6 +61,10 @@ pub use cachem_core::*;
 pub use cachem_ids::IdRegistry;
 
 use std::collections::BTreeMap;
+
+mod json;
+mod snapshot;
+pub use snapshot::SnapshotReport;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -440,26 +444,9 @@ impl Cache {
     /// Engine status, owner names from the registry, and per-process
     /// liveness.
     pub fn status(&self) -> Result<CacheStatus> {
+        // The registry is read after the region lock is released.
         let region = self.region.lock()?.status()?;
-        // A region whose registry was never used has no names; looking
-        // must not create the store.
-        let owner_names: BTreeMap<OwnerId, String> = if self.store.exists() {
-            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect()
-        } else {
-            BTreeMap::new()
-        };
-        let pids = region
-            .pids
-            .iter()
-            .map(|p| PidStatus {
-                pid: p.pid,
-                start_time: p.start_time,
-                alive: sys::process::is_alive(p.pid, p.start_time),
-                records: p.records,
-                bytes: p.bytes,
-            })
-            .collect();
-        Ok(CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids })
+        self.status_of(region)
     }
 
     /// The underlying region.

@@ -477,8 +477,10 @@ fn assets() -> (TempDir, std::path::PathBuf) {
     (d, out)
 }
 
-const COMMANDS: [&str; 12] =
-    ["create", "stat", "put", "get", "del", "ls", "id", "reap", "verify", "destroy", "stress", "demo"];
+const COMMANDS: [&str; 14] = [
+    "create", "stat", "put", "get", "del", "ls", "id", "reap", "verify", "save", "restore", "destroy",
+    "stress", "demo",
+];
 
 fn need(tool: &str) {
     let found =

@@ -83,6 +83,11 @@ pub enum Error {
     #[error("region {path}: option {option} cannot be honoured: {detail}; drop the option, or destroy and re-create the region with it")]
     OptionMismatch { path: PathBuf, option: &'static str, detail: String },
 
+    /// A snapshot file (`Cache::save` / `Cache::restore`) is damaged, is not
+    /// a cachem snapshot, or does not fit the region; nothing was changed.
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
+
     /// The owner-id registry failed (its message names the path).
     #[error("owner-id registry: {0}")]
     Registry(Box<dyn std::error::Error + Send + Sync>),
@@ -117,6 +122,7 @@ pub enum ErrorKind {
     BadName,
     PidNamespace,
     OptionMismatch,
+    Snapshot,
     Registry,
     /// An OS call failed with "permission denied" (EACCES / EPERM).
     PermissionDenied,
@@ -144,6 +150,7 @@ impl Error {
             Error::BadName { .. } => ErrorKind::BadName,
             Error::PidNamespace { .. } => ErrorKind::PidNamespace,
             Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
+            Error::Snapshot { .. } => ErrorKind::Snapshot,
             Error::Registry(_) => ErrorKind::Registry,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 ErrorKind::PermissionDenied

@@ -183,6 +183,22 @@ enum Cmd {
         /// Region: a name in the runtime directory, or a path.
         name: String,
     },
+    /// Write the region's records (not process-scoped ones) with their owner
+    /// names to FILE: a checksummed snapshot, replaced atomically.
+    Save {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// The snapshot file to write.
+        file: PathBuf,
+    },
+    /// Add the records of the snapshot FILE to the region (owner ids resolved
+    /// again from the names); all or nothing.
+    Restore {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// The snapshot file to read (written by `save`).
+        file: PathBuf,
+    },
     /// Remove a region, its lockfile and its id store.
     Destroy {
         /// Region: a name in the runtime directory, or a path.
@@ -356,7 +372,7 @@ fn run(cli: Cli) -> CliResult {
             }
             let st = cache.status()?;
             match format {
-                StatFormat::Json => writeln!(out, "{}", show::status_json(&st))?,
+                StatFormat::Json => writeln!(out, "{}", st.to_json())?,
                 StatFormat::Human => show::status_human(&mut out, &st)?,
                 StatFormat::Prometheus => out.write_all(prom::exposition(&name, &st).as_bytes())?,
             }
@@ -443,6 +459,31 @@ fn run(cli: Cli) -> CliResult {
                 out,
                 "ok: {} records in {} table entries, {} bytes used, {} bytes free",
                 rep.records, rep.slots, rep.used_bytes, rep.free_bytes
+            )?;
+        }
+        Cmd::Save { name, file } => {
+            let cache = inspect(&dir, &name)?;
+            let r = cache.save(&file)?;
+            writeln!(
+                out,
+                "saved {} records ({} bytes, {} owners) to {}; {} process-scoped records left out",
+                r.records,
+                r.bytes,
+                r.owners,
+                file.display(),
+                r.skipped_process_records
+            )?;
+        }
+        Cmd::Restore { name, file } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let r = cache.restore(&file)?;
+            writeln!(
+                out,
+                "restored {} records ({} bytes, {} owners) from {}",
+                r.records,
+                r.bytes,
+                r.owners,
+                file.display()
             )?;
         }
         Cmd::Destroy { name } => {

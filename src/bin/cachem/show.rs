@@ -90,43 +90,6 @@ pub fn status_human(out: &mut impl Write, st: &CacheStatus) -> CliResult {
     Ok(())
 }
 
-pub fn status_json(st: &CacheStatus) -> Value {
-    let r = &st.region;
-    json!({
-        "path": st.path.as_ref().map(|p| p.display().to_string()),
-        "size": r.size,
-        "header_bytes": r.header_size,
-        "used_bytes": r.used_bytes,
-        "free_bytes": r.free_bytes,
-        "table_bytes": r.table_bytes,
-        "records": r.records,
-        "slots": r.slots,
-        "free_slots": r.free_slots,
-        "generation": format!("{:016x}", r.generation),
-        "boot_id": hex(&r.boot_id),
-        "recovery_required": r.recovery_required,
-        "owners": r.owners.iter().map(|o| json!({
-            "id": o.owner.get(),
-            "name": if o.owner.is_process() { None } else { st.owner_name(o.owner) },
-            "records": o.records,
-            "bytes": o.bytes,
-        })).collect::<Vec<_>>(),
-        "pids": st.pids.iter().map(|p| json!({
-            "pid": p.pid,
-            "alive": p.alive,
-            "records": p.records,
-            "bytes": p.bytes,
-        })).collect::<Vec<_>>(),
-        "counters": {
-            "inserts": r.counters.inserts,
-            "removes": r.counters.removes,
-            "bytes_moved": r.counters.bytes_moved,
-            "reaped_records": r.counters.reaped_records,
-            "recoveries": r.counters.recoveries,
-        },
-    })
-}
-
 pub fn list(
     out: &mut impl Write,
     cache: &Cache,

@@ -47,7 +47,7 @@ fn frames(cache: &Cache, interval: Duration, form: Form, tty: bool, rx: &mpsc::R
         let st = cache.status()?;
         let mut frame = Vec::new();
         match (form, tty) {
-            (Form::Json, _) => writeln!(frame, "{}", show::status_json(&st))?,
+            (Form::Json, _) => writeln!(frame, "{}", st.to_json())?,
             (Form::Human, false) => writeln!(frame, "{}", line(&st, SystemTime::now()))?,
             (Form::Human, true) => {
                 let mut body = Vec::new();

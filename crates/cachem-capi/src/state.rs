@@ -1,0 +1,387 @@
+//! The C ABI's own state: the registry of open handles and, per thread, the
+//! region locks that thread holds and its last error message.
+//!
+//! ## Handles are tokens, not pointers
+//!
+//! A `cachem_t *` handed to C is never dereferenced. It is a 64-bit token,
+//! `TAG << 48 | slot << 32 | generation`, naming one of [`MAX_HANDLES`]
+//! slots of the static table [`SLOTS`]. Closing a handle bumps its slot's
+//! generation and frees the handle, so a closed handle, a handle from before
+//! a slot was reused, a value that never was a handle (wrong tag, slot out
+//! of range) or a NULL are all reported as errors, never followed. The tag
+//! makes the value a non-canonical address on x86-64 and AArch64, so C code
+//! that dereferences the opaque handle crashes at once instead of reading
+//! something. The one limit: a value with the right tag, slot and generation
+//! *is* that handle.
+//!
+//! ## Users keep a handle alive, without a lock on the table
+//!
+//! Every call "uses" its handle for its duration ([`Use`]), and a thread
+//! holding the region lock uses it until `cachem_unlock`: the slot's `users`
+//! counter. A lookup increments `users`, then checks the generation; a close
+//! (serialised by [`WRITER`]) bumps the generation, then checks `users`,
+//! restoring the generation and answering `CACHEM_E_BUSY` if it is not zero.
+//! Both sides use sequentially consistent operations, so at least one of
+//! them sees the other: either the lookup sees the new generation and backs
+//! off, or the close sees the user and refuses. Hence a handle's memory is
+//! freed only when nobody uses it, and a lookup costs one atomic increment
+//! and one load, not a lock.
+//!
+//! ## The lock is held through thread-local guards
+//!
+//! `cachem_lock` stores the region's [`Guard`] in this thread's [`HELD`] list
+//! together with the [`Use`] that keeps its handle alive; `cachem_unlock`
+//! (or the thread's exit) drops it. Calls made while holding the lock find
+//! the guard there by token without touching [`SLOTS`]. The guard's lifetime
+//! is extended to `'static` in exactly one place ([`lock`]), argued there.
+
+use crate::Fail;
+use cachem_rs::{Cache, Guard};
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::mem::ManuallyDrop;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::Mutex;
+
+/// High 16 bits of every handle token.
+const TAG: u64 = 0xCAC0;
+/// At most this many handles open at once in a process.
+pub(crate) const MAX_HANDLES: usize = 4096;
+
+/// One open `cachem_t`.
+pub(crate) struct Handle {
+    pub cache: Cache,
+    pub token: u64,
+    /// The region's generation: two handles of one region share it, and so
+    /// share the lock a thread holds.
+    pub generation: u64,
+    pub max_record_len: u64,
+}
+
+/// One entry of the handle table. Lives for the whole process.
+struct Slot {
+    /// Generation of the handle in this slot (0: never used). Bumped when
+    /// the handle is closed, and again when the slot is reused.
+    gen: AtomicU32,
+    /// Calls in flight and locks held through this slot's handle.
+    users: AtomicUsize,
+    /// The handle (a leaked `Box`), or null when the slot is free.
+    ptr: AtomicPtr<Handle>,
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // only used to build SLOTS
+const FREE: Slot =
+    Slot { gen: AtomicU32::new(0), users: AtomicUsize::new(0), ptr: AtomicPtr::new(std::ptr::null_mut()) };
+static SLOTS: [Slot; MAX_HANDLES] = [FREE; MAX_HANDLES];
+/// Serialises `cachem_open` and `cachem_close` (never held during a lookup).
+static WRITER: Mutex<()> = Mutex::new(());
+
+fn split(token: u64) -> Option<(usize, u32)> {
+    let slot = ((token >> 32) & 0xFFFF) as usize;
+    (token >> 48 == TAG && slot < MAX_HANDLES).then_some((slot, token as u32))
+}
+
+/// Whether `token` looks like a handle at all (tag and range only).
+pub(crate) fn well_formed(token: u64) -> bool {
+    split(token).is_some()
+}
+
+fn not_open(token: u64) -> Fail {
+    Fail::misuse(format!("{token:#x} is not an open cachem handle (closed, or never opened)"))
+}
+
+/// A handle in use by the current call (or by a held lock): its memory is
+/// not freed while this exists.
+pub(crate) struct Use {
+    slot: &'static Slot,
+    handle: NonNull<Handle>,
+}
+
+impl std::ops::Deref for Use {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        // SAFETY: `lookup` counted this `Use` in the slot's `users` after
+        // checking the generation, and `unregister` frees the handle only
+        // after seeing `users` at zero with the generation already bumped
+        // (module docs); so the box stays allocated, and is only ever read
+        // through shared references, for as long as this `Use` lives.
+        unsafe { self.handle.as_ref() }
+    }
+}
+
+impl Drop for Use {
+    fn drop(&mut self) {
+        self.slot.users.fetch_sub(1, Release);
+    }
+}
+
+/// The open handle behind `token`, in use until the returned value drops.
+pub(crate) fn lookup(token: u64) -> Result<Use, Fail> {
+    if token == 0 {
+        return Err(Fail::invalid("the handle is NULL"));
+    }
+    let (slot, gen) = split(token).ok_or_else(|| not_open(token))?;
+    let s = &SLOTS[slot];
+    s.users.fetch_add(1, SeqCst);
+    // The generation first: once it matches, a close cannot free the handle
+    // (it would see our user), so the pointer read next is the live one.
+    let p = if s.gen.load(SeqCst) == gen { s.ptr.load(SeqCst) } else { std::ptr::null_mut() };
+    match NonNull::new(p) {
+        Some(handle) => Ok(Use { slot: s, handle }),
+        None => {
+            s.users.fetch_sub(1, Release);
+            Err(not_open(token))
+        }
+    }
+}
+
+/// Registers a freshly opened cache and returns its token.
+pub(crate) fn register(cache: Cache, max_record_len: u64) -> Result<u64, Fail> {
+    let _w = WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    let slot = SLOTS
+        .iter()
+        .position(|s| s.ptr.load(SeqCst).is_null())
+        .ok_or_else(|| Fail::invalid(format!("more than {MAX_HANDLES} handles open in this process")))?;
+    let s = &SLOTS[slot];
+    let gen = s.gen.load(SeqCst).wrapping_add(1).max(1);
+    let token = TAG << 48 | (slot as u64) << 32 | gen as u64;
+    let generation = cache.region().generation();
+    let handle = Box::new(Handle { cache, token, generation, max_record_len });
+    s.ptr.store(Box::into_raw(handle), SeqCst);
+    // Published last: a lookup that sees this generation sees the pointer.
+    s.gen.store(gen, SeqCst);
+    Ok(token)
+}
+
+/// Closes `token`: refuses with `CACHEM_E_BUSY` while a thread holds the
+/// lock through it or another call is using it. Returns the handle, to be
+/// dropped by the caller after this returns (dropping the process's last
+/// handle purges its process-scoped records, which takes the region lock).
+pub(crate) fn unregister(token: u64) -> Result<Box<Handle>, Fail> {
+    if token == 0 {
+        return Err(Fail::invalid("the handle is NULL"));
+    }
+    let (slot, gen) = split(token).ok_or_else(|| not_open(token))?;
+    let s = &SLOTS[slot];
+    let _w = WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    if s.gen.load(SeqCst) != gen || s.ptr.load(SeqCst).is_null() {
+        return Err(not_open(token));
+    }
+    s.gen.store(gen.wrapping_add(1).max(1), SeqCst);
+    let n = s.users.load(SeqCst);
+    if n != 0 {
+        s.gen.store(gen, SeqCst);
+        return Err(Fail::busy(format!(
+            "{n} user(s) of this handle: a thread holds the region lock through it (cachem_unlock in \
+             each first) or a call on another thread is in progress"
+        )));
+    }
+    let p = s.ptr.swap(std::ptr::null_mut(), SeqCst);
+    // SAFETY: `p` came from `Box::into_raw` in `register`; it is taken out
+    // of the slot under WRITER, so only this call frees it; no `Use` exists
+    // (users was zero after the generation was bumped, and every later
+    // lookup sees the new generation and backs off).
+    NonNull::new(p).map(|p| unsafe { Box::from_raw(p.as_ptr()) }).ok_or_else(|| not_open(token))
+}
+
+/// A lock held by this thread.
+struct Held {
+    /// Dropped first (by `Drop for Held`): it borrows `user.cache`.
+    guard: ManuallyDrop<Guard<'static>>,
+    /// Keeps the handle alive while the guard lives.
+    user: Use,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped exactly once, here, while `user`
+        // (which keeps the Cache it borrows allocated) is still alive; the
+        // field is never used again.
+        unsafe { ManuallyDrop::drop(&mut self.guard) };
+    }
+}
+
+thread_local! {
+    /// The region locks this thread holds (usually zero or one).
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+    /// Detail of this thread's last failed call.
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn with_held<T>(f: impl FnOnce(&mut Vec<Held>) -> Result<T, Fail>) -> Result<T, Fail> {
+    HELD.try_with(|held| match held.try_borrow_mut() {
+        Ok(mut held) => f(&mut held),
+        Err(_) => Err(Fail::internal("re-entered the C ABI from inside a call")),
+    })
+    .unwrap_or_else(|_| Err(Fail::misuse("called during thread exit")))
+}
+
+/// Takes the region lock for this thread and keeps it until [`unlock`].
+pub(crate) fn lock(user: Use) -> Result<(), Fail> {
+    with_held(|held| {
+        if let Some(h) = held.iter().find(|h| h.user.generation == user.generation) {
+            return Err(Fail::already_locked(if h.user.token == user.token {
+                "this thread already holds the lock of this handle".to_string()
+            } else {
+                "this thread already holds this region's lock through another handle".to_string()
+            }));
+        }
+        let guard = user.cache.lock()?;
+        // SAFETY: the guard borrows `user.cache`, which lives in the handle's
+        // box; the box never moves, and is not freed while `user` lives (see
+        // `Use`). The `Held` built here owns `user` and drops the guard
+        // before it (`Drop for Held`). The `'static` guard never leaves
+        // `Held`: callers only see it through `&mut` borrows no longer than
+        // a borrow of the list, and nothing derived from it with the
+        // `'static` lifetime (`Guard::region`, `Guard::layout`) is kept. The
+        // guard is `!Send` and the list thread-local, so the thread that
+        // locked is the one that unlocks.
+        let guard: Guard<'static> = unsafe { std::mem::transmute::<Guard<'_>, Guard<'static>>(guard) };
+        held.push(Held { guard: ManuallyDrop::new(guard), user });
+        Ok(())
+    })
+}
+
+/// Releases the lock this thread holds through `token`.
+pub(crate) fn unlock(token: u64) -> Result<(), Fail> {
+    let found =
+        with_held(|held| Ok(held.iter().position(|h| h.user.token == token).map(|i| held.swap_remove(i))))?;
+    match found {
+        Some(h) => {
+            // Unlocks, then ends the handle's use, outside the RefCell
+            // borrow.
+            drop(h);
+            Ok(())
+        }
+        None => {
+            // A precise message: bad handle, or just not locked.
+            let handle = lookup(token)?;
+            let other = with_held(|held| Ok(held.iter().any(|h| h.user.generation == handle.generation)))?;
+            Err(Fail::not_locked(if other {
+                "this thread holds this region's lock through another handle; unlock that one"
+            } else {
+                "this thread does not hold the lock of this handle"
+            }))
+        }
+    }
+}
+
+/// Runs `f` with this thread's guard of the handle's region, if it holds
+/// one; returns `None` without calling `f` otherwise.
+pub(crate) fn with_held_guard<T>(
+    handle: &Handle,
+    f: impl FnOnce(&mut Guard<'_>) -> Result<T, Fail>,
+) -> Result<Option<T>, Fail> {
+    with_held(|held| match held.iter_mut().find(|h| h.user.generation == handle.generation) {
+        Some(h) => f(&mut h.guard).map(Some),
+        None => Ok(None),
+    })
+}
+
+/// Whether this thread holds the lock of the handle's region.
+pub(crate) fn holds(handle: &Handle) -> Result<bool, Fail> {
+    with_held(|held| Ok(held.iter().any(|h| h.user.generation == handle.generation)))
+}
+
+/// Runs `f` under the region lock: this thread's held guard, or a lock
+/// taken and released around the call.
+pub(crate) fn with_guard<T>(
+    handle: &Handle,
+    f: impl FnOnce(&mut Guard<'_>) -> Result<T, Fail>,
+) -> Result<T, Fail> {
+    let mut f = Some(f);
+    let held = with_held_guard(handle, |g| match f.take() {
+        Some(f) => f(g),
+        None => Err(Fail::internal("closure used twice")),
+    })?;
+    match held {
+        Some(v) => Ok(v),
+        None => {
+            let mut g = handle.cache.lock()?;
+            match f.take() {
+                Some(f) => f(&mut g),
+                None => Err(Fail::internal("closure used twice")),
+            }
+        }
+    }
+}
+
+/// Runs `f` under the region lock of the handle `token`. Fast path: this
+/// thread holds the lock through this very handle, so neither the registry
+/// nor any atomic operation is needed. Otherwise the handle is looked up and
+/// [`with_guard`] locks as needed.
+pub(crate) fn locked<T>(
+    token: u64,
+    f: impl FnOnce(&Handle, &mut Guard<'_>) -> Result<T, Fail>,
+) -> Result<T, Fail> {
+    let mut f = Some(f);
+    let fast = with_held(|held| match held.iter_mut().find(|h| h.user.token == token) {
+        Some(h) => match f.take() {
+            Some(f) => f(&h.user, &mut h.guard).map(Some),
+            None => Err(Fail::internal("closure used twice")),
+        },
+        None => Ok(None),
+    })?;
+    if let Some(v) = fast {
+        return Ok(v);
+    }
+    let handle = lookup(token)?;
+    with_guard(&handle, |g| match f.take() {
+        Some(f) => f(&handle, g),
+        None => Err(Fail::internal("closure used twice")),
+    })
+}
+
+/// As [`locked`], but only if this thread holds the lock (through this
+/// handle or another of the same region): `None` otherwise, `f` not called.
+pub(crate) fn held_only<T>(
+    token: u64,
+    f: impl FnOnce(&mut Guard<'_>) -> Result<T, Fail>,
+) -> Result<Option<T>, Fail> {
+    let mut f = Some(f);
+    let fast = with_held(|held| match held.iter_mut().find(|h| h.user.token == token) {
+        Some(h) => match f.take() {
+            Some(f) => f(&mut h.guard).map(Some),
+            None => Err(Fail::internal("closure used twice")),
+        },
+        None => Ok(None),
+    })?;
+    if fast.is_some() {
+        return Ok(fast);
+    }
+    let handle = lookup(token)?;
+    with_held_guard(&handle, |g| match f.take() {
+        Some(f) => f(g),
+        None => Err(Fail::internal("closure used twice")),
+    })
+}
+
+/// After a caught panic: every lock this thread holds may guard a half-done
+/// mutation. Mark each region for recovery and release it.
+pub(crate) fn abandon_locks_after_panic() {
+    let _ = HELD.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            for mut h in held.drain(..) {
+                h.guard.layout().mark_recovery_required();
+            }
+        }
+    });
+}
+
+/// Records the detail of a failed call for `cachem_last_error_message`.
+pub(crate) fn set_last_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            *e = c;
+        }
+    });
+}
+
+/// This thread's last error detail; valid until this thread's next failed
+/// call (or its exit).
+pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
+    static EMPTY: [u8; 1] = [0];
+    LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(EMPTY.as_ptr().cast())
+}

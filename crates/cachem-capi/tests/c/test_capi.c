@@ -1,0 +1,619 @@
+/*
+ * Calls every function of cachem.h, including every misuse case, from C.
+ * Built with -Wall -Werror -fsanitize=address,undefined against
+ * libcachem.a and run by tests/c_programs.rs with CACHEM_DIR set to a fresh
+ * directory. Exit status 0: all checks passed.
+ *
+ * The id registry of this build hangs in a child forked after the parent
+ * used it (issue 11): children here never call cachem_id; ids are resolved
+ * in the parent before the fork and passed as numbers.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "check.h"
+
+#define SIZE (256u * 1024u)
+
+static const char *dir;
+
+static void section(const char *name) {
+    fprintf(stderr, "-- %s\n", name);
+}
+
+static uint64_t records(cachem_t *c) {
+    cachem_stat_t st;
+    OK(cachem_stat(c, &st));
+    return st.records;
+}
+
+/* Waits for a child, bounded: SIGKILL after ~10 s. Returns the status. */
+static int reap_child(pid_t pid) {
+    int status = 0;
+    for (int i = 0; i < 1000; i++) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return status;
+        CHECK(r == 0);
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    CHECK(waitpid(pid, &status, 0) == pid);
+    fprintf(stderr, "child %d hung and was killed\n", (int)pid);
+    _exit(1);
+}
+
+static void test_strerror(void) {
+    section("strerror and last error");
+    for (int i = 0; i <= CACHEM_E_PID_NAMESPACE; i++) {
+        const char *s = cachem_strerror(i);
+        CHECK(s != NULL && strcmp(s, "unknown cachem error code") != 0);
+    }
+    CHECK(strcmp(cachem_strerror(-1), "unknown cachem error code") == 0);
+    CHECK(strcmp(cachem_strerror(CACHEM_E_PID_NAMESPACE + 1), "unknown cachem error code") == 0);
+    CHECK(strcmp(cachem_strerror(CACHEM_OK), "success") == 0);
+    CHECK(cachem_last_error_message(NULL) != NULL);
+}
+
+static void test_open_errors(void) {
+    section("open: every refusal");
+    cachem_error_t err = CACHEM_OK;
+    cachem_options_t o = CACHEM_OPTIONS_INIT;
+
+    CHECK(cachem_open(NULL, 0, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(strstr(cachem_last_error_message(NULL), "cachem_open") != NULL);
+    CHECK(cachem_open(NULL, 0, NULL, NULL) == NULL); /* err may be NULL */
+
+    CHECK(cachem_open("bad/name", SIZE, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(cachem_open("../up", SIZE, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(cachem_open("odd", SIZE + 4, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(cachem_open("tiny", 64, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+
+    o.struct_size = 8;
+    CHECK(cachem_open("opts", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    o.struct_size = sizeof o + 8;
+    CHECK(cachem_open("opts", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    cachem_options_init(&o);
+    o.mode = 0400;
+    CHECK(cachem_open("opts", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    cachem_options_init(&o);
+    o.reap = 7;
+    CHECK(cachem_open("opts", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    cachem_options_init(&o);
+    o.attach_only = 1;
+    CHECK(cachem_open("missing", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_NOT_FOUND);
+    CHECK(cachem_open("missing", 0, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_NOT_FOUND);
+    cachem_options_init(&o);
+    o.attach_only = 1;
+    CHECK(cachem_open(NULL, SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    cachem_options_init(NULL); /* no crash */
+
+    /* Same name, other size: nginx's rule. */
+    cachem_t *c = cachem_open("sized", SIZE, NULL, &err);
+    CHECK(c != NULL && err == CACHEM_OK);
+    CHECK(cachem_open("sized", 2 * SIZE, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_SIZE_MISMATCH);
+    CHECK(strstr(cachem_last_error_message(NULL), "sized") != NULL);
+    cachem_options_init(&o);
+    o.attach_any_size = 1;
+    cachem_t *c2 = cachem_open("sized", 2 * SIZE, &o, &err);
+    CHECK(c2 != NULL);
+    cachem_t *c3 = cachem_open("sized", 0, NULL, &err);
+    CHECK(c3 != NULL);
+    OK(cachem_close(c2));
+    OK(cachem_close(c3));
+    OK(cachem_close(c));
+
+    /* A file that is not a region. */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/garbage", dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    for (int i = 0; i < 8192; i++)
+        fputc('x', f);
+    fclose(f);
+    CHECK(cachem_open(path, 0, NULL, &err) == NULL);
+    CHECK(err == CACHEM_E_CORRUPT);
+
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_destroy(NULL, NULL));
+    EXPECT(CACHEM_E_NOT_FOUND, cachem_destroy("never-made", NULL));
+    OK(cachem_destroy("sized", NULL));
+    EXPECT(CACHEM_E_NOT_FOUND, cachem_destroy("sized", NULL));
+}
+
+static void test_bad_handles(void) {
+    section("bad handles: NULL, closed, forged");
+    cachem_error_t err;
+    cachem_t *c = cachem_open("handles", SIZE, NULL, &err);
+    CHECK(c != NULL);
+    OK(cachem_close(c));
+    EXPECT(CACHEM_E_MISUSE, cachem_close(c));
+    OK(cachem_close(NULL));
+
+    cachem_t *forged = (cachem_t *)(uintptr_t)0x1234;
+    cachem_t *bads[3] = {NULL, c, forged};
+    for (int i = 0; i < 3; i++) {
+        cachem_t *b = bads[i];
+        cachem_error_t want = b == NULL ? CACHEM_E_INVALID_ARGUMENT : CACHEM_E_MISUSE;
+        cachem_id_t id;
+        cachem_index_t ix;
+        void *p;
+        size_t n;
+        char buf[8];
+        cachem_stat_t st;
+        cachem_reap_report_t rep;
+        EXPECT(want, cachem_id(b, "x", &id));
+        EXPECT(want, cachem_lock(b));
+        EXPECT(want, cachem_unlock(b));
+        EXPECT(want, cachem_add(b, "x", 1, 0, &ix));
+        EXPECT(want, cachem_get(b, 0, &p, &n));
+        EXPECT(want, cachem_read(b, 0, buf, sizeof buf, &n));
+        EXPECT(want, cachem_get_id(b, 1, CACHEM_INVALID_INDEX, &ix));
+        EXPECT(want, cachem_get_pid(b, 1, CACHEM_INVALID_INDEX, &ix));
+        EXPECT(want, cachem_delete(b, 0));
+        EXPECT(want, cachem_delete_pid(b, 1, &n));
+        EXPECT(want, cachem_purge_process(b, &n));
+        EXPECT(want, cachem_reap(b, &rep));
+        EXPECT(want, cachem_verify(b));
+        EXPECT(want, cachem_stat(b, &st));
+        EXPECT(want, cachem_status_json(b, buf, sizeof buf, &n));
+        EXPECT(want, cachem_save(b, "/tmp/x"));
+        EXPECT(want, cachem_restore(b, "/tmp/x"));
+        CHECK(cachem_max_record_len(b) == 0);
+        if (b != NULL)
+            EXPECT(CACHEM_E_MISUSE, cachem_close(b));
+    }
+    OK(cachem_destroy("handles", NULL));
+}
+
+static void test_records(void) {
+    section("records: add, get, read, iterate, delete, misuse");
+    cachem_error_t err;
+    cachem_t *c = cachem_open("records", SIZE, NULL, &err);
+    CHECK(c != NULL);
+    cachem_t *other = cachem_open(NULL, SIZE, NULL, &err);
+    CHECK(other != NULL);
+
+    cachem_id_t a, b, u1, u2;
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_id(c, "mod_a", NULL));
+    OK(cachem_id(c, "mod_a", &a));
+    OK(cachem_id(c, "mod_b", &b));
+    OK(cachem_id(c, NULL, &u1));
+    OK(cachem_id(c, NULL, &u2));
+    CHECK(a != CACHEM_INVALID_ID && b != CACHEM_INVALID_ID && a != b);
+    CHECK(u1 != u2 && u1 != a && u2 != b);
+    cachem_id_t again;
+    OK(cachem_id(c, "mod_a", &again));
+    CHECK(again == a);
+    const char bad_utf8[] = {(char)0xff, (char)0xfe, 0};
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_id(c, bad_utf8, &again));
+
+    /* Inserts without the lock take it around the call. */
+    cachem_index_t r1, r2, r3, r4;
+    OK(cachem_add(c, "one", 3, a, &r1));
+    OK(cachem_add(c, "two", 3, b, &r2));
+    OK(cachem_add(c, "three", 5, a, &r3));
+    OK(cachem_add(c, NULL, 0, a, &r4)); /* an empty record */
+    OK(cachem_add(c, "no index wanted", 15, b, NULL));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_add(c, NULL, 4, a, &r4));
+    uint64_t max = cachem_max_record_len(c);
+    CHECK(max > 0 && max < SIZE);
+    EXPECT(CACHEM_E_TOO_LARGE, cachem_add(c, "x", (size_t)max + 1, a, NULL));
+    EXPECT(CACHEM_E_TOO_LARGE, cachem_add(c, "x", SIZE_MAX, a, NULL));
+    CHECK(strstr(cachem_last_error_message(c), "too large") != NULL);
+    CHECK(records(c) == 5);
+
+    /* get needs the lock. */
+    void *p = NULL;
+    size_t n = 0;
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_get(c, r1, &p, &n));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c));
+    OK(cachem_lock(c));
+    EXPECT(CACHEM_E_ALREADY_LOCKED, cachem_lock(c));
+    OK(cachem_get(c, r1, &p, &n));
+    CHECK(n == 3 && memcmp(p, "one", 3) == 0);
+    CHECK(((uintptr_t)p & 7) == 0);
+    ((char *)p)[0] = 'O'; /* in place, under the lock */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get(c, r1, NULL, &n));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get(c, r1, &p, NULL));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get(c, CACHEM_INVALID_INDEX, &p, &n));
+    EXPECT(CACHEM_E_STALE, cachem_get(c, 12345, &p, &n));
+    OK(cachem_get(c, r4, &p, &n));
+    CHECK(n == 0);
+
+    /* ACCESSING ALL RECORDS WITH A SPECIFIC ID, under the lock. */
+    cachem_index_t i = CACHEM_INVALID_INDEX;
+    int seen = 0;
+    while (cachem_get_id(c, a, i, &i) == CACHEM_OK && i != CACHEM_INVALID_INDEX) {
+        OK(cachem_get(c, i, &p, &n));
+        seen++;
+    }
+    CHECK(seen == 3);
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_id(c, a, CACHEM_INVALID_INDEX, NULL));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_pid(c, a, CACHEM_INVALID_INDEX, NULL));
+    i = CACHEM_INVALID_INDEX;
+    seen = 0;
+    while (cachem_get_pid(c, b, i, &i) == CACHEM_OK && i != CACHEM_INVALID_INDEX)
+        seen++;
+    CHECK(seen == 2);
+    OK(cachem_get_id(c, u1, CACHEM_INVALID_INDEX, &i));
+    CHECK(i == CACHEM_INVALID_INDEX);
+
+    /* Other calls under the held lock use it (no self-deadlock). */
+    OK(cachem_verify(c));
+    cachem_stat_t st;
+    OK(cachem_stat(c, &st));
+    CHECK(st.records == 5 && st.max_record_len == max && st.size == SIZE);
+    CHECK(st.inserts >= 5 && st.owners == 2 && st.processes == 1 && st.dead_processes == 0);
+    char json[8192];
+    size_t need = 0;
+    OK(cachem_status_json(c, json, sizeof json, &need));
+    CHECK(strlen(json) + 1 == need);
+    CHECK(strstr(json, "\"mod_a\"") != NULL && strstr(json, "\"records\":5") != NULL);
+    EXPECT(CACHEM_E_ALREADY_LOCKED, cachem_save(c, "/nonexistent/snap"));
+    EXPECT(CACHEM_E_ALREADY_LOCKED, cachem_restore(c, "/nonexistent/snap"));
+    EXPECT(CACHEM_E_BUSY, cachem_close(c));
+
+    /* Delete under the lock: the pointer is invalid after; the index stale. */
+    OK(cachem_delete(c, r2));
+    EXPECT(CACHEM_E_STALE, cachem_delete(c, r2));
+    EXPECT(CACHEM_E_STALE, cachem_get(c, r2, &p, &n));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_delete(c, CACHEM_INVALID_INDEX));
+    OK(cachem_unlock(c));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c));
+
+    /* An index from another region never reaches a record there. */
+    cachem_index_t o1;
+    OK(cachem_add(other, "elsewhere", 9, a, &o1));
+    char buf[64];
+    EXPECT(CACHEM_E_STALE, cachem_read(other, r3, buf, sizeof buf, &n));
+    EXPECT(CACHEM_E_STALE, cachem_delete(other, r3));
+    OK(cachem_read(other, o1, buf, sizeof buf, &n));
+    CHECK(n == 9 && memcmp(buf, "elsewhere", 9) == 0);
+
+    /* read: copies out, locking around the call. */
+    OK(cachem_read(c, r1, buf, sizeof buf, &n));
+    CHECK(n == 3 && memcmp(buf, "One", 3) == 0);
+    n = 0;
+    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_read(c, r3, buf, 2, &n));
+    CHECK(n == 5);
+    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_read(c, r3, NULL, 0, NULL));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_read(c, r3, NULL, 5, &n));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_read(c, CACHEM_INVALID_INDEX, buf, 5, &n));
+    OK(cachem_read(c, r4, NULL, 0, &n));
+    CHECK(n == 0);
+
+    /* status_json: sizes. */
+    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_status_json(c, json, 4, &need));
+    CHECK(need > 4);
+    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_status_json(c, NULL, 0, &need));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status_json(c, NULL, 10, &need));
+    OK(cachem_status_json(c, json, need, NULL));
+
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_stat(c, NULL));
+
+    /* DELETING ALL RECORDS WITH CURRENT PID AND SPECIFIC ID. */
+    size_t removed = 99;
+    OK(cachem_delete_pid(c, a, &removed));
+    CHECK(removed == 3);
+    OK(cachem_delete_pid(c, a, NULL));
+    OK(cachem_get_id(c, a, CACHEM_INVALID_INDEX, &i));
+    CHECK(i == CACHEM_INVALID_INDEX);
+
+    /* Process-scoped records: purge_process, and close purges them. */
+    OK(cachem_add(c, "mine", 4, CACHEM_INVALID_ID, NULL));
+    OK(cachem_add(c, "mine", 4, CACHEM_INVALID_ID, NULL));
+    OK(cachem_purge_process(c, &removed));
+    CHECK(removed == 2);
+    OK(cachem_purge_process(c, NULL));
+    OK(cachem_add(c, "mine", 4, CACHEM_INVALID_ID, NULL));
+    uint64_t before = records(c);
+    OK(cachem_close(c));
+    c = cachem_open("records", SIZE, NULL, &err);
+    CHECK(c != NULL);
+    CHECK(records(c) == before - 1);
+
+    /* Reap with nothing dead. */
+    cachem_reap_report_t rep = {1, 1, 1};
+    OK(cachem_reap(c, &rep));
+    CHECK(rep.processes == 0 && rep.records == 0 && rep.bytes == 0);
+    OK(cachem_reap(c, NULL));
+
+    /* Two handles of one region in one thread share the thread's lock. */
+    cachem_t *c2 = cachem_open("records", SIZE, NULL, &err);
+    CHECK(c2 != NULL);
+    OK(cachem_lock(c));
+    EXPECT(CACHEM_E_ALREADY_LOCKED, cachem_lock(c2));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c2));
+    OK(cachem_add(c2, "via c2", 6, b, &r1)); /* uses the held lock */
+    OK(cachem_get(c2, r1, &p, &n));
+    CHECK(n == 6);
+    OK(cachem_unlock(c));
+    OK(cachem_close(c2));
+
+    /* Fill the region: NO_ROOM, then the region is still sound. */
+    static char big[4096];
+    memset(big, 7, sizeof big);
+    cachem_error_t e;
+    int k = 0;
+    while ((e = cachem_add(c, big, sizeof big, b, NULL)) == CACHEM_OK)
+        k++;
+    CHECK(e == CACHEM_E_NO_ROOM && k > 10);
+    OK(cachem_verify(c));
+    OK(cachem_delete_pid(c, b, NULL));
+
+    OK(cachem_close(c));
+    OK(cachem_close(other));
+    OK(cachem_destroy("records", NULL));
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+struct shared {
+    cachem_t *c;
+    cachem_id_t owner;
+    int n;
+    int failures;
+    volatile int stage;
+};
+
+static void *worker(void *arg) {
+    struct shared *s = (struct shared *)arg;
+    for (int k = 0; k < s->n; k++) {
+        cachem_index_t ix;
+        char rec[32];
+        int len = snprintf(rec, sizeof rec, "t%lu-%d", (unsigned long)pthread_self() % 1000, k);
+        if (cachem_lock(s->c) != CACHEM_OK) {
+            s->failures++;
+            continue;
+        }
+        void *p;
+        size_t n;
+        if (cachem_add(s->c, rec, (size_t)len, s->owner, &ix) != CACHEM_OK ||
+            cachem_get(s->c, ix, &p, &n) != CACHEM_OK || n != (size_t)len || memcmp(p, rec, n) != 0)
+            s->failures++;
+        if (k % 2 == 0 && cachem_delete(s->c, ix) != CACHEM_OK)
+            s->failures++;
+        if (cachem_unlock(s->c) != CACHEM_OK)
+            s->failures++;
+    }
+    return NULL;
+}
+
+static void *unlock_from_other_thread(void *arg) {
+    struct shared *s = (struct shared *)arg;
+    /* This thread did not lock: unlocking is an error, not a release. */
+    s->failures += cachem_unlock(s->c) != CACHEM_E_NOT_LOCKED;
+    /* get without the lock is refused. */
+    void *p;
+    size_t n;
+    s->failures += cachem_get(s->c, 0, &p, &n) != CACHEM_E_NOT_LOCKED;
+    /* Closing while another thread holds the lock is refused. */
+    s->failures += cachem_close(s->c) != CACHEM_E_BUSY;
+    return NULL;
+}
+
+static void *exit_holding_lock(void *arg) {
+    struct shared *s = (struct shared *)arg;
+    s->failures += cachem_lock(s->c) != CACHEM_OK;
+    return NULL; /* thread exit releases the lock */
+}
+
+static void test_threads(void) {
+    section("two threads sharing a handle");
+    cachem_error_t err;
+    struct shared s = {0};
+    s.c = cachem_open("threads", SIZE, NULL, &err);
+    CHECK(s.c != NULL);
+    OK(cachem_id(s.c, "threads", &s.owner));
+    s.n = 500;
+    pthread_t t1, t2;
+    CHECK(pthread_create(&t1, NULL, worker, &s) == 0);
+    CHECK(pthread_create(&t2, NULL, worker, &s) == 0);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    CHECK(s.failures == 0);
+    CHECK(records(s.c) == 500);
+    OK(cachem_verify(s.c));
+
+    OK(cachem_lock(s.c));
+    CHECK(pthread_create(&t1, NULL, unlock_from_other_thread, &s) == 0);
+    pthread_join(t1, NULL);
+    CHECK(s.failures == 0);
+    OK(cachem_unlock(s.c));
+
+    /* A thread that exits holding the lock releases it. */
+    CHECK(pthread_create(&t1, NULL, exit_holding_lock, &s) == 0);
+    pthread_join(t1, NULL);
+    CHECK(s.failures == 0);
+    OK(cachem_lock(s.c));
+    OK(cachem_unlock(s.c));
+    OK(cachem_close(s.c));
+    OK(cachem_destroy("threads", NULL));
+}
+
+/* ---- processes ---------------------------------------------------------- */
+
+static void test_fork(void) {
+    section("fork: children insert and exit, or are SIGKILLed holding the lock");
+    cachem_error_t err;
+    cachem_t *c = cachem_open(NULL, SIZE, NULL, &err); /* anonymous, shared by fork */
+    CHECK(c != NULL);
+    cachem_id_t owner;
+    OK(cachem_id(c, "children", &owner)); /* resolved before the fork */
+
+    enum { KIDS = 4 };
+    pid_t kids[KIDS];
+    for (int k = 0; k < KIDS; k++) {
+        kids[k] = fork();
+        CHECK(kids[k] >= 0);
+        if (kids[k] == 0) {
+            /* Two owned records and three process-scoped ones, then _exit
+             * without closing: as a crashed or careless child. */
+            OK(cachem_lock(c));
+            OK(cachem_add(c, "owned", 5, owner, NULL));
+            OK(cachem_add(c, "owned", 5, owner, NULL));
+            OK(cachem_unlock(c));
+            for (int j = 0; j < 3; j++)
+                OK(cachem_add(c, "scoped", 6, CACHEM_INVALID_ID, NULL));
+            cachem_index_t i = CACHEM_INVALID_INDEX;
+            int mine = 0;
+            while (cachem_get_pid(c, owner, i, &i) == CACHEM_OK && i != CACHEM_INVALID_INDEX)
+                mine++;
+            _exit(mine == 2 ? 0 : 3);
+        }
+    }
+    for (int k = 0; k < KIDS; k++) {
+        int st = reap_child(kids[k]);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    CHECK(records(c) == KIDS * 5);
+    cachem_stat_t s;
+    OK(cachem_stat(c, &s));
+    CHECK(s.processes == KIDS && s.dead_processes == KIDS);
+    cachem_reap_report_t rep;
+    OK(cachem_reap(c, &rep));
+    CHECK(rep.processes == KIDS && rep.records == KIDS * 3);
+    CHECK(records(c) == KIDS * 2); /* owned records stay */
+
+    /* A child killed with SIGKILL while it holds the lock mid-work. */
+    int pipefd[2];
+    CHECK(pipe(pipefd) == 0);
+    pid_t k = fork();
+    CHECK(k >= 0);
+    if (k == 0) {
+        close(pipefd[0]);
+        OK(cachem_add(c, "doomed", 6, CACHEM_INVALID_ID, NULL));
+        OK(cachem_lock(c));
+        OK(cachem_add(c, "doomed", 6, CACHEM_INVALID_ID, NULL));
+        if (write(pipefd[1], "L", 1) != 1)
+            _exit(4);
+        for (;;)
+            pause();
+    }
+    close(pipefd[1]);
+    char ch;
+    CHECK(read(pipefd[0], &ch, 1) == 1);
+    close(pipefd[0]);
+    CHECK(kill(k, SIGKILL) == 0);
+    int st = reap_child(k);
+    CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    /* The next lock recovers and reaps the dead holder's records. */
+    OK(cachem_lock(c));
+    OK(cachem_verify(c));
+    OK(cachem_unlock(c));
+    OK(cachem_stat(c, &s));
+    CHECK(s.recoveries >= 1);
+    CHECK(s.records == KIDS * 2);
+
+    /* Children see ids resolved by the parent after they ran, too. */
+    cachem_id_t later;
+    OK(cachem_id(c, "children", &later));
+    CHECK(later == owner);
+    OK(cachem_close(c));
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+static void test_snapshots(void) {
+    section("save and restore");
+    cachem_error_t err;
+    char snap[4096], bad[4096];
+    snprintf(snap, sizeof snap, "%s/records.snap", dir);
+    snprintf(bad, sizeof bad, "%s/bad.snap", dir);
+
+    cachem_t *c = cachem_open("snapsrc", SIZE, NULL, &err);
+    CHECK(c != NULL);
+    cachem_id_t a, u;
+    OK(cachem_id(c, "mod_slot", &a));
+    OK(cachem_id(c, NULL, &u));
+    OK(cachem_add(c, "alpha", 5, a, NULL));
+    OK(cachem_add(c, "beta", 4, a, NULL));
+    OK(cachem_add(c, "unnamed", 7, u, NULL));
+    OK(cachem_add(c, "process", 7, CACHEM_INVALID_ID, NULL)); /* not saved */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, NULL));
+    EXPECT(CACHEM_E_IO, cachem_save(c, "/nonexistent-dir/x.snap"));
+    OK(cachem_save(c, snap));
+    OK(cachem_close(c));
+
+    /* A fresh region with other ids: names are resolved again. */
+    cachem_t *d = cachem_open("snapdst", SIZE, NULL, &err);
+    CHECK(d != NULL);
+    cachem_id_t pad, a2;
+    OK(cachem_id(d, "someone else", &pad));
+    OK(cachem_restore(d, snap));
+    OK(cachem_id(d, "mod_slot", &a2));
+    char buf[64];
+    size_t n;
+    cachem_index_t i = CACHEM_INVALID_INDEX;
+    int seen = 0;
+    while (cachem_get_id(d, a2, i, &i) == CACHEM_OK && i != CACHEM_INVALID_INDEX) {
+        OK(cachem_read(d, i, buf, sizeof buf, &n));
+        CHECK((n == 5 && memcmp(buf, "alpha", 5) == 0) || (n == 4 && memcmp(buf, "beta", 4) == 0));
+        seen++;
+    }
+    CHECK(seen == 2);
+    CHECK(records(d) == 3);
+
+    /* Damaged: one byte flipped. Foreign: not a snapshot. Nothing changes. */
+    FILE *in = fopen(snap, "rb");
+    CHECK(in != NULL);
+    static unsigned char bytes[65536];
+    size_t len = fread(bytes, 1, sizeof bytes, in);
+    fclose(in);
+    CHECK(len > 40);
+    bytes[len / 2] ^= 0x20;
+    FILE *out = fopen(bad, "wb");
+    CHECK(out != NULL && fwrite(bytes, 1, len, out) == len);
+    fclose(out);
+    EXPECT(CACHEM_E_SNAPSHOT, cachem_restore(d, bad));
+    CHECK(strstr(cachem_last_error_message(d), "checksum") != NULL);
+    out = fopen(bad, "wb");
+    CHECK(out != NULL);
+    fputs("this is not a snapshot at all, just text\n", out);
+    fclose(out);
+    EXPECT(CACHEM_E_SNAPSHOT, cachem_restore(d, bad));
+    CHECK(strstr(cachem_last_error_message(d), "not a cachem snapshot") != NULL);
+    EXPECT(CACHEM_E_IO, cachem_restore(d, "/nonexistent-dir/x.snap"));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_restore(d, NULL));
+    CHECK(records(d) == 3);
+    OK(cachem_verify(d));
+    OK(cachem_close(d));
+    OK(cachem_destroy("snapsrc", NULL));
+    OK(cachem_destroy("snapdst", NULL));
+}
+
+int main(void) {
+    dir = getenv("CACHEM_DIR");
+    if (dir == NULL || dir[0] != '/') {
+        fprintf(stderr, "set CACHEM_DIR to an absolute scratch directory\n");
+        return 2;
+    }
+    test_strerror();
+    test_open_errors();
+    test_bad_handles();
+    test_records();
+    test_threads();
+    test_snapshots();
+    test_fork();
+    fprintf(stderr, "all C checks passed\n");
+    return 0;
+}

@@ -1,0 +1,79 @@
+//! The status report as JSON: the text of `cachem stat --json` and of the C
+//! ABI's `cachem_status_json`. The keys are stable.
+
+use crate::{sys, Cache, CacheStatus, Guard, PidStatus, Result, Status};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+impl CacheStatus {
+    /// The status as JSON (stable keys; see docs/design.md).
+    pub fn to_json(&self) -> Value {
+        let r = &self.region;
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        json!({
+            "path": self.path.as_ref().map(|p| p.display().to_string()),
+            "size": r.size,
+            "header_bytes": r.header_size,
+            "used_bytes": r.used_bytes,
+            "free_bytes": r.free_bytes,
+            "table_bytes": r.table_bytes,
+            "records": r.records,
+            "slots": r.slots,
+            "free_slots": r.free_slots,
+            "generation": format!("{:016x}", r.generation),
+            "boot_id": hex(&r.boot_id),
+            "recovery_required": r.recovery_required,
+            "owners": r.owners.iter().map(|o| json!({
+                "id": o.owner.get(),
+                "name": if o.owner.is_process() { None } else { self.owner_name(o.owner) },
+                "records": o.records,
+                "bytes": o.bytes,
+            })).collect::<Vec<_>>(),
+            "pids": self.pids.iter().map(|p| json!({
+                "pid": p.pid,
+                "alive": p.alive,
+                "records": p.records,
+                "bytes": p.bytes,
+            })).collect::<Vec<_>>(),
+            "counters": {
+                "inserts": r.counters.inserts,
+                "removes": r.counters.removes,
+                "bytes_moved": r.counters.bytes_moved,
+                "reaped_records": r.counters.reaped_records,
+                "recoveries": r.counters.recoveries,
+            },
+        })
+    }
+}
+
+impl Cache {
+    /// [`Cache::status`] through a guard this thread already holds (taking
+    /// the lock again would be an error).
+    pub fn status_locked(&self, g: &Guard<'_>) -> Result<CacheStatus> {
+        self.status_of(g.status()?)
+    }
+
+    /// Adds owner names and process liveness to an engine status.
+    pub(crate) fn status_of(&self, region: Status) -> Result<CacheStatus> {
+        // A region whose registry was never used has no names; looking
+        // must not create the store.
+        let owner_names: BTreeMap<_, String> = if self.store.exists() {
+            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let pids = region
+            .pids
+            .iter()
+            .map(|p| PidStatus {
+                pid: p.pid,
+                start_time: p.start_time,
+                alive: sys::process::is_alive(p.pid, p.start_time),
+                records: p.records,
+                bytes: p.bytes,
+            })
+            .collect();
+        Ok(CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids })
+    }
+}

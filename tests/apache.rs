@@ -1,0 +1,794 @@
+//! mod_cachem against a real Apache httpd 2.4 (issue 13).
+//!
+//! Each test writes its own httpd.conf into a temporary directory, starts
+//! `/usr/sbin/apache2 -f conf -DFOREGROUND` in its own session (setsid,
+//! empty environment), drives requests over loopback with `std::net`, and
+//! stops the server by its pid (SIGTERM, bounded wait, SIGKILL). The modules
+//! are built by `make apache` (run once here if needed; it installs the
+//! Debian packages when missing). Every wait is bounded.
+//!
+//! Under root the children run as www-data, so the region, lockfile and id
+//! store must be usable by them.
+
+mod common;
+
+use common::TempDir;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Builds the modules once per test binary; returns (mod_cachem, example).
+fn modules() -> &'static (PathBuf, PathBuf) {
+    static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = Path::new(ROOT).join("target/apache");
+        let built = (dir.join("mod_cachem.so"), dir.join("mod_cachem_example.so"));
+        // For modules built by other means (a libcachem from elsewhere).
+        if std::env::var_os("CACHEM_APACHE_NO_MAKE").is_some() {
+            assert!(built.0.exists() && built.1.exists(), "CACHEM_APACHE_NO_MAKE: no modules in {dir:?}");
+            return built;
+        }
+        let out = Command::new("make")
+            .args(["--no-print-directory", "-s", "apache"])
+            .current_dir(ROOT)
+            .output()
+            .expect("running make apache");
+        assert!(
+            out.status.success(),
+            "make apache failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        built
+    })
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A parsed HTTP/1.0 reply.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// One request on its own connection (HTTP/1.0: the server closes it).
+fn get(port: u16, path: &str) -> std::io::Result<Reply> {
+    get_timeout(port, path, Duration::from_secs(30))
+}
+
+fn get_timeout(port: u16, path: &str, limit: Duration) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad reply to {path}: {text:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Reply { status, headers, body: body.to_string() })
+}
+
+fn get_ok(port: u16, path: &str) -> Reply {
+    let r = get(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(r.status, 200, "GET {path}: {r:?}");
+    r
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mpm {
+    Prefork,
+    Worker,
+    Event,
+}
+
+impl Mpm {
+    fn name(self) -> &'static str {
+        match self {
+            Mpm::Prefork => "prefork",
+            Mpm::Worker => "worker",
+            Mpm::Event => "event",
+        }
+    }
+    fn settings(self) -> &'static str {
+        match self {
+            Mpm::Prefork => {
+                "StartServers 3\nMinSpareServers 3\nMaxSpareServers 5\nServerLimit 5\n\
+                 MaxRequestWorkers 5\n"
+            }
+            Mpm::Worker | Mpm::Event => {
+                "StartServers 2\nServerLimit 4\nThreadLimit 4\nThreadsPerChild 4\n\
+                 MinSpareThreads 4\nMaxSpareThreads 16\nMaxRequestWorkers 16\n"
+            }
+        }
+    }
+}
+
+/// A test server: its directory, configuration and running parent.
+struct Httpd {
+    dir: TempDir,
+    port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Httpd {
+    /// Writes the configuration (`extra` is appended) without starting.
+    fn configure(tag: &str, mpm: Mpm, extra: &str) -> Httpd {
+        let (module, example) = modules();
+        let dir = TempDir::new(&format!("httpd-{tag}"));
+        let d = dir.path();
+        for sub in ["run", "htdocs", "logs"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("htdocs/index.html"), "hello from a static file\n").unwrap();
+        let port = free_port();
+        let user = if is_root() { "User www-data\nGroup www-data\n" } else { "" };
+        // The example module is loaded before mod_cachem on purpose: the
+        // optional functions work whatever the order.
+        let conf = format!(
+            "ServerRoot \"{d}\"\nServerName 127.0.0.1\nListen 127.0.0.1:{port}\n\
+             PidFile {d}/run/httpd.pid\nDefaultRuntimeDir {d}/run\nErrorLog {d}/logs/error.log\n\
+             LogLevel info\n\
+             LoadModule mpm_{mpm}_module /usr/lib/apache2/modules/mod_mpm_{mpm}.so\n\
+             LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so\n\
+             LoadModule status_module /usr/lib/apache2/modules/mod_status.so\n\
+             LoadModule cachem_example_module {example}\n\
+             LoadModule cachem_module {module}\n\
+             {user}DocumentRoot {d}/htdocs\n\
+             <Directory />\n  Require all granted\n</Directory>\n\
+             <Location /server-status>\n  SetHandler server-status\n</Location>\n\
+             <Location /cachem>\n  SetHandler cachem-example\n</Location>\n\
+             {settings}{extra}\n",
+            d = d.display(),
+            mpm = mpm.name(),
+            example = example.display(),
+            module = module.display(),
+            settings = mpm.settings(),
+        );
+        let path = d.join("httpd.conf");
+        std::fs::write(&path, conf).unwrap();
+        Httpd { dir, port, conf: path, child: None }
+    }
+
+    fn start(tag: &str, mpm: Mpm, extra: &str) -> Httpd {
+        let mut h = Httpd::configure(tag, mpm, extra);
+        h.launch();
+        h
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir().join("run")
+    }
+
+    /// Starts the parent and waits (bounded) until it serves: exactly one
+    /// request (the successful probe) is served.
+    fn launch(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("setsid")
+            .args(["env", "-i", "PATH=/usr/sbin:/usr/bin:/bin", "/usr/sbin/apache2", "-f"])
+            .arg(&self.conf)
+            .arg("-DFOREGROUND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting apache2");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = get_timeout(self.port, "/index.html", Duration::from_secs(5)) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("apache2 exited at start ({st}):\n{}", self.log());
+            }
+            assert!(Instant::now() < end, "apache2 did not serve within 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("logs/error.log")).unwrap_or_default()
+    }
+
+    /// The parent's live children.
+    fn children(&self) -> Vec<u32> {
+        let parent = self.pid();
+        let mut v = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(rest) = stat.rsplit_once(')').map(|x| x.1) else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 2 && f[0] != "Z" && f[1].parse::<u32>().ok() == Some(parent) {
+                v.push(pid);
+            }
+        }
+        v
+    }
+
+    /// The reaper process (named `cachem-reaper`).
+    fn reaper(&self) -> Option<u32> {
+        self.children().into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "cachem-reaper")
+                .unwrap_or(false)
+        })
+    }
+
+    /// SIGTERM, up to 20 s, then SIGKILL of the parent and its process
+    /// group (its own session). Returns whether the stop was clean.
+    fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let pid = child.id();
+        signal(pid, "TERM");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.success();
+            }
+            if Instant::now() > end {
+                signal(pid, "KILL");
+                // The session is the server's own: its group id is its pid.
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful restart (SIGUSR1); waits until the new generation serves.
+    fn graceful(&mut self) {
+        let before = self.log().matches("resuming normal operations").count();
+        signal(self.pid(), "USR1");
+        let end = Instant::now() + Duration::from_secs(20);
+        while self.log().matches("resuming normal operations").count() <= before {
+            assert!(Instant::now() < end, "no graceful restart within 20 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        while get_timeout(self.port, "/index.html", Duration::from_secs(5)).map(|r| r.status).ok()
+            != Some(200)
+        {
+            assert!(Instant::now() < end, "not serving after the restart:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log has no crash of a process (a jump into unloaded code, a
+    /// panic, an abort).
+    fn assert_no_crash(&self) {
+        let log = self.log();
+        for bad in ["Segmentation fault", "AH00052", "panicked", "exit signal", "AH00051"] {
+            assert!(!log.contains(bad), "the error log reports a crash ({bad}):\n{log}");
+        }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// The example page: (hits, [(child pid, requests)]).
+fn example(h: &Httpd) -> (u64, Vec<(u32, u64)>) {
+    let p = page(h);
+    (p.hits, p.kids)
+}
+
+/// Everything the example page shows.
+struct Page {
+    hits: u64,
+    kids: Vec<(u32, u64)>,
+    owners: BTreeMap<String, u64>,
+}
+
+fn page(h: &Httpd) -> Page {
+    let r = match get(h.port, "/cachem") {
+        Ok(r) if r.status == 200 => r,
+        other => panic!("GET /cachem: {other:?}\n{}", h.log()),
+    };
+    let mut hits = None;
+    let mut kids = Vec::new();
+    let mut owners = BTreeMap::new();
+    for l in r.body.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["hits", n] => hits = n.parse().ok(),
+            ["child", pid, "requests", n] => kids.push((pid.parse().unwrap(), n.parse().unwrap())),
+            ["owner", id, name] => {
+                owners.insert(name.to_string(), id.parse().unwrap());
+            }
+            _ => {}
+        }
+    }
+    Page { hits: hits.unwrap_or_else(|| panic!("no hits line: {}", r.body)), kids, owners }
+}
+
+/// server-status?auto: the `Cachem*` lines.
+fn status_auto(port: u16) -> BTreeMap<String, String> {
+    let r = get_ok(port, "/server-status?auto");
+    r.body
+        .lines()
+        .filter(|l| l.starts_with("Cachem"))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn cachem_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cachem")).args(args).output().expect("running cachem")
+}
+
+fn stat_json(run: &Path, name: &str) -> serde_json::Value {
+    let out = cachem_cli(&["--dir", run.to_str().unwrap(), "stat", "--json", name]);
+    assert!(out.status.success(), "cachem stat: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("cachem stat --json output")
+}
+
+fn verify(run: &Path, name: &str) {
+    let out = cachem_cli(&["--dir", run.to_str().unwrap(), "verify", name]);
+    assert!(
+        out.status.success(),
+        "cachem verify failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `requests` requests from `clients` threads; every 25th is the churn URL.
+/// Returns the child pids that answered.
+fn load(port: u16, requests: usize, clients: usize) -> BTreeSet<u32> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let next = next.clone();
+            std::thread::spawn(move || {
+                let mut pids = BTreeSet::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= requests {
+                        return pids;
+                    }
+                    let path = if i % 25 == 24 { "/cachem?churn" } else { "/index.html" };
+                    let r = get_ok(port, path);
+                    if let Some(p) = r.headers.get("x-cachem-child") {
+                        pids.insert(p.parse::<u32>().unwrap());
+                    }
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
+
+const NAMED: &str = "CACHEM cache.shm 1M\nCACHEMReapInterval 1\n";
+
+#[test]
+fn prefork_recycling_counts_every_request_and_status_matches_stat() {
+    let mut h = Httpd::start("prefork", Mpm::Prefork, &format!("{NAMED}MaxConnectionsPerChild 10\n"));
+    let (h0, _) = example(&h);
+    let seen = load(h.port, 500, 2);
+    // +1: the example page counts itself.
+    let (hits, kids) = example(&h);
+    assert_eq!(hits, h0 + 501, "lost or extra updates of the shared counter");
+    assert!(seen.len() > 5, "children were not recycled: {seen:?}");
+    assert!(kids.len() <= 5, "more child records than children: {kids:?}");
+    for (pid, n) in &kids {
+        assert!(alive(*pid), "the record of exited child {pid} ({n} requests) was not purged");
+    }
+    let gone: Vec<_> = seen.iter().filter(|p| !alive(**p)).collect();
+    assert!(!gone.is_empty());
+
+    // server-status (?auto and HTML) against `cachem stat --json` from
+    // outside. The status request may land on a fresh child (one more
+    // record) or recycle one: retry until two status reads bracket it.
+    let mut agreed = false;
+    for _ in 0..20 {
+        let a = status_auto(h.port);
+        let j = stat_json(&h.run_dir(), "cache.shm");
+        let b = status_auto(h.port);
+        if a != b {
+            continue;
+        }
+        let n = |k: &str| a[k].parse::<u64>().unwrap();
+        assert_eq!(n("CachemSize"), j["size"].as_u64().unwrap());
+        if n("CachemRecords") == j["records"].as_u64().unwrap()
+            && n("CachemUsedBytes") == j["used_bytes"].as_u64().unwrap()
+            && n("CachemFreeBytes") == j["free_bytes"].as_u64().unwrap()
+        {
+            assert_eq!(n("CachemInserts"), j["counters"]["inserts"].as_u64().unwrap());
+            assert_eq!(n("CachemRemoves"), j["counters"]["removes"].as_u64().unwrap());
+            let owners = j["owners"].as_array().unwrap();
+            assert_eq!(n("CachemOwners"), owners.len() as u64, "{a:?} vs {j}");
+            let ex = owners
+                .iter()
+                .find(|o| o["name"] == "mod_cachem_example")
+                .unwrap_or_else(|| panic!("no mod_cachem_example owner in {j}"));
+            let id = ex["id"].as_u64().unwrap();
+            assert_eq!(a[&format!("CachemOwner{id}")], format!("mod_cachem_example 1 8"));
+            agreed = true;
+            break;
+        }
+    }
+    assert!(agreed, "server-status never agreed with cachem stat");
+    let html = get_ok(h.port, "/server-status").body;
+    assert!(html.contains("<h2><a name=\"cachem\">mod_cachem</a></h2>"), "{html}");
+    assert!(html.contains("mod_cachem_example"), "{html}");
+    assert!(html.contains("process-scoped"), "{html}");
+    assert!(h.stop(), "unclean stop:\n{}", h.log());
+    h.assert_no_crash();
+    verify(&h.run_dir(), "cache.shm");
+    // After the stop no process-scoped record is left (clean exits).
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    assert_eq!(j["records"], 1, "{j}");
+}
+
+#[test]
+fn sigkilled_children_are_reaped_within_the_interval() {
+    // Five children, one spare is enough: killing three leaves two idle,
+    // so the parent starts no replacement (whose attach would reap) and
+    // only the reaper process can clean up.
+    let h = Httpd::start(
+        "reap",
+        Mpm::Prefork,
+        &format!("{NAMED}StartServers 5\nMinSpareServers 1\nMaxSpareServers 5\n"),
+    );
+    let reaper = h.reaper().expect("no cachem-reaper process");
+    if is_root() {
+        let uid = std::fs::metadata(format!("/proc/{reaper}")).unwrap().uid();
+        assert_ne!(uid, 0, "the reaper process still runs as root");
+    }
+    // Requests until three children hold a record.
+    let end = Instant::now() + Duration::from_secs(30);
+    let kids = loop {
+        let _ = load(h.port, 10, 3);
+        let (_, kids) = example(&h);
+        if kids.len() >= 4 {
+            break kids;
+        }
+        assert!(Instant::now() < end, "four children never served: {kids:?}");
+    };
+    let victims: Vec<u32> = kids.iter().take(3).map(|k| k.0).collect();
+    let killed = Instant::now();
+    kill_and_wait(&victims);
+    // CACHEMReapInterval 1 + 2 s. (Only their process-scoped records go:
+    // the hit counter belongs to whichever child added it.)
+    let end = killed + Duration::from_secs(3);
+    loop {
+        let (_, now) = example(&h);
+        let left: Vec<u32> = now.iter().map(|k| k.0).filter(|p| victims.contains(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < end, "records of killed children {left:?} not reaped in 3 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("reaped {:?} after {:?}", victims, killed.elapsed());
+    // By the reaper process (maybe in two passes).
+    let by_reaper: u64 = h
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("[pid {reaper}:")))
+        .filter_map(|l| l.split("mod_cachem: reaped ").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(by_reaper, 3, "not reaped by the reaper process:\n{}", h.log());
+
+    // Kill every worker left: replacements start and work.
+    let workers: Vec<u32> = h.children().into_iter().filter(|p| *p != reaper).collect();
+    kill_and_wait(&workers);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = get(h.port, "/index.html") {
+            if r.status == 200 {
+                let pid: u32 = r.headers["x-cachem-child"].parse().unwrap();
+                assert!(!workers.contains(&pid) && !victims.contains(&pid));
+                break;
+            }
+        }
+        assert!(Instant::now() < end, "no replacement child served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, now) = example(&h);
+    for (pid, _) in &now {
+        assert!(alive(*pid), "record of dead child {pid} left: {now:?}");
+    }
+    verify(&h.run_dir(), "cache.shm");
+}
+
+/// SIGKILLs `pids` and waits until they are gone (a victim may have been
+/// accepting a connection as it died: no request before that).
+fn kill_and_wait(pids: &[u32]) {
+    for p in pids {
+        signal(*p, "KILL");
+    }
+    let t = Instant::now();
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(t.elapsed() < Duration::from_secs(5), "SIGKILLed children still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn child_killed_holding_the_lock_is_recovered() {
+    let h = Httpd::start("lockkill", Mpm::Prefork, &format!("{NAMED}CachemExampleTestURLs On\n"));
+    let (before, _) = example(&h);
+    let mut s = TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /cachem?lock-sleep=120 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let pid = loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "no lock line");
+        if let Some(p) = line.trim().strip_prefix("locked pid=") {
+            break p.parse::<u32>().unwrap();
+        }
+    };
+    signal(pid, "KILL");
+    let started = Instant::now();
+    // The next requests recover the lock; none hangs.
+    for _ in 0..5 {
+        let r = get_timeout(h.port, "/index.html", Duration::from_secs(15)).expect("request after the kill");
+        assert_eq!(r.status, 200);
+    }
+    let (after, _) = example(&h);
+    // The lock-sleep request was counted before it locked: +1, +5, +1.
+    assert_eq!(after, before + 7);
+    eprintln!("recovered in {:?}", started.elapsed());
+    let a = status_auto(h.port);
+    assert!(a["CachemRecoveries"].parse::<u64>().unwrap() >= 1, "{a:?}");
+    verify(&h.run_dir(), "cache.shm");
+}
+
+fn owner_id(port: u16, name: &str) -> u64 {
+    let a = status_auto(port);
+    a.iter()
+        .find(|(k, v)| {
+            k.starts_with("CachemOwner") && k != &"CachemOwners" && v.starts_with(&format!("{name} "))
+        })
+        .map(|(k, _)| k["CachemOwner".len()..].parse().unwrap())
+        .unwrap_or_else(|| panic!("no owner {name} in {a:?}"))
+}
+
+fn graceful_restart_and_stop(tag: &str, cachem: &str) {
+    let mut h = Httpd::start(tag, Mpm::Prefork, &format!("{cachem}MaxConnectionsPerChild 0\n"));
+    let _ = load(h.port, 40, 2);
+    let (hits, _) = example(&h);
+    let ids = page(&h).owners;
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(owner_id(h.port, "mod_cachem_example"), ids["mod_cachem_example"]);
+    let old = h.children();
+    h.graceful();
+    let (after, kids) = example(&h);
+    // +1 for the check above, +1 for this page, + the restart's probe(s).
+    assert!(after >= hits + 2 && after <= hits + 5, "hits {hits} -> {after}");
+    assert_eq!(page(&h).owners, ids, "owner ids changed at a graceful restart");
+    for (pid, _) in &kids {
+        assert!(!old.contains(pid) || alive(*pid), "a record of an old-generation child is left");
+    }
+    // A second restart, then a stop: nothing jumps into unloaded code.
+    h.graceful();
+    let _ = example(&h);
+    assert!(h.stop(), "unclean stop:\n{}", h.log());
+    h.assert_no_crash();
+    assert!(h.log().contains("keeps the region"), "{}", h.log());
+}
+
+#[test]
+fn graceful_restart_keeps_records_and_ids_named() {
+    graceful_restart_and_stop("graceful-named", NAMED);
+}
+
+#[test]
+fn graceful_restart_keeps_records_and_ids_anonymous() {
+    graceful_restart_and_stop("graceful-anon", "CACHEM NULL 65536\nCACHEMReapInterval 1\n");
+}
+
+#[test]
+fn stop_and_start_with_and_without_persist() {
+    let mut h = Httpd::configure(
+        "persist",
+        Mpm::Prefork,
+        &format!("{NAMED}CACHEMPersist cache.snapshot\nMaxConnectionsPerChild 0\n"),
+    );
+    h.launch();
+    let _ = load(h.port, 30, 2);
+    let (hits, _) = example(&h);
+    assert!(h.stop(), "unclean stop:\n{}", h.log());
+    assert!(h.run_dir().join("cache.snapshot").exists(), "no snapshot:\n{}", h.log());
+    let gen1 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
+
+    h.launch();
+    let (restored, _) = example(&h);
+    // + the start's probe request + this page.
+    assert_eq!(restored, hits + 2, "the hit counter was not restored:\n{}", h.log());
+    assert!(h.log().contains("records restored"), "{}", h.log());
+    assert!(h.stop());
+    let gen2 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
+    assert_ne!(gen1, gen2, "a fresh start must make a new region generation");
+
+    // Without CACHEMPersist: a fresh, empty region and registry generation.
+    let conf = std::fs::read_to_string(&h.conf).unwrap().replace("CACHEMPersist cache.snapshot\n", "");
+    std::fs::write(&h.conf, conf).unwrap();
+    h.launch();
+    let (fresh, _) = example(&h);
+    assert_eq!(fresh, 2, "a start without CACHEMPersist must start empty (probe + page)");
+    assert!(h.stop());
+    let gen3 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
+    assert_ne!(gen2, gen3);
+    h.assert_no_crash();
+}
+
+fn threaded_no_lost_update(mpm: Mpm) {
+    let h = Httpd::start(mpm.name(), mpm, &format!("{NAMED}MaxConnectionsPerChild 100\n"));
+    let (h0, _) = example(&h);
+    let _ = load(h.port, 500, 8);
+    let (hits, kids) = example(&h);
+    assert_eq!(hits, h0 + 501, "lost updates under {mpm:?}");
+    for (pid, _) in &kids {
+        assert!(alive(*pid), "record of exited child {pid} left");
+    }
+    verify(&h.run_dir(), "cache.shm");
+}
+
+#[test]
+fn worker_mpm_no_lost_update() {
+    threaded_no_lost_update(Mpm::Worker);
+}
+
+#[test]
+fn event_mpm_no_lost_update() {
+    threaded_no_lost_update(Mpm::Event);
+}
+
+#[test]
+fn bad_directive_values_fail_the_config_test() {
+    let cases: &[(&str, &str)] = &[
+        ("CACHEM cache.shm 1001", "CACHEM"),
+        ("CACHEM cache.shm 1024", "CACHEM"),
+        ("CACHEM cache.shm lots", "CACHEM"),
+        ("CACHEM cache.shm", "CACHEM"),
+        ("CACHEMlockFile relative.lock", "CACHEMlockFile"),
+        ("CACHEMDBM ids", "CACHEMDBM"),
+        ("CACHEMReap sometimes", "CACHEMReap"),
+        ("CACHEMReapInterval -1", "CACHEMReapInterval"),
+        ("CACHEMReapInterval soon", "CACHEMReapInterval"),
+        ("CACHEMMode 0999", "CACHEMMode"),
+        ("CACHEMMode 0400", "CACHEMMode"),
+        ("CACHEMPersist /tmp/", "CACHEMPersist"),
+        ("<VirtualHost 127.0.0.1:1>\nCACHEM vhost.shm 8192\n</VirtualHost>", "CACHEM"),
+        ("<Directory /tmp>\nCACHEMReapInterval 5\n</Directory>", "CACHEMReapInterval"),
+    ];
+    let t = |h: &Httpd| {
+        Command::new("env")
+            .args(["-i", "PATH=/usr/sbin:/usr/bin:/bin", "/usr/sbin/apache2", "-t", "-f"])
+            .arg(&h.conf)
+            .output()
+            .unwrap()
+    };
+    let good = Httpd::configure(
+        "conftest",
+        Mpm::Prefork,
+        "CACHEM cache.shm 64K\nCACHEMlockFile /tmp/x.lock\nCACHEMDBM /tmp/x.ids\nCACHEMReap all\n\
+         CACHEMReapInterval 0\nCACHEMMode 0660\nCACHEMPersist off\n",
+    );
+    let out = t(&good);
+    assert!(out.status.success(), "a good config fails: {}", String::from_utf8_lossy(&out.stderr));
+    for (line, name) in cases {
+        let h = Httpd::configure("conftest", Mpm::Prefork, line);
+        let out = t(&h);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "`{line}` passed apache2 -t");
+        assert!(
+            err.contains(&format!("{name} ")) || err.contains(&format!("{name}:")),
+            "`{line}`: the error does not name {name}: {err}"
+        );
+    }
+}
+
+/// `make bench`: requests/s (ab, 2 concurrent clients, prefork) of a static
+/// file without and with the counting hook, and of the example URL.
+#[test]
+#[ignore]
+fn bench_apache() {
+    let n = std::env::var("CACHEM_AB_REQUESTS").unwrap_or_else(|_| "20000".into());
+    let ab = |port: u16, path: &str| -> f64 {
+        let out = Command::new("ab")
+            .args(["-q", "-k", "-n", &n, "-c", "2", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .expect("running ab (apache2-utils)");
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(s.contains("Failed requests:        0"), "{s}");
+        s.lines()
+            .find(|l| l.starts_with("Requests per second:"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no rate in: {s}"))
+    };
+    let settings = "CACHEM cache.shm 1M\nMaxConnectionsPerChild 0\nKeepAlive On\nMaxKeepAliveRequests 0\n";
+    let mut off = Httpd::start("bench-off", Mpm::Prefork, &format!("{settings}CachemExampleCount Off\n"));
+    let _ = ab(off.port, "/index.html");
+    let static_plain = ab(off.port, "/index.html");
+    off.stop();
+    let mut on = Httpd::start("bench-on", Mpm::Prefork, settings);
+    let _ = ab(on.port, "/index.html");
+    let static_counted = ab(on.port, "/index.html");
+    let example_url = ab(on.port, "/cachem");
+    on.stop();
+    let us = |r: f64| 1e6 / r * 2.0; // 2 clients: per-request service time
+    let report = format!(
+        "| URL (prefork, ab -k -c 2 -n {n}) | requests/s | µs per request (2 clients) |\n\
+         |---|---:|---:|\n\
+         | static file, counting hook off | {static_plain:.0} | {:.1} |\n\
+         | static file, counting hook on (lock + in-place counter + child record) | {static_counted:.0} | {:.1} |\n\
+         | example URL `/cachem` (counting + lock + list of child records) | {example_url:.0} | {:.1} |\n\n\
+         Cost of the counting hook per request: {:.1} µs.\n",
+        us(static_plain),
+        us(static_counted),
+        us(example_url),
+        us(static_counted) - us(static_plain),
+    );
+    println!("{report}");
+    let doc = Path::new(ROOT).join("docs/apache.md");
+    if let Ok(text) = std::fs::read_to_string(&doc) {
+        let (a, b) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+        if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
+            let new = format!("{}{a}\n{report}{}", &text[..i], &text[j..]);
+            std::fs::write(&doc, new).unwrap();
+        }
+    }
+}
