@@ -10,7 +10,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 HEADER := crates/cachem-capi/include/cachem.h
 CBINDGEN := cbindgen --quiet --config cbindgen.toml --crate cachem-capi
 
-.PHONY: all demo test fmt-check clippy header-check unit bench bench-quick torture fuzz clean c-tools header capi install apache apache-deps bench-apache test-tools assets
+.PHONY: all demo test fmt-check clippy header-check unit bench bench-quick torture fuzz clean c-tools header capi install apache apache-deps bench-apache test-tools assets deb deb-deps deb-test
 
 all: test
 
@@ -155,3 +155,29 @@ bench-apache: apache
 
 clean:
 	$(CARGO) clean
+
+## Debian packages (dpkg-deb; see docs/operations.md, "Packages"):
+## target/deb/cachem_<version>_<arch>.deb (CLI, man pages, completions,
+## libcachem, cachem.h, cachem.pc) and
+## target/deb/libapache2-mod-cachem_<version>_<arch>.deb (mod_cachem,
+## mod_cachem_example, mods-available/cachem.{load,conf}, mod_cachem.h).
+MULTIARCH = $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
+DEB_STAGE := target/deb-stage
+deb: deb-deps apache assets
+	rm -rf $(DEB_STAGE)
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_STAGE) PREFIX=/usr \
+	  LIBDIR=/usr/lib/$(MULTIARCH) INCLUDEDIR=/usr/include
+	sh packaging/deb/build.sh target/deb $(DEB_STAGE)
+
+deb-deps:
+	@for p in dpkg-dev binutils gzip; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+## Installs both packages, enables the module with a2enmod, runs the packaged
+## httpd on a free loopback port with its own config, checks the cachem
+## section of /server-status?auto, stops it, purges both packages and checks
+## nothing of cachem is left. Needs root; leaves the machine as it found it.
+deb-test: deb
+	sh packaging/deb/test.sh target/deb

@@ -618,3 +618,41 @@ fn zsh_completion_loads_and_defines_every_command() {
     }
     assert!(text.contains("prometheus") && text.contains("--watch="), "stat options missing");
 }
+
+// ---- the Debian packaging's files ----
+
+#[test]
+fn packaged_cachem_conf_shows_every_directive_of_mod_cachem_commented_out() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = std::fs::read_to_string(root.join("apache/mod_cachem.c")).unwrap();
+    let conf = std::fs::read_to_string(root.join("packaging/deb/cachem.conf")).unwrap();
+    let directives: Vec<&str> = src
+        .split("AP_INIT_")
+        .skip(1)
+        .filter_map(|s| s.split_once("(\"").and_then(|(_, r)| r.split_once('"')).map(|(name, _)| name))
+        .collect();
+    assert!(directives.len() >= 7 && directives.contains(&"CACHEM"), "{directives:?}");
+    for d in &directives {
+        let line = conf
+            .lines()
+            .map(str::trim)
+            .find(|l| l.strip_prefix('#').is_some_and(|r| r.starts_with(&format!("{d} "))));
+        assert!(line.is_some(), "cachem.conf lacks a commented `#{d} <default>` line");
+    }
+    // Nothing is switched on: every line inside <IfModule> is a comment.
+    for l in conf.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        assert!(l.starts_with("<IfModule") || l.starts_with("</IfModule"), "active line in cachem.conf: {l}");
+    }
+    let load = std::fs::read_to_string(root.join("packaging/deb/cachem.load")).unwrap();
+    assert!(load.contains("LoadModule cachem_module /usr/lib/apache2/modules/mod_cachem.so"), "{load}");
+    assert!(src.contains("module AP_MODULE_DECLARE_DATA cachem_module"), "the module name changed");
+}
+
+#[test]
+fn packaging_scripts_are_valid_shell() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/deb");
+    for f in ["build.sh", "test.sh", "apache.prerm", "apache.postrm"] {
+        let o = Command::new("sh").arg("-n").arg(dir.join(f)).output().unwrap();
+        assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
