@@ -51,11 +51,12 @@ header-check: c-tools
 	  echo "$(HEADER) is stale: run make header and commit it"; exit 1; fi; rm -f $$tmp
 
 ## The C libraries (panic = abort, see docs/c-api.md) and the header:
-## target/release/libcachem.{a,so}.
+## built in target/capi/, copied to target/release/libcachem.{a,so} (as new
+## files: cargo's own release build of the crate hard-links that path).
 capi: header
 	$(CARGO) build --profile capi -p cachem-capi
 	mkdir -p target/release
-	cp target/capi/libcachem.a target/capi/libcachem.so target/release/
+	cp --remove-destination target/capi/libcachem.a target/capi/libcachem.so target/release/
 
 ## Installs libcachem, cachem.h, cachem.map and cachem.pc under PREFIX.
 install: capi

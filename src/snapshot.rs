@@ -8,7 +8,10 @@
 //! process, so they are not saved). Owner ids are not portable (another
 //! region hands out other ids), so restore resolves each name again; an owner
 //! without a name (a [`Cache::unique_id`]) gets one fresh unique id for all
-//! its records. Restored records carry the restoring process's pid.
+//! its records. Restored records carry the restoring process's pid: in a
+//! region created with `reap_all_records_of_dead_processes` they are reaped
+//! once that process is gone, so restore from the long-lived process that
+//! owns them (the `cachem restore` command refuses such a region).
 //!
 //! ## File format (version 1, every integer little-endian)
 //!
@@ -294,7 +297,7 @@ impl Cache {
         }
         let file = std::fs::read(path).map_err(io("read snapshot"))?;
         let snap = parse(path, &file)?;
-        let max = self.lock()?.layout().max_record_len();
+        let max = self.max_record_len();
         if let Some((i, (_, d))) = snap.records.iter().enumerate().find(|(_, r)| r.1.len() as u64 > max) {
             return Err(bad(
                 path,

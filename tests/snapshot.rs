@@ -191,6 +191,15 @@ fn the_cli_saves_and_restores() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("restored 2 records"));
     let ls = String::from_utf8(run(&["ls", "two", "--owner", "jobs", "--json"]).stdout).unwrap();
     assert_eq!(serde_json::from_str::<serde_json::Value>(&ls).unwrap().as_array().unwrap().len(), 2);
+    // A --reap-all region would reap what this short-lived command restores.
+    assert!(run(&["create", "all", "--size", "64K", "--reap-all"]).status.success());
+    let o = run(&["restore", "all", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--reap-all"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     std::fs::write(&f, b"garbage").unwrap();
     let o = run(&["restore", "two", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));

@@ -6,7 +6,10 @@
  * cachem_error_t and lists below the codes it returns; the calling thread's
  * detail text is cachem_last_error_message(). Misuse (NULL pointers, a
  * closed handle, unlock without lock, a stale index) is an error code,
- * never undefined behaviour.
+ * never undefined behaviour. In every function taking a handle, a NULL
+ * handle is CACHEM_E_INVALID_ARGUMENT and a closed, unknown or forged one
+ * CACHEM_E_MISUSE; a NULL out-pointer that is not marked optional is
+ * CACHEM_E_INVALID_ARGUMENT.
  *
  * Typical use (mod_cachem's loops, on an explicit handle):
  *
@@ -175,11 +178,16 @@ typedef struct {
    */
   uint32_t mode;
   /**
-   * -1: unchanged. Else (as root) give every file made to this uid.
+   * -1: unchanged. Else give everything cachem makes for the region
+   * (region file, lockfile, id store and its files, the runtime
+   * directory when cachem made it) to this user: a server started as
+   * root whose workers run as another user. Only root may; for others
+   * `cachem_open` fails.
    */
   int64_t owner_uid;
   /**
-   * -1: unchanged. Else (as root) give every file made to this gid.
+   * -1: unchanged (with `owner_uid` set: this process's group). Else the
+   * group, as `owner_uid`.
    */
   int64_t owner_gid;
   /**
@@ -355,12 +363,15 @@ void cachem_options_init(cachem_options_t *opts);
  * defaults. Dead processes' records are reaped on attach.
  *
  * Returns the handle, or NULL with `*err` set (if `err` is not NULL) to:
- * - `CACHEM_E_INVALID_ARGUMENT`: bad name, size, mode, reap value, an
- *   unknown `opts->struct_size`, anonymous with size 0;
+ * - `CACHEM_E_INVALID_ARGUMENT`: bad name, size, mode, reap value, owner
+ *   id, an unknown `opts->struct_size`, anonymous with size 0, an option
+ *   the existing region cannot honour (e.g. `CACHEM_REAP_ALL` on a region
+ *   created without it);
  * - `CACHEM_E_NOT_FOUND`: `attach_only` (or size 0) and no such region;
  * - `CACHEM_E_SIZE_MISMATCH`: the region exists with another size;
  * - `CACHEM_E_CORRUPT`, `CACHEM_E_VERSION`: the file is not a usable region;
- * - `CACHEM_E_PERMISSION`, `CACHEM_E_IO`: the files could not be made or opened;
+ * - `CACHEM_E_PERMISSION`, `CACHEM_E_IO`: the files could not be made,
+ *   opened or given to `owner_uid` / `owner_gid` (root only);
  * - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
  *   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
  *   another handle), `CACHEM_E_INTERNAL`.
@@ -383,7 +394,8 @@ cachem_t *cachem_open(const char *name,
  *
  * Returns `CACHEM_OK` (also for NULL), or:
  * - `CACHEM_E_BUSY`: a thread (this one included) holds the lock through
- *   this handle; nothing was closed;
+ *   this handle, or a call through it is running on another thread;
+ *   nothing was closed;
  * - `CACHEM_E_MISUSE`: not an open handle (already closed?).
  *
  * # Safety

@@ -53,21 +53,10 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         E::PidNamespace { .. } => CACHEM_E_PID_NAMESPACE,
         E::Registry(_) => CACHEM_E_REGISTRY,
         E::Snapshot { .. } => CACHEM_E_SNAPSHOT,
-        E::Io { op, source, .. } => {
-            if source.kind() == std::io::ErrorKind::PermissionDenied {
-                CACHEM_E_PERMISSION
-            } else if *op == "lock"
-                && source.raw_os_error().is_none()
-                && source.to_string().contains("already holds")
-            {
-                // EDEADLK from the error-checking mutex (region.rs words it
-                // so): this thread locked through a handle we do not know,
-                // e.g. the Rust API in the same thread.
-                CACHEM_E_ALREADY_LOCKED
-            } else {
-                CACHEM_E_IO
-            }
-        }
+        E::AlreadyLocked { .. } => CACHEM_E_ALREADY_LOCKED,
+        E::OptionMismatch { .. } => CACHEM_E_INVALID_ARGUMENT,
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => CACHEM_E_PERMISSION,
+        E::Io { .. } => CACHEM_E_IO,
         // A variant added to cachem-core after this file was written.
         _ => CACHEM_E_INTERNAL,
     }
@@ -85,6 +74,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 
 /// Runs one entry point: no panic crosses into C, and a failure's detail is
 /// kept for `cachem_last_error_message` (prefixed with the function name).
+#[inline]
 pub(crate) fn ffi(func: &str, f: impl FnOnce() -> Result<(), Fail>) -> cachem_error_t {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CACHEM_OK,

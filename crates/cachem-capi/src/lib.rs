@@ -123,9 +123,14 @@ pub struct cachem_options_t {
     /// Permission bits of the files created (region, lockfile, id store);
     /// must include 0600 and be at most 0777. Default 0600.
     pub mode: u32,
-    /// -1: unchanged. Else (as root) give every file made to this uid.
+    /// -1: unchanged. Else give everything cachem makes for the region
+    /// (region file, lockfile, id store and its files, the runtime
+    /// directory when cachem made it) to this user: a server started as
+    /// root whose workers run as another user. Only root may; for others
+    /// `cachem_open` fails.
     pub owner_uid: i64,
-    /// -1: unchanged. Else (as root) give every file made to this gid.
+    /// -1: unchanged (with `owner_uid` set: this process's group). Else the
+    /// group, as `owner_uid`.
     pub owner_gid: i64,
     /// Runtime directory for relative names. NULL: `$CACHEM_DIR`, else
     /// `/dev/shm/cachem`.
@@ -321,9 +326,16 @@ unsafe fn config(name: *const c_char, size: u64, o: &cachem_options_t) -> Result
         r => return Err(Fail::invalid(format!("reap is {r}; use a cachem_reap_t"))),
     };
     if o.owner_uid != -1 || o.owner_gid != -1 {
-        return Err(Fail::invalid(
-            "owner_uid / owner_gid are not supported by this build yet (leave them -1)",
-        ));
+        let id = |v: i64, what: &str, current: u32| -> Result<u32, Fail> {
+            match v {
+                -1 => Ok(current),
+                0..=0xFFFF_FFFE => Ok(v as u32),
+                _ => Err(Fail::invalid(format!("{what} {v} is not a valid id (-1: unchanged)"))),
+            }
+        };
+        // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        c = c.owner(id(o.owner_uid, "owner_uid", euid)?, id(o.owner_gid, "owner_gid", egid)?);
     }
     Ok(c)
 }
@@ -381,12 +393,15 @@ pub unsafe extern "C" fn cachem_options_init(opts: *mut cachem_options_t) {
 /// defaults. Dead processes' records are reaped on attach.
 ///
 /// Returns the handle, or NULL with `*err` set (if `err` is not NULL) to:
-/// - `CACHEM_E_INVALID_ARGUMENT`: bad name, size, mode, reap value, an
-///   unknown `opts->struct_size`, anonymous with size 0;
+/// - `CACHEM_E_INVALID_ARGUMENT`: bad name, size, mode, reap value, owner
+///   id, an unknown `opts->struct_size`, anonymous with size 0, an option
+///   the existing region cannot honour (e.g. `CACHEM_REAP_ALL` on a region
+///   created without it);
 /// - `CACHEM_E_NOT_FOUND`: `attach_only` (or size 0) and no such region;
 /// - `CACHEM_E_SIZE_MISMATCH`: the region exists with another size;
 /// - `CACHEM_E_CORRUPT`, `CACHEM_E_VERSION`: the file is not a usable region;
-/// - `CACHEM_E_PERMISSION`, `CACHEM_E_IO`: the files could not be made or opened;
+/// - `CACHEM_E_PERMISSION`, `CACHEM_E_IO`: the files could not be made,
+///   opened or given to `owner_uid` / `owner_gid` (root only);
 /// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
 ///   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
 ///   another handle), `CACHEM_E_INTERNAL`.
@@ -409,7 +424,7 @@ pub unsafe extern "C" fn cachem_open(
         // SAFETY: per this function's contract.
         let cfg = unsafe { config(name, size, &o) }?;
         let cache = Cache::open(&cfg)?;
-        let max = cache.lock()?.layout().max_record_len();
+        let max = cache.max_record_len();
         out = state::register(cache, max)?;
         Ok(())
     });
@@ -429,7 +444,8 @@ pub unsafe extern "C" fn cachem_open(
 ///
 /// Returns `CACHEM_OK` (also for NULL), or:
 /// - `CACHEM_E_BUSY`: a thread (this one included) holds the lock through
-///   this handle; nothing was closed;
+///   this handle, or a call through it is running on another thread;
+///   nothing was closed;
 /// - `CACHEM_E_MISUSE`: not an open handle (already closed?).
 ///
 /// # Safety

@@ -77,6 +77,7 @@ static SLOTS: [Slot; MAX_HANDLES] = [FREE; MAX_HANDLES];
 /// Serialises `cachem_open` and `cachem_close` (never held during a lookup).
 static WRITER: Mutex<()> = Mutex::new(());
 
+#[inline]
 fn split(token: u64) -> Option<(usize, u32)> {
     let slot = ((token >> 32) & 0xFFFF) as usize;
     (token >> 48 == TAG && slot < MAX_HANDLES).then_some((slot, token as u32))
@@ -100,6 +101,7 @@ pub(crate) struct Use {
 
 impl std::ops::Deref for Use {
     type Target = Handle;
+    #[inline]
     fn deref(&self) -> &Handle {
         // SAFETY: `lookup` counted this `Use` in the slot's `users` after
         // checking the generation, and `unregister` frees the handle only
@@ -111,12 +113,14 @@ impl std::ops::Deref for Use {
 }
 
 impl Drop for Use {
+    #[inline]
     fn drop(&mut self) {
         self.slot.users.fetch_sub(1, Release);
     }
 }
 
 /// The open handle behind `token`, in use until the returned value drops.
+#[inline]
 pub(crate) fn lookup(token: u64) -> Result<Use, Fail> {
     if token == 0 {
         return Err(Fail::invalid("the handle is NULL"));
@@ -209,6 +213,7 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+#[inline]
 fn with_held<T>(f: impl FnOnce(&mut Vec<Held>) -> Result<T, Fail>) -> Result<T, Fail> {
     HELD.try_with(|held| match held.try_borrow_mut() {
         Ok(mut held) => f(&mut held),
@@ -245,26 +250,26 @@ pub(crate) fn lock(user: Use) -> Result<(), Fail> {
 
 /// Releases the lock this thread holds through `token`.
 pub(crate) fn unlock(token: u64) -> Result<(), Fail> {
-    let found =
-        with_held(|held| Ok(held.iter().position(|h| h.user.token == token).map(|i| held.swap_remove(i))))?;
-    match found {
-        Some(h) => {
-            // Unlocks, then ends the handle's use, outside the RefCell
-            // borrow.
-            drop(h);
-            Ok(())
+    // Dropping the `Held` unlocks and ends the handle's use; neither touches
+    // this thread's list again, so it may happen under the borrow.
+    let found = with_held(|held| match held.iter().position(|h| h.user.token == token) {
+        Some(i) => {
+            drop(held.swap_remove(i));
+            Ok(true)
         }
-        None => {
-            // A precise message: bad handle, or just not locked.
-            let handle = lookup(token)?;
-            let other = with_held(|held| Ok(held.iter().any(|h| h.user.generation == handle.generation)))?;
-            Err(Fail::not_locked(if other {
-                "this thread holds this region's lock through another handle; unlock that one"
-            } else {
-                "this thread does not hold the lock of this handle"
-            }))
-        }
+        None => Ok(false),
+    })?;
+    if found {
+        return Ok(());
     }
+    // A precise message: bad handle, or just not locked.
+    let handle = lookup(token)?;
+    let other = with_held(|held| Ok(held.iter().any(|h| h.user.generation == handle.generation)))?;
+    Err(Fail::not_locked(if other {
+        "this thread holds this region's lock through another handle; unlock that one"
+    } else {
+        "this thread does not hold the lock of this handle"
+    }))
 }
 
 /// Runs `f` with this thread's guard of the handle's region, if it holds
@@ -311,6 +316,7 @@ pub(crate) fn with_guard<T>(
 /// thread holds the lock through this very handle, so neither the registry
 /// nor any atomic operation is needed. Otherwise the handle is looked up and
 /// [`with_guard`] locks as needed.
+#[inline]
 pub(crate) fn locked<T>(
     token: u64,
     f: impl FnOnce(&Handle, &mut Guard<'_>) -> Result<T, Fail>,
@@ -335,6 +341,7 @@ pub(crate) fn locked<T>(
 
 /// As [`locked`], but only if this thread holds the lock (through this
 /// handle or another of the same region): `None` otherwise, `f` not called.
+#[inline]
 pub(crate) fn held_only<T>(
     token: u64,
     f: impl FnOnce(&mut Guard<'_>) -> Result<T, Fail>,
@@ -383,5 +390,125 @@ pub(crate) fn set_last_error(msg: &str) {
 /// call (or its exit).
 pub(crate) fn last_error_ptr() -> *const std::ffi::c_char {
     static EMPTY: [u8; 1] = [0];
-    LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(EMPTY.as_ptr().cast())
+    LAST_ERROR
+        .try_with(|e| e.try_borrow().map(|e| e.as_ptr()).unwrap_or(EMPTY.as_ptr().cast()))
+        .unwrap_or(EMPTY.as_ptr().cast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cachem_error_t::*;
+    use cachem_rs::Config;
+
+    fn open() -> u64 {
+        let cache = Cache::open(&Config::anonymous(1 << 16)).unwrap();
+        register(cache, 100).unwrap()
+    }
+
+    #[test]
+    fn null_forged_and_closed_tokens_are_errors() {
+        assert_eq!(lookup(0).err().unwrap().code, CACHEM_E_INVALID_ARGUMENT);
+        assert_eq!(lookup(0x1234).err().unwrap().code, CACHEM_E_MISUSE);
+        assert_eq!(lookup(TAG << 48 | 0xFFFF << 32 | 1).err().unwrap().code, CACHEM_E_MISUSE);
+        let t = open();
+        assert_eq!(lookup(t).unwrap().token, t);
+        drop(unregister(t).unwrap());
+        assert_eq!(lookup(t).err().unwrap().code, CACHEM_E_MISUSE);
+        assert_eq!(unregister(t).err().unwrap().code, CACHEM_E_MISUSE);
+        // A reused slot gets another generation: the old token stays dead.
+        let t2 = open();
+        assert_ne!(t2, t);
+        assert_eq!(lookup(t).err().unwrap().code, CACHEM_E_MISUSE);
+        drop(unregister(t2).unwrap());
+    }
+
+    #[test]
+    fn a_handle_in_use_or_locked_cannot_be_closed() {
+        let t = open();
+        let u = lookup(t).unwrap();
+        assert_eq!(unregister(t).err().unwrap().code, CACHEM_E_BUSY);
+        assert_eq!(lookup(t).unwrap().token, t, "a refused close leaves the handle usable");
+        drop(u);
+        lock(lookup(t).unwrap()).unwrap();
+        assert_eq!(unregister(t).err().unwrap().code, CACHEM_E_BUSY);
+        assert_eq!(lock(lookup(t).unwrap()).err().unwrap().code, CACHEM_E_ALREADY_LOCKED);
+        // Another thread neither unlocks nor sees the lock as its own.
+        std::thread::spawn(move || {
+            assert_eq!(unlock(t).err().unwrap().code, CACHEM_E_NOT_LOCKED);
+            assert_eq!(held_only(t, |_| Ok(())).unwrap(), None);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(held_only(t, |_| Ok(7)).unwrap(), Some(7));
+        unlock(t).unwrap();
+        assert_eq!(unlock(t).err().unwrap().code, CACHEM_E_NOT_LOCKED);
+        drop(unregister(t).unwrap());
+    }
+
+    #[test]
+    fn a_caught_panic_is_internal_and_releases_this_threads_locks_for_recovery() {
+        let t = open();
+        lock(lookup(t).unwrap()).unwrap();
+        let code = crate::fail::ffi("cachem_test", || {
+            locked(t, |_, g| {
+                g.insert(cachem_rs::OwnerId(3), b"half done").unwrap();
+                panic!("a bug in the middle of a mutation");
+            })
+        });
+        assert_eq!(code, CACHEM_E_INTERNAL);
+        // SAFETY: last_error_ptr gives a NUL-terminated string that stays
+        // valid until this thread's next failure (none before the copy).
+        let msg = unsafe { std::ffi::CStr::from_ptr(last_error_ptr()) }.to_string_lossy().into_owned();
+        assert!(msg.contains("cachem_test") && msg.contains("a bug in the middle"), "{msg}");
+        // The lock was released, and the next locker recovers the region.
+        assert_eq!(held_only(t, |_| Ok(())).unwrap(), None);
+        let u = lookup(t).unwrap();
+        let g = u.cache.lock().unwrap();
+        assert!(g.recovered(), "the region was marked for recovery");
+        g.verify().unwrap();
+        drop(g);
+        drop(u);
+        drop(unregister(t).unwrap());
+    }
+
+    #[test]
+    fn lookups_racing_a_close_see_the_live_handle_or_an_error() {
+        for _ in 0..10 {
+            let t = open();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = (0..3)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let mut ok = 0u64;
+                        while !stop.load(Relaxed) {
+                            match lookup(t) {
+                                Ok(u) => {
+                                    assert_eq!((u.token, u.max_record_len), (t, 100));
+                                    ok += 1;
+                                }
+                                Err(e) => assert_eq!(e.code, CACHEM_E_MISUSE),
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let closed = loop {
+                match unregister(t) {
+                    Ok(h) => break h,
+                    Err(e) => assert_eq!(e.code, CACHEM_E_BUSY),
+                }
+            };
+            // Freed while the readers still run: none of them may hold it.
+            drop(closed);
+            stop.store(true, Relaxed);
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert!(lookup(t).is_err());
+        }
+    }
 }

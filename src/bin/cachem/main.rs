@@ -476,6 +476,18 @@ fn run(cli: Cli) -> CliResult {
         }
         Cmd::Restore { name, file } => {
             let cache = Cache::open(&existing(&dir, &name))?;
+            if cache.region().options() & cachem::format::OPT_REAP_ALL != 0 {
+                // Restored records carry this command's pid; in such a
+                // region the next reap after it exits would remove them.
+                return Err(Fail(
+                    format!(
+                        "region {name} reaps every record of a dead process (--reap-all): records \
+                         restored by this short-lived command would be reaped once it exits; restore \
+                         from the long-lived process that owns them (Cache::restore, cachem_restore)"
+                    ),
+                    1,
+                ));
+            }
             let r = cache.restore(&file)?;
             writeln!(
                 out,

@@ -10,10 +10,10 @@
  * directive, post_config), forks children that each run the module's
  * "handler" and exit; the parent checks what they left.
  *
- * Issue 11 (registry in a child forked after the parent used it): the
- * parent resolves no id before forking; the first child registers the
- * module's id alone (the registry's first use), the others then run
- * concurrently, and the parent resolves the name after they are gone.
+ * The parent resolves the module's id in post_config (so the children's
+ * cachem_id of the same name is memoised); each child also registers a name
+ * of its own, so the registry is used in children forked after the parent
+ * used it, concurrently.
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -29,7 +29,7 @@ static cachem_t *cache;
 typedef struct {
     pid_t pid;
     unsigned hits;
-    char note[24];
+    char note[40];
 } some_record_t;
 
 /* The module's method handler. Returns 0 when every loop behaved. */
@@ -93,6 +93,13 @@ static int handler(int round) {
     OK(cachem_unlock(cache));
     CHECK(n == 2);
 
+    /* A name no process registered yet, from this child. */
+    char own[64];
+    cachem_id_t own_id;
+    snprintf(own, sizeof own, "child %d", round);
+    OK(cachem_id(cache, own, &own_id));
+    CHECK(own_id != id && own_id != CACHEM_INVALID_ID);
+
     /* A process-scoped record: gone when this child exits. */
     OK(cachem_add(cache, "scratch", 7, CACHEM_INVALID_ID, NULL));
     return 0;
@@ -124,22 +131,26 @@ int main(void) {
     cachem_error_t err;
     cache = cachem_open("seed", 64 * 1024, NULL, &err);
     CHECK(cache != NULL);
+    cachem_id_t id;
+    OK(cachem_id(cache, __FILE__, &id)); /* post_config */
 
-    CHECK(wait_child(spawn(0)));
-    enum { KIDS = 3 };
+    enum { KIDS = 4 };
     pid_t kids[KIDS];
     for (int k = 0; k < KIDS; k++)
-        kids[k] = spawn(k + 1);
+        kids[k] = spawn(k);
     for (int k = 0; k < KIDS; k++)
         CHECK(wait_child(kids[k]));
 
     /* The parent, after the children: one record left by each, and the
-     * children's process-scoped records are reaped. */
-    cachem_id_t id;
-    OK(cachem_id(cache, __FILE__, &id));
+     * children's process-scoped records are reaped; their names are
+     * registered for everyone. */
+    cachem_id_t c0, c3;
+    OK(cachem_id(cache, "child 0", &c0));
+    OK(cachem_id(cache, "child 3", &c3));
+    CHECK(c0 != c3 && c0 != id);
     cachem_reap_report_t rep;
     OK(cachem_reap(cache, &rep));
-    CHECK(rep.records == KIDS + 1);
+    CHECK(rep.records == KIDS);
 
     cachem_index_t index = CACHEM_INVALID_INDEX;
     void *ptr;
@@ -152,7 +163,7 @@ int main(void) {
         n++;
     }
     OK(cachem_unlock(cache));
-    CHECK(n == KIDS + 1);
+    CHECK(n == KIDS);
 
     /* DELETING ALL RECORDS WITH A SPECIFIC ID */
     index = CACHEM_INVALID_INDEX;

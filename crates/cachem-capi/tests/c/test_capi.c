@@ -3,16 +3,13 @@
  * Built with -Wall -Werror -fsanitize=address,undefined against
  * libcachem.a and run by tests/c_programs.rs with CACHEM_DIR set to a fresh
  * directory. Exit status 0: all checks passed.
- *
- * The id registry of this build hangs in a child forked after the parent
- * used it (issue 11): children here never call cachem_id; ids are resolved
- * in the parent before the fork and passed as numbers.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -120,6 +117,17 @@ static void test_open_errors(void) {
     CHECK(c3 != NULL);
     OK(cachem_close(c2));
     OK(cachem_close(c3));
+    /* An option the existing region was not created with is refused, not
+     * ignored; so is an attach option on an anonymous region. */
+    cachem_options_init(&o);
+    o.reap = CACHEM_REAP_ALL;
+    CHECK(cachem_open("sized", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    CHECK(strstr(cachem_last_error_message(NULL), "option") != NULL);
+    cachem_options_init(&o);
+    o.attach_any_size = 1;
+    CHECK(cachem_open(NULL, SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
     OK(cachem_close(c));
 
     /* A file that is not a region. */
@@ -132,6 +140,28 @@ static void test_open_errors(void) {
     fclose(f);
     CHECK(cachem_open(path, 0, NULL, &err) == NULL);
     CHECK(err == CACHEM_E_CORRUPT);
+
+    /* owner_uid / owner_gid: root gives the files away; others cannot. */
+    cachem_options_init(&o);
+    o.owner_uid = -5;
+    CHECK(cachem_open("owned", SIZE, &o, &err) == NULL);
+    CHECK(err == CACHEM_E_INVALID_ARGUMENT);
+    cachem_options_init(&o);
+    o.owner_uid = 65534;
+    o.owner_gid = 65534;
+    o.mode = 0660;
+    c = cachem_open("owned", SIZE, &o, &err);
+    if (geteuid() == 0) {
+        CHECK(c != NULL);
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/owned", dir);
+        CHECK(stat(path, &sb) == 0 && sb.st_uid == 65534 && sb.st_gid == 65534);
+        CHECK((sb.st_mode & 0777) == 0660);
+        OK(cachem_close(c));
+        OK(cachem_destroy("owned", NULL));
+    } else {
+        CHECK(c == NULL && err != CACHEM_OK);
+    }
 
     EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_destroy(NULL, NULL));
     EXPECT(CACHEM_E_NOT_FOUND, cachem_destroy("never-made", NULL));
@@ -417,6 +447,65 @@ static void *exit_holding_lock(void *arg) {
     return NULL; /* thread exit releases the lock */
 }
 
+/* Adds and deletes until the handle is closed under it. */
+static void *hammer(void *arg) {
+    struct shared *s = (struct shared *)arg;
+    for (;;) {
+        cachem_index_t ix;
+        cachem_error_t e = cachem_add(s->c, "hammer", 6, s->owner, &ix);
+        if (e == CACHEM_E_MISUSE)
+            break;
+        if (e == CACHEM_OK)
+            e = cachem_delete(s->c, ix);
+        if (e != CACHEM_OK && e != CACHEM_E_MISUSE) {
+            s->failures++;
+            break;
+        }
+        s->stage = 1;
+    }
+    return NULL;
+}
+
+/* Locks and unlocks until the handle is closed under it. */
+static void *lock_hammer(void *arg) {
+    struct shared *s = (struct shared *)arg;
+    for (;;) {
+        cachem_error_t e = cachem_lock(s->c);
+        if (e == CACHEM_E_MISUSE)
+            break;
+        if (e != CACHEM_OK || cachem_unlock(s->c) != CACHEM_OK) {
+            s->failures++;
+            break;
+        }
+        s->stage = 1;
+    }
+    return NULL;
+}
+
+/* Closes `s->c` while another thread keeps calling through it: BUSY while
+ * a call or a lock is in progress, then closed; the other thread then gets
+ * MISUSE. Memory-safe at every point (ASan watches). */
+static void close_under_fire(void *(*fn)(void *)) {
+    cachem_error_t err;
+    struct shared s = {0};
+    s.c = cachem_open("fire", SIZE, NULL, &err);
+    CHECK(s.c != NULL);
+    s.owner = 7;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, fn, &s) == 0);
+    while (s.stage == 0)
+        usleep(100);
+    int busy = 0;
+    cachem_error_t e;
+    for (int i = 0; (e = cachem_close(s.c)) == CACHEM_E_BUSY && i < 10000000; i++)
+        busy++;
+    CHECK(e == CACHEM_OK);
+    pthread_join(t, NULL);
+    CHECK(s.failures == 0);
+    fprintf(stderr, "   closed after %d BUSY answers\n", busy);
+    OK(cachem_destroy("fire", NULL));
+}
+
 static void test_threads(void) {
     section("two threads sharing a handle");
     cachem_error_t err;
@@ -448,6 +537,10 @@ static void test_threads(void) {
     OK(cachem_unlock(s.c));
     OK(cachem_close(s.c));
     OK(cachem_destroy("threads", NULL));
+
+    section("close while another thread keeps calling");
+    close_under_fire(hammer);
+    close_under_fire(lock_hammer);
 }
 
 /* ---- processes ---------------------------------------------------------- */
@@ -466,6 +559,16 @@ static void test_fork(void) {
         kids[k] = fork();
         CHECK(kids[k] >= 0);
         if (kids[k] == 0) {
+            /* The registry works in a child forked after the parent used
+             * it: the parent's name (memoised), a new shared name, fresh
+             * unique ids. Answers go back through the exit status. */
+            cachem_id_t same, shared, u1, u2;
+            OK(cachem_id(c, "children", &same));
+            OK(cachem_id(c, "made by a child", &shared));
+            OK(cachem_id(c, NULL, &u1));
+            OK(cachem_id(c, NULL, &u2));
+            if (same != owner || u1 == u2 || shared == owner)
+                _exit(5);
             /* Two owned records and three process-scoped ones, then _exit
              * without closing: as a crashed or careless child. */
             OK(cachem_lock(c));
@@ -524,10 +627,19 @@ static void test_fork(void) {
     CHECK(s.recoveries >= 1);
     CHECK(s.records == KIDS * 2);
 
-    /* Children see ids resolved by the parent after they ran, too. */
-    cachem_id_t later;
+    /* The name the children registered is one id for everyone. */
+    cachem_id_t later, again;
     OK(cachem_id(c, "children", &later));
     CHECK(later == owner);
+    OK(cachem_id(c, "made by a child", &later));
+    pid_t k2 = fork();
+    CHECK(k2 >= 0);
+    if (k2 == 0) {
+        OK(cachem_id(c, "made by a child", &again));
+        _exit(again == later ? 0 : 6);
+    }
+    st = reap_child(k2);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     OK(cachem_close(c));
 }
 
