@@ -180,5 +180,7 @@ deb-deps:
 ## httpd on a free loopback port with its own config, checks the cachem
 ## section of /server-status?auto, stops it, purges both packages and checks
 ## nothing of cachem is left. Needs root; leaves the machine as it found it.
+## Not part of `make test`: the package build adds a capi-profile compile
+## (about 2 minutes on 2 cores); the test itself takes about 15 s.
 deb-test: deb
 	sh packaging/deb/test.sh target/deb

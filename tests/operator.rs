@@ -656,3 +656,23 @@ fn packaging_scripts_are_valid_shell() {
         assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+#[test]
+fn prometheus_dead_bytes_match_the_status_after_a_remove() {
+    // cachem_dead_bytes must equal the status's `dead_bytes` (format v2,
+    // deferred compaction); a status without that key (format v1, eager
+    // compaction: a remove closes its hole at once) means 0.
+    let d = TempDir::new("prom-dead");
+    let p = d.path();
+    ok(p, &["create", "app", "--size", "64K"]);
+    let a = ok(p, &["put", "app", "--owner", "jobs", "first record"]).trim().to_string();
+    ok(p, &["put", "app", "--owner", "jobs", "second record"]);
+    ok(p, &["del", "app", &a]);
+    let json: serde_json::Value = serde_json::from_str(&ok(p, &["stat", "app", "--json"])).unwrap();
+    let fams = parse_exposition(&ok(p, &["stat", "app", "--format", "prometheus"])).unwrap();
+    let dead = fams["cachem_dead_bytes"].samples[0].1;
+    assert_eq!(dead, json.get("dead_bytes").map_or(0.0, |v| v.as_f64().unwrap()), "{json}");
+    let free = fams["cachem_free_bytes"].samples[0].1;
+    assert_eq!(free, json["free_bytes"].as_f64().unwrap());
+    assert_eq!(fams["cachem_records"].samples[0].1, 1.0);
+}
