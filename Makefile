@@ -116,7 +116,7 @@ fuzz:
 ## target/apache/build, so the source tree stays clean).
 APXS ?= apxs
 APACHE_OUT := target/apache
-APACHE_PKGS := apache2 apache2-dev apache2-utils
+APACHE_PKGS := apache2 apache2-dev apache2-utils gcc
 CAPI_LIB := target/release/libcachem.a
 CAPI_INCLUDE := crates/cachem-capi/include
 APXS_CFLAGS := -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter -Wc,-Wno-missing-field-initializers -Wc,-O2

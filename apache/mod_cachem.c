@@ -726,17 +726,15 @@ static void reaper_maintenance(int reason, void *data, apr_wait_t status)
 {
     apr_proc_t *proc = data;
     (void)status;
-    if (reason == APR_OC_REASON_DEATH || reason == APR_OC_REASON_LOST
-        || reason == APR_OC_REASON_UNREGISTER) {
-        /* At UNREGISTER (pconf cleared) APR removes the record itself. */
-        if (reason != APR_OC_REASON_UNREGISTER)
-            apr_proc_other_child_unregister(data);
+    /* UNREGISTER: pconf is being cleared (a restart); the reaper lives on
+     * until post_config replaces it, and APR drops the record itself. */
+    if (reason == APR_OC_REASON_DEATH || reason == APR_OC_REASON_LOST) {
+        apr_proc_other_child_unregister(data);
         if (g_state && g_state->reaper_pid == proc->pid) {
             g_state->reaper_pid = 0;
-            if (reason != APR_OC_REASON_UNREGISTER)
-                ap_log_error(APLOG_MARK, APLOG_WARNING, 0, g_server,
-                             "mod_cachem: the reaper process %ld exited; the monitor hook "
-                             "reaps every 10 s instead", (long)proc->pid);
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, g_server,
+                         "mod_cachem: the reaper process %ld exited; the monitor hook "
+                         "reaps every 10 s instead", (long)proc->pid);
         }
     }
 }
@@ -777,7 +775,6 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     cachem_options_t opts;
     cachem_error_t e = CACHEM_OK;
     (void)plog;
-    (void)ptemp;
 
     /* The dry run: touch nothing (no file, no Rust code). */
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
@@ -794,23 +791,24 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     }
     g_state = st;
 
+    /* Computed in ptemp; what is adopted is copied to the process pool. */
     memset(&want, 0, sizeof(want));
-    want.dir = apr_pstrdup(pp, ap_runtime_dir_relative(pconf, ""));
-    want.path = cfg->path ? apr_pstrdup(pp, ap_runtime_dir_relative(pconf, cfg->path)) : NULL;
+    want.dir = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, ""));
+    want.path = cfg->path ? apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, cfg->path)) : NULL;
     want.size = cfg->size;
     if (cfg->lock_file)
-        want.lock_file = apr_pstrdup(pp, cfg->lock_file);
+        want.lock_file = apr_pstrdup(ptemp, cfg->lock_file);
     else if (want.path)
-        want.lock_file = apr_pstrcat(pp, want.path, ".lock", NULL);
+        want.lock_file = apr_pstrcat(ptemp, want.path, ".lock", NULL);
     else
-        want.lock_file = apr_pstrdup(pp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.lock"));
+        want.lock_file = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.lock"));
     if (cfg->dbm)
-        want.dbm = apr_pstrdup(pp, cfg->dbm);
+        want.dbm = apr_pstrdup(ptemp, cfg->dbm);
     else if (want.path)
-        want.dbm = apr_pstrcat(pp, want.path, ".ids", NULL);
+        want.dbm = apr_pstrcat(ptemp, want.path, ".ids", NULL);
     else
-        want.dbm = apr_pstrdup(pp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.ids"));
-    want.persist = cfg->persist ? apr_pstrdup(pp, ap_runtime_dir_relative(pconf, cfg->persist))
+        want.dbm = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.ids"));
+    want.persist = cfg->persist ? apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, cfg->persist))
                                 : NULL;
     want.reap = cfg->reap;
     want.mode = cfg->mode;
@@ -823,7 +821,8 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
 
     st->starts++;
     st->parent_pid = getpid();
-    st->persist = want.persist; /* may change at a restart */
+    /* May change at a restart. */
+    st->persist = want.persist ? apr_pstrdup(pp, want.persist) : NULL;
 
     if (st->cache && same_str(st->path, want.path) && st->size == want.size
         && same_str(st->lock_file, want.lock_file) && same_str(st->dbm, want.dbm)
@@ -846,11 +845,11 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         g_cache = NULL;
     }
 
-    st->path = want.path;
+    st->path = want.path ? apr_pstrdup(pp, want.path) : NULL;
     st->size = want.size;
-    st->lock_file = want.lock_file;
-    st->dbm = want.dbm;
-    st->dir = want.dir;
+    st->lock_file = apr_pstrdup(pp, want.lock_file);
+    st->dbm = apr_pstrdup(pp, want.dbm);
+    st->dir = apr_pstrdup(pp, want.dir);
     st->reap = want.reap;
     st->mode = want.mode;
     st->uid = want.uid;

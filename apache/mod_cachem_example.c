@@ -13,7 +13,8 @@
  *   to exercise compaction under load.
  * - Test only (`CachemExampleTestURLs On`): `?lock-sleep=N` takes the lock,
  *   sends one line and sleeps N seconds holding it (the crash test SIGKILLs
- *   the child meanwhile).
+ *   the child meanwhile); `?stale` uses an index after deleting its record
+ *   (mod_cachem refuses it and logs the index and the reason).
  *
  * Only mod_cachem.h is needed; LoadModule order does not matter.
  */
@@ -58,8 +59,10 @@ typedef struct {
     int test_urls; /* CachemExampleTestURLs On|Off (default Off) */
 } example_cfg;
 
-/* Ids are the same in every process of a server run: resolve once per
- * process (a benign race between threads: they all get the same value). */
+/* Ids are the same in every process of a server run: resolved once in the
+ * parent (example_post_config) and inherited by the children; a child
+ * resolves them itself if that failed (a benign race between threads: they
+ * all get the same value). */
 static ap_cachem_id_t example_owner;
 static ap_cachem_id_t churn_owner;
 
@@ -248,6 +251,23 @@ static int example_handler(request_rec *r)
         ap_rputs("unlocked\n", r);
         return OK;
     }
+    if (r->args && strcmp(r->args, "stale") == 0) {
+        /* Test only: use an index after its record was deleted. mod_cachem
+         * refuses it (never another record) and logs index and reason. */
+        ap_cachem_index_t i2;
+        char x = 'x';
+        if (!cfg->test_urls)
+            return HTTP_NOT_FOUND;
+        i2 = ap_cachem_add(&x, 1, churn_owner);
+        if (i2 == AP_CACHEM_INVALID_INDEX || ap_cachem_delete(i2, 0) != APR_SUCCESS)
+            return HTTP_SERVICE_UNAVAILABLE;
+        if (ap_cachem_lock() != APR_SUCCESS)
+            return HTTP_SERVICE_UNAVAILABLE;
+        ap_rprintf(r, "index %" APR_UINT64_T_FMT " %s\n", i2,
+                   ap_cachem_get(i2, NULL) ? "resolved" : "refused");
+        ap_cachem_unlock();
+        return OK;
+    }
     if (r->args && strcmp(r->args, "churn") == 0) {
         churn(r);
         return OK;
@@ -279,18 +299,36 @@ static void retrieve(void)
     ap_cachem_retrieve();
 }
 
+/* Resolve the owner ids once in the parent (after mod_cachem made the
+ * region), so every child inherits them: no registry access per child.
+ * Skips post_config's dry run, where there is no cache yet. */
+static int example_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                               server_rec *s)
+{
+    (void)plog;
+    (void)ptemp;
+    (void)s;
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
+        return OK;
+    example_owner = ap_cachem_id(EXAMPLE_OWNER, pconf);
+    churn_owner = ap_cachem_id(CHURN_OWNER, pconf);
+    return OK; /* on failure the ids are resolved again per child */
+}
+
 static const command_rec example_cmds[] = {
     AP_INIT_FLAG("CachemExampleCount", set_count, NULL, RSRC_CONF,
                  "count every request in the shared hit counter (default On)"),
     AP_INIT_FLAG("CachemExampleTestURLs", set_test_urls, NULL, RSRC_CONF,
-                 "test only: enable ?lock-sleep=N (default Off)"),
+                 "test only: enable ?lock-sleep=N and ?stale (default Off)"),
     {NULL}
 };
 
 static void register_hooks(apr_pool_t *p)
 {
     (void)p;
+    static const char *const after_cachem[] = {"mod_cachem.c", NULL};
     ap_hook_optional_fn_retrieve(retrieve, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(example_post_config, after_cachem, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_read_request(count_request, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(example_handler, NULL, NULL, APR_HOOK_MIDDLE);
 }

@@ -256,13 +256,28 @@ impl Httpd {
         v
     }
 
+    /// The parent's first mapping of mod_cachem.so (its address range).
+    fn module_mapping(&self) -> Option<String> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).ok()?;
+        maps.lines()
+            .find(|l| l.ends_with("/mod_cachem.so"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+    }
+
     /// The reaper process (named `cachem-reaper`).
     fn reaper(&self) -> Option<u32> {
-        self.children().into_iter().find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .map(|c| c.trim() == "cachem-reaper")
-                .unwrap_or(false)
-        })
+        self.reapers().first().copied()
+    }
+
+    fn reapers(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == "cachem-reaper")
+                    .unwrap_or(false)
+            })
+            .collect()
     }
 
     /// SIGTERM, up to 20 s, then SIGKILL of the parent and its process
@@ -419,19 +434,32 @@ const NAMED: &str = "CACHEM cache.shm 1M\nCACHEMReapInterval 1\n";
 
 #[test]
 fn prefork_recycling_counts_every_request_and_status_matches_stat() {
-    let mut h = Httpd::start("prefork", Mpm::Prefork, &format!("{NAMED}MaxConnectionsPerChild 10\n"));
+    // prefork replaces recycled children only in its once-a-second
+    // maintenance: ten children keep 500 requests within a few seconds.
+    let mut h = Httpd::start(
+        "prefork",
+        Mpm::Prefork,
+        &format!(
+            "{NAMED}MaxConnectionsPerChild 10\nStartServers 10\nMinSpareServers 10\n\
+             MaxSpareServers 10\nServerLimit 10\nMaxRequestWorkers 10\n"
+        ),
+    );
+    // Nothing is made in the dry run of post_config: one region per start.
+    assert_eq!(h.log().matches("mod_cachem: region").count(), 1, "{}", h.log());
     let (h0, _) = example(&h);
     let seen = load(h.port, 500, 2);
     // +1: the example page counts itself.
     let (hits, kids) = example(&h);
     assert_eq!(hits, h0 + 501, "lost or extra updates of the shared counter");
-    assert!(seen.len() > 5, "children were not recycled: {seen:?}");
-    assert!(kids.len() <= 5, "more child records than children: {kids:?}");
-    for (pid, n) in &kids {
-        assert!(alive(*pid), "the record of exited child {pid} ({n} requests) was not purged");
-    }
+    assert!(seen.len() > 10, "children were not recycled: {seen:?}");
+    assert!(kids.len() <= 10, "more child records than children: {kids:?}");
+    assert!(!kids.is_empty());
+    no_dead_records(&h);
     let gone: Vec<_> = seen.iter().filter(|p| !alive(**p)).collect();
     assert!(!gone.is_empty());
+    // The recycled children's own cleanup removed their records: the
+    // reaper found nothing to do.
+    assert_eq!(status_auto(h.port)["CachemReaps"], "0", "records left to the reaper");
 
     // server-status (?auto and HTML) against `cachem stat --json` from
     // outside. The status request may land on a fresh child (one more
@@ -467,6 +495,11 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
     assert!(agreed, "server-status never agreed with cachem stat");
     let html = get_ok(h.port, "/server-status").body;
     assert!(html.contains("<h2><a name=\"cachem\">mod_cachem</a></h2>"), "{html}");
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    let region = format!("cache.shm</code>: {} bytes, ", j["size"]);
+    assert!(html.contains(&region), "{region} not in {html}");
+    let owners = format!("<h3>Owners ({})</h3>", j["owners"].as_array().unwrap().len());
+    assert!(html.contains(&owners), "{owners} not in {html}");
     assert!(html.contains("mod_cachem_example"), "{html}");
     assert!(html.contains("process-scoped"), "{html}");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
@@ -550,6 +583,22 @@ fn sigkilled_children_are_reaped_within_the_interval() {
     verify(&h.run_dir(), "cache.shm");
 }
 
+/// Every child record on the example page belongs to a live child. A child
+/// may be on its way out (its cleanup not run yet) when the page is made:
+/// retried for up to 5 s.
+fn no_dead_records(h: &Httpd) {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, kids) = example(h);
+        let dead: Vec<_> = kids.iter().filter(|(pid, _)| !alive(*pid)).collect();
+        if dead.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "records of exited children left: {dead:?}\n{}", h.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// SIGKILLs `pids` and waits until they are gone (a victim may have been
 /// accepting a connection as it died: no request before that).
 fn kill_and_wait(pids: &[u32]) {
@@ -592,6 +641,13 @@ fn child_killed_holding_the_lock_is_recovered() {
     let a = status_auto(h.port);
     assert!(a["CachemRecoveries"].parse::<u64>().unwrap() >= 1, "{a:?}");
     verify(&h.run_dir(), "cache.shm");
+
+    // A stale index is refused, and the error log names it and the reason.
+    let r = get_ok(h.port, "/cachem?stale").body;
+    let index: u64 = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(r.ends_with("refused\n"), "{r}");
+    let line = format!("cachem_get(index {index:#x}) failed: ");
+    assert!(h.log().contains(&line), "no `{line}` in:\n{}", h.log());
 }
 
 fn owner_id(port: u16, name: &str) -> u64 {
@@ -612,18 +668,28 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(owner_id(h.port, "mod_cachem_example"), ids["mod_cachem_example"]);
     let old = h.children();
+    let mapped = h.module_mapping();
+    assert!(mapped.is_some(), "mod_cachem.so not mapped in the parent");
     h.graceful();
+    // The module pinned itself: same mapping, so the cleanups it registered
+    // on the process pool never jump into unloaded code.
+    assert_eq!(h.module_mapping(), mapped, "mod_cachem.so was unloaded at the restart");
     let (after, kids) = example(&h);
     // +1 for the check above, +1 for this page, + the restart's probe(s).
     assert!(after >= hits + 2 && after <= hits + 5, "hits {hits} -> {after}");
     assert_eq!(page(&h).owners, ids, "owner ids changed at a graceful restart");
-    for (pid, _) in &kids {
-        assert!(!old.contains(pid) || alive(*pid), "a record of an old-generation child is left");
-    }
+    // Old-generation children purge their records as they exit.
+    assert!(kids.iter().any(|(pid, _)| !old.contains(pid)), "no new-generation child: {kids:?}");
+    no_dead_records(&h);
+    // Their own cleanup did it, not the reaper.
+    assert_eq!(status_auto(h.port)["CachemReaps"], "0");
     // A second restart, then a stop: nothing jumps into unloaded code.
     h.graceful();
     let _ = example(&h);
+    let reaper = h.reaper().expect("no reaper process after the restarts");
+    assert_eq!(h.reapers().len(), 1, "the restarts left several reaper processes");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
+    assert!(!alive(reaper), "the reaper process outlived the server");
     h.assert_no_crash();
     assert!(h.log().contains("keeps the region"), "{}", h.log());
 }
@@ -674,14 +740,16 @@ fn stop_and_start_with_and_without_persist() {
 }
 
 fn threaded_no_lost_update(mpm: Mpm) {
-    let h = Httpd::start(mpm.name(), mpm, &format!("{NAMED}MaxConnectionsPerChild 100\n"));
+    // No recycling here: a threaded child that reaches
+    // MaxConnectionsPerChild may reset connections it accepted as it exits,
+    // and a request that may or may not have run breaks the exact count.
+    let h = Httpd::start(mpm.name(), mpm, NAMED);
     let (h0, _) = example(&h);
-    let _ = load(h.port, 500, 8);
-    let (hits, kids) = example(&h);
+    let seen = load(h.port, 500, 8);
+    let (hits, _) = example(&h);
     assert_eq!(hits, h0 + 501, "lost updates under {mpm:?}");
-    for (pid, _) in &kids {
-        assert!(alive(*pid), "record of exited child {pid} left");
-    }
+    assert!(!seen.is_empty());
+    no_dead_records(&h);
     verify(&h.run_dir(), "cache.shm");
 }
 
@@ -745,14 +813,21 @@ fn bad_directive_values_fail_the_config_test() {
 #[test]
 #[ignore]
 fn bench_apache() {
-    let n = std::env::var("CACHEM_AB_REQUESTS").unwrap_or_else(|_| "20000".into());
+    let n = std::env::var("CACHEM_AB_REQUESTS").unwrap_or_else(|_| "10000".into());
     let ab = |port: u16, path: &str| -> f64 {
         let out = Command::new("ab")
             .args(["-q", "-k", "-n", &n, "-c", "2", &format!("http://127.0.0.1:{port}{path}")])
             .output()
             .expect("running ab (apache2-utils)");
         let s = String::from_utf8_lossy(&out.stdout);
-        assert!(s.contains("Failed requests:        0"), "{s}");
+        // The example page's length varies with the counter: ab counts
+        // that as a "Length" failure, which is no failure here.
+        assert!(
+            s.contains("Failed requests:        0") || s.contains("(Connect: 0, Receive: 0, Length:"),
+            "{s}"
+        );
+        assert!(s.contains("Exceptions: 0)") || s.contains("Failed requests:        0"), "{s}");
+        assert!(!s.contains("Non-2xx responses"), "{s}");
         s.lines()
             .find(|l| l.starts_with("Requests per second:"))
             .and_then(|l| l.split_whitespace().nth(3))
@@ -761,17 +836,28 @@ fn bench_apache() {
     };
     let settings = "CACHEM cache.shm 1M\nMaxConnectionsPerChild 0\nKeepAlive On\nMaxKeepAliveRequests 0\n";
     let mut off = Httpd::start("bench-off", Mpm::Prefork, &format!("{settings}CachemExampleCount Off\n"));
-    let _ = ab(off.port, "/index.html");
-    let static_plain = ab(off.port, "/index.html");
-    off.stop();
     let mut on = Httpd::start("bench-on", Mpm::Prefork, settings);
+    // Warm up, then alternate the three measurements (5 rounds) and keep
+    // the median of each, so drift on a shared machine hits all alike.
+    let _ = ab(off.port, "/index.html");
     let _ = ab(on.port, "/index.html");
-    let static_counted = ab(on.port, "/index.html");
-    let example_url = ab(on.port, "/cachem");
+    let _ = ab(on.port, "/cachem");
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        a.push(ab(off.port, "/index.html"));
+        b.push(ab(on.port, "/index.html"));
+        c.push(ab(on.port, "/cachem"));
+    }
+    off.stop();
     on.stop();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    let (static_plain, static_counted, example_url) = (median(a), median(b), median(c));
     let us = |r: f64| 1e6 / r * 2.0; // 2 clients: per-request service time
     let report = format!(
-        "| URL (prefork, ab -k -c 2 -n {n}) | requests/s | µs per request (2 clients) |\n\
+        "| URL (prefork, ab -k -c 2 -n {n}, median of 5) | requests/s | µs per request (2 clients) |\n\
          |---|---:|---:|\n\
          | static file, counting hook off | {static_plain:.0} | {:.1} |\n\
          | static file, counting hook on (lock + in-place counter + child record) | {static_counted:.0} | {:.1} |\n\
