@@ -35,7 +35,7 @@ for p in cachem libapache2-mod-cachem; do
 done
 # What the test needs besides the packages (apache2 provides apache2-api-*).
 missing=
-for p in apache2 apache2-utils curl pkg-config gcc libc6-dev; do
+for p in apache2 apache2-utils curl pkg-config gcc libc6-dev man-db; do
 	dpkg -s $p >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
