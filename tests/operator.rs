@@ -37,7 +37,9 @@ fn signal(child: &Child, sig: i32) {
 /// A region with named owners (one with `"`, `\` and a newline in its
 /// name), a dead process's records and a live process holding records.
 fn populated(dir: &Path) -> Child {
-    ok(dir, &["create", "app", "--size", "64K"]);
+    // Room for both workers' records (at most 32 each of <= 256 bytes), so
+    // no insert finds the region full and reaps the killed one early.
+    ok(dir, &["create", "app", "--size", "256K"]);
     ok(dir, &["put", "app", "--owner", "jobs", "job 1"]);
     ok(dir, &["put", "app", "--owner", "weird \"name\" \\ with\nnewline", "x"]);
     // A stress worker is alive, holding process-scoped records, for a while.
@@ -440,10 +442,10 @@ fn stat_format_prometheus_is_valid_exposition_with_the_same_figures_as_json() {
     assert_eq!(fams["cachem_records"].kind, "gauge");
     // Records inserted by the live worker between the two snapshots may
     // differ; the geometry does not.
-    assert_eq!(one("cachem_size_bytes"), 65536.0);
+    assert_eq!(one("cachem_size_bytes"), 262144.0);
     assert_eq!(one("cachem_dead_bytes"), 0.0);
     assert!(one("cachem_records") >= 2.0);
-    assert!(one("cachem_free_bytes") > 0.0 && one("cachem_free_bytes") < 65536.0);
+    assert!(one("cachem_free_bytes") > 0.0 && one("cachem_free_bytes") < 262144.0);
     assert_eq!(one("cachem_recoveries_total"), json["counters"]["recoveries"].as_f64().unwrap());
 
     // Per owner: names, escaped and unescaped back exactly.
