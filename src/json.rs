@@ -18,6 +18,10 @@ impl CacheStatus {
             "used_bytes": r.used_bytes,
             "free_bytes": r.free_bytes,
             "table_bytes": r.table_bytes,
+            "lock_bytes": r.trailer_bytes,
+            "dead_bytes": r.dead_bytes,
+            "dead_blocks": r.dead_blocks,
+            "compaction": r.compaction.as_str(),
             "records": r.records,
             "slots": r.slots,
             "free_slots": r.free_slots,
@@ -42,6 +46,8 @@ impl CacheStatus {
                 "bytes_moved": r.counters.bytes_moved,
                 "reaped_records": r.counters.reaped_records,
                 "recoveries": r.counters.recoveries,
+                "compactions": r.counters.compactions,
+                "largest_compaction": r.counters.largest_compaction,
             },
         })
     }

@@ -37,7 +37,7 @@
 //! // DELETING ALL RECORDS WITH CURRENT PID AND SPECIFIC ID
 //! let me = std::process::id();
 //! while let Some(i) = g.next_of_owner_pid(owner, me, None) {
-//!     g.remove(i)?; // cachem_delete (compacts)
+//!     g.remove(i)?; // cachem_delete (the hole is reclaimed by a later compaction)
 //! }
 //! let n = g.purge(owner, me)?; // cachem_delete_pid
 //! assert_eq!(n, 0);
@@ -58,7 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub use cachem_core::*;
-pub use cachem_ids::IdRegistry;
+pub use cachem_ids::{Error as IdError, IdRegistry};
 
 use std::collections::BTreeMap;
 
@@ -66,7 +66,7 @@ mod json;
 mod snapshot;
 pub use snapshot::SnapshotReport;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to open a cache: which region, where, how large.
 #[derive(Clone, Debug)]
@@ -81,6 +81,7 @@ pub struct Config {
     create: bool,
     reap_all: bool,
     no_reap: bool,
+    compaction: Compaction,
     owner: Option<(u32, u32)>,
 }
 
@@ -99,6 +100,7 @@ impl Config {
             create: true,
             reap_all: false,
             no_reap: false,
+            compaction: Compaction::Deferred,
             owner: None,
         }
     }
@@ -166,6 +168,14 @@ impl Config {
         self
     }
 
+    /// At creation: the compaction policy (default [`Compaction::Deferred`];
+    /// [`Compaction::Eager`] keeps the block section compacted at all times).
+    /// An existing region keeps the policy it was created with.
+    pub fn compaction(mut self, policy: Compaction) -> Config {
+        self.compaction = policy;
+        self
+    }
+
     /// Give everything cachem creates for the region — the region file, its
     /// lockfile, the id store and every file written into it, the runtime
     /// directory when cachem made it — to user `uid` and group `gid`, with
@@ -191,6 +201,7 @@ impl Config {
             create: self.create,
             reap_all_records_of_dead_processes: self.reap_all,
             no_reap: self.no_reap,
+            compaction: self.compaction,
             owner: self.owner,
         }
     }
@@ -266,7 +277,11 @@ pub struct Cache {
     region: Region,
     store: PathBuf,
     lock_file: PathBuf,
-    ids: Mutex<Option<IdRegistry>>,
+    /// The registry (no I/O until the first id call; its memo is
+    /// fork-safe).
+    ids: IdRegistry,
+    /// The id store's directory and lockfile exist (made on first use).
+    store_ready: AtomicBool,
     anonymous: bool,
     open_reap: ReapReport,
     mode: u32,
@@ -306,11 +321,13 @@ impl Cache {
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .unwrap_or(config.mode);
         let (opener, _) = sys::process::me();
+        let ids = IdRegistry::new(&store, &lock_file, region.generation());
         let mut cache = Cache {
             region,
             store,
             lock_file,
-            ids: Mutex::new(None),
+            ids,
+            store_ready: AtomicBool::new(false),
             anonymous,
             open_reap: ReapReport::default(),
             mode,
@@ -322,16 +339,16 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Runs `f` on the registry. No lock of the cache is held meanwhile (a
+    /// cycle takes milliseconds, and a child forked by another thread
+    /// during it must not find a lock held by a thread it does not have).
     fn registry<T>(&self, f: impl FnOnce(&IdRegistry) -> cachem_ids::Result<T>) -> Result<T> {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        if ids.is_none() {
+        if !self.store_ready.load(Ordering::Acquire) {
+            // Idempotent: racing threads both prepare, harmlessly.
             self.prepare_store()?;
-            let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
-                .map_err(|e| Error::Registry(Box::new(e)))?;
-            *ids = Some(reg);
+            self.store_ready.store(true, Ordering::Release);
         }
-        let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;
-        let r = f(reg).map_err(|e| Error::Registry(Box::new(e)));
+        let r = f(&self.ids).map_err(|e| Error::Registry(Box::new(e)));
         // sled may have written new files in this cycle.
         share_files(&self.store, self.mode, self.region.file_owner());
         r
@@ -436,6 +453,12 @@ impl Cache {
         self.region.lock()?.reap()
     }
 
+    /// Closes every hole left by removes now, in one compaction (see
+    /// [`Guard::compact`]). Returns the bytes moved.
+    pub fn compact(&self) -> Result<u64> {
+        self.region.lock()?.compact()
+    }
+
     /// Removes this process's process-scoped records now.
     pub fn purge_process(&self) -> Result<Removed> {
         self.region.lock()?.purge_process()
@@ -475,13 +498,15 @@ impl Cache {
 impl Drop for Cache {
     fn drop(&mut self) {
         let generation = self.region.generation();
-        let left = if sys::process::me().0 == self.opener {
-            sys::process::handles::closed(generation)
-        } else {
-            // Inherited through fork: not one of this process's own handles.
-            // It was the last one if the process opened none of its own.
-            sys::process::handles::count(generation)
-        };
+        if sys::process::me().0 != self.opener {
+            // Inherited through fork: not one of this process's own handles
+            // (the count is per pid). Other inherited handles may still be in
+            // use, so dropping one never purges; the process's records go
+            // with its last own handle, `purge_process`, or a reap after it
+            // is gone.
+            return;
+        }
+        let left = sys::process::handles::closed(generation);
         if left == 0 {
             match self.purge_process() {
                 Ok(r) if r.records > 0 => {

@@ -487,7 +487,7 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
                 .find(|o| o["name"] == "mod_cachem_example")
                 .unwrap_or_else(|| panic!("no mod_cachem_example owner in {j}"));
             let id = ex["id"].as_u64().unwrap();
-            assert_eq!(a[&format!("CachemOwner{id}")], format!("mod_cachem_example 1 8"));
+            assert_eq!(a[&format!("CachemOwner{id}")], "mod_cachem_example 1 8");
             agreed = true;
             break;
         }
@@ -750,6 +750,23 @@ fn threaded_no_lost_update(mpm: Mpm) {
     assert_eq!(hits, h0 + 501, "lost updates under {mpm:?}");
     assert!(!seen.is_empty());
     no_dead_records(&h);
+    verify(&h.run_dir(), "cache.shm");
+    drop(h);
+
+    // Recycling threaded children: every exiting child purges its records
+    // itself (requests reset by an exiting child are tolerated here).
+    let h = Httpd::start(mpm.name(), mpm, &format!("{NAMED}MaxConnectionsPerChild 20\n"));
+    let mut pids = BTreeSet::new();
+    for _ in 0..150 {
+        if let Ok(r) = get(h.port, "/index.html") {
+            if let Some(p) = r.headers.get("x-cachem-child") {
+                pids.insert(p.parse::<u32>().unwrap());
+            }
+        }
+    }
+    assert!(pids.len() > 2, "no recycling under {mpm:?}: {pids:?}");
+    no_dead_records(&h);
+    assert_eq!(status_auto(h.port)["CachemReaps"], "0", "records left to the reaper under {mpm:?}");
     verify(&h.run_dir(), "cache.shm");
 }
 

@@ -278,7 +278,8 @@ fn operation_errors_exit_1_with_one_clear_line() {
     // A corrupt region: verify prints the reason and exits 1; the file is untouched.
     let path = p.join("r");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[80..88].copy_from_slice(&3u64.to_ne_bytes()); // o_fr
+    let o_fr = std::mem::offset_of!(cachem::format::Header, o_fr);
+    bytes[o_fr..o_fr + 8].copy_from_slice(&3u64.to_ne_bytes());
     std::fs::write(&path, &bytes).unwrap();
     let (code, err) = fails(p, &["verify", "r"]);
     assert_eq!(code, 1);
@@ -330,6 +331,51 @@ fn every_command_in_the_readme_tour_works() {
 }
 
 #[test]
+fn compaction_policies_dead_bytes_in_stat_and_compact() {
+    let d = TempDir::new("cli-compact");
+    let p = d.path();
+    // Deferred (the default): a delete leaves a dead block, stat shows it,
+    // compact reclaims it.
+    assert!(ok(p, &["create", "def", "--size", "64K"]).contains("deferred compaction"));
+    let ids: Vec<String> = (0..8)
+        .map(|i| {
+            ok(p, &["put", "def", "--owner", "w", &format!("record number {i} ....")]).trim().to_string()
+        })
+        .collect();
+    ok(p, &["del", "def", &ids[2]]);
+    let v = json(&ok(p, &["stat", "def", "--json"]));
+    assert_eq!(v["compaction"], "deferred");
+    assert_eq!(v["dead_bytes"], 32);
+    assert_eq!(v["dead_blocks"], 1);
+    assert_eq!(v["records"], 7);
+    let st = ok(p, &["stat", "def"]);
+    let first = st.lines().next().unwrap();
+    assert!(first.starts_with("[H|B") && first.contains('x') && first.contains("|L]"), "{st}");
+    assert!(st.contains("deferred compaction; 1 dead blocks, 32 dead bytes"), "{st}");
+    ok(p, &["verify", "def"]);
+    let out = ok(p, &["compact", "def"]);
+    assert!(out.contains("32 dead bytes reclaimed") && out.contains("160 bytes moved"), "{out}");
+    let v = json(&ok(p, &["stat", "def", "--json"]));
+    assert_eq!((v["dead_bytes"].as_u64(), v["used_bytes"].as_u64()), (Some(0), Some(7 * 32)));
+    assert_eq!(v["counters"]["compactions"], 1);
+    for id in &ids[3..] {
+        assert!(ok(p, &["get", "def", id]).starts_with("record number"));
+    }
+    // Eager: a delete compacts at once; there is never a dead byte.
+    assert!(ok(p, &["create", "eag", "--size", "64K", "--compaction", "eager"]).contains("eager compaction"));
+    let a = ok(p, &["put", "eag", "--owner", "w", "first record ......."]).trim().to_string();
+    ok(p, &["put", "eag", "--owner", "w", "second record ......"]);
+    ok(p, &["del", "eag", &a]);
+    let v = json(&ok(p, &["stat", "eag", "--json"]));
+    assert_eq!((v["compaction"].as_str(), v["dead_bytes"].as_u64()), (Some("eager"), Some(0)));
+    assert_eq!(v["counters"]["bytes_moved"], 32);
+    assert!(ok(p, &["compact", "eag"]).contains("0 dead bytes reclaimed"));
+    let (code, err) = fails(p, &["create", "bad", "--size", "64K", "--compaction", "lazy"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("eager or deferred"), "{err}");
+}
+
+#[test]
 fn logs_on_a_pipe_carry_no_colour_and_a_failure_is_printed_once() {
     let d = TempDir::new("cli-log");
     let p = d.path();
@@ -342,11 +388,12 @@ fn logs_on_a_pipe_carry_no_colour_and_a_failure_is_printed_once() {
     assert!(!err.contains('\u{1b}'), "ANSI escapes on a pipe: {err:?}");
 
     ok(p, &["put", "app", "--owner", "x", "hello"]);
-    // Damage the block-pointer table at the end of the region.
+    // Damage the block-pointer table at the end of the region (just below
+    // the lock trailer).
     let path = p.join("app");
     let mut img = std::fs::read(&path).unwrap();
-    let n = img.len();
-    img[n - 32..].fill(0xff);
+    let n = img.len() - cachem::format::TRAILER_SIZE;
+    img[n - 32..n].fill(0xff);
     std::fs::write(&path, img).unwrap();
     for args in [&["verify", "app"][..], &["stat", "app"], &["put", "app", "--owner", "x", "y"]] {
         let (code, err) = fails(p, args);
@@ -374,4 +421,27 @@ fn create_gives_the_region_to_an_owner_and_refuses_unknown_ones() {
         let m = std::fs::metadata(p.join(f)).unwrap();
         assert_eq!((m.uid(), m.gid()), (65534, 65534), "{f}");
     }
+}
+
+#[test]
+fn a_format_v1_region_is_refused_with_what_to_do() {
+    let d = TempDir::new("cli-v1");
+    let p = d.path();
+    ok(p, &["create", "old", "--size", "64K"]);
+    let path = p.join("old");
+    let mut img = std::fs::read(&path).unwrap();
+    let at = std::mem::offset_of!(cachem::format::Header, format_version);
+    img[at..at + 4].copy_from_slice(&1u32.to_ne_bytes());
+    std::fs::write(&path, &img).unwrap();
+    for args in [&["stat", "old"][..], &["verify", "old"], &["put", "old", "--owner", "x", "y"]] {
+        let (code, err) = fails(p, args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(
+            err.contains("format version 1") && err.contains("destroy") && err.contains("re-create"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), img, "the refused file was changed");
+    ok(p, &["destroy", "old"]);
+    assert!(ok(p, &["create", "old", "--size", "64K"]).starts_with("created"));
 }

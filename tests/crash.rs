@@ -1,18 +1,20 @@
 //! Crash tests with real processes and real SIGKILLs (needs the
 //! `failpoints` feature: `cargo test --release --features failpoints --test crash`).
 //!
-//! - Every fault point: a child is killed there while inserting, removing or
-//!   purging; the parent's next lock recovers, `verify` passes, the
-//!   interrupted operation is fully done or not at all, and every other
-//!   record is byte-identical.
+//! - Every fault point, under both compaction policies: a child is killed
+//!   there while inserting, removing, purging or compacting; the parent's
+//!   next lock recovers, `verify` passes, the interrupted operation is fully
+//!   done or not at all (a purge cut short: each record entirely), and every
+//!   other record is byte-identical.
 //! - Torture: workers do random inserts / updates / removes of
-//!   self-checking records while the parent SIGKILLs random workers.
+//!   self-checking records while the parent SIGKILLs random workers; half
+//!   the kills in an `Eager` region, half in a `Deferred` one.
 #![cfg(feature = "failpoints")]
 
 mod common;
 
 use cachem::sys::failpoint::POINTS;
-use cachem::{OwnerId, RecordId, Region, RegionOptions};
+use cachem::{Compaction, OwnerId, RecordId, Region, RegionOptions};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant};
 
 const SIZE: u64 = 1 << 20;
 
-fn ropts(dir: &Path) -> RegionOptions {
-    RegionOptions { size: Some(SIZE), dir: Some(dir.to_path_buf()), ..Default::default() }
+fn ropts(dir: &Path, compaction: Compaction) -> RegionOptions {
+    RegionOptions { size: Some(SIZE), dir: Some(dir.to_path_buf()), compaction, ..Default::default() }
 }
 
 type Snapshot = BTreeMap<RecordId, (u32, Vec<u8>)>;
@@ -39,7 +41,8 @@ fn worker_op() {
         return;
     }
     let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
-    let r = Region::open("crash", &ropts(Path::new(&dir))).unwrap();
+    let opts = RegionOptions { dir: Some(dir.into()), ..Default::default() };
+    let r = Region::open("crash", &opts).unwrap();
     let mut g = r.lock().unwrap();
     match std::env::var("CACHEM_TEST_OP").unwrap().as_str() {
         "insert" => {
@@ -53,45 +56,75 @@ fn worker_op() {
             let pid: u32 = std::env::var("CACHEM_TEST_PID").unwrap().parse().unwrap();
             g.purge(OwnerId(2), pid).unwrap();
         }
+        "compact" => {
+            g.compact().unwrap();
+        }
         op => panic!("unknown op {op}"),
     }
     say("done");
 }
 
+/// The fault points an operation passes under a policy (in the setup of
+/// [`fault_case`]: the purge removes two thirds of the records, which passes the
+/// `Deferred` bound and compacts; the compact finds dead blocks).
+fn points_of(policy: Compaction, op: &str) -> Vec<&'static str> {
+    let pre = |p: &[&str]| -> Vec<&'static str> {
+        POINTS.iter().copied().filter(|x| p.iter().any(|p| x.starts_with(p))).collect()
+    };
+    let compact = |all: bool| -> Vec<&'static str> {
+        pre(&["compact."]).into_iter().filter(|p| all || *p != "compact.after_journal").collect()
+    };
+    match (policy, op) {
+        (_, "insert") => pre(&["insert."]),
+        (Compaction::Eager, "remove" | "purge") => [pre(&["remove."]), compact(false)].concat(),
+        (Compaction::Eager, _) => vec![],
+        (Compaction::Deferred, "remove") => pre(&["defer."]),
+        (Compaction::Deferred, "purge") => [pre(&["defer."]), compact(true)].concat(),
+        (Compaction::Deferred, _) => compact(true),
+    }
+}
+
 #[test]
 fn every_fault_point_kill_recovers_to_before_or_after() {
     let mut cases = 0;
-    for op in ["insert", "remove", "purge"] {
-        for &point in POINTS {
-            let applies =
-                if op == "insert" { point.starts_with("insert.") } else { !point.starts_with("insert.") };
-            if !applies {
-                continue;
+    let mut covered = BTreeSet::new();
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        for op in ["insert", "remove", "purge", "compact"] {
+            for point in points_of(policy, op) {
+                fault_case(policy, op, point);
+                covered.insert(point);
+                cases += 1;
             }
-            fault_case(op, point);
-            cases += 1;
         }
     }
-    assert_eq!(cases, 3 + 2 * (POINTS.len() - 3));
+    assert_eq!(cases, 38);
+    assert_eq!(covered.len(), POINTS.len(), "every fault point is exercised");
 }
 
-fn fault_case(op: &str, point: &str) {
+fn fault_case(policy: Compaction, op: &str, point: &str) {
     let d = TempDir::new("fault");
-    let r = Region::open("crash", &ropts(d.path())).unwrap();
+    let r = Region::open("crash", &ropts(d.path(), policy)).unwrap();
     let mut rng = Rng(0x1234_5678);
     let mut ids = vec![];
     {
         let mut g = r.lock().unwrap();
         for i in 0..300u32 {
             let rec = make_record(i, 0, 16 + rng.below(400) as usize, &mut rng);
-            ids.push(g.insert(OwnerId(1 + i % 2), &rec).unwrap());
+            ids.push(g.insert(OwnerId(if i % 3 == 0 { 1 } else { 2 }), &rec).unwrap());
+        }
+        // A few holes (dead blocks under Deferred, below its bound).
+        for id in ids.drain(200..230).step_by(3) {
+            g.remove(id).unwrap();
+        }
+        if policy == Compaction::Deferred {
+            assert!(g.status().unwrap().dead_bytes > 0);
         }
     }
     let before = snapshot(&r);
     let victim = ids[3];
     let me = std::process::id();
     let after: Snapshot = match op {
-        "insert" => before.clone(),
+        "insert" | "compact" => before.clone(),
         "remove" => before.iter().filter(|(id, _)| **id != victim).map(|(k, v)| (*k, v.clone())).collect(),
         _ => before.iter().filter(|(_, (o, _))| *o != 2).map(|(k, v)| (*k, v.clone())).collect(),
     };
@@ -107,8 +140,11 @@ fn fault_case(op: &str, point: &str) {
     assert_eq!(st.signal(), Some(9), "{op} at {point}: the worker must die by SIGKILL ({st:?})");
 
     let g = r.lock().unwrap();
-    assert!(g.recovered(), "{op} at {point}: the next lock recovers");
-    g.verify().unwrap_or_else(|e| panic!("{op} at {point}: {e}"));
+    assert!(g.recovered(), "{policy:?} {op} at {point}: the next lock recovers");
+    let v = g.verify().unwrap_or_else(|e| panic!("{policy:?} {op} at {point}: {e}"));
+    if point.starts_with("compact.") {
+        assert_eq!(v.dead_bytes, 0, "{policy:?} {op} at {point}: the compaction was finished");
+    }
     drop(g);
     let got = snapshot(&r);
     // For an insert, "after" has one more record with the inserted bytes.
@@ -122,14 +158,22 @@ fn fault_case(op: &str, point: &str) {
         }
     } else if got == after {
         true
+    } else if op == "purge" && policy == Compaction::Deferred && point.starts_with("defer.") {
+        // A deferred purge killed after its first victim: each record is
+        // removed entirely or kept, and only victims are removed.
+        assert!(got.iter().all(|(k, v)| before.get(k) == Some(v)), "{op} at {point}: a record changed");
+        assert!(after.iter().all(|(k, v)| got.get(k) == Some(v)), "{op} at {point}: a kept record was lost");
+        assert!(got.len() < before.len(), "{op} at {point}: the first victim's remove was finished");
+        return;
     } else {
-        assert!(got == before, "{op} at {point}: neither before nor after");
+        assert!(got == before, "{policy:?} {op} at {point}: neither before nor after");
         false
     };
     // Killed before publishing (insert) or before the entry was cleared
-    // (remove), the operation did not happen; after that it completes.
+    // (eager remove), the operation did not happen; after that it
+    // completes (a deferred remove completes once its block is marked).
     let expect_done = !(point.starts_with("insert.") || point == "remove.after_journal");
-    assert_eq!(done, expect_done, "{op} at {point}");
+    assert_eq!(done, expect_done, "{policy:?} {op} at {point}");
     let st = r.lock().unwrap().status().unwrap();
     assert_eq!(st.counters.recoveries, 1);
 }
@@ -209,10 +253,15 @@ fn worker_torture() {
 }
 
 fn torture(kills: u32, workers: u32) {
+    torture_policy(Compaction::Eager, kills / 2, workers);
+    torture_policy(Compaction::Deferred, kills - kills / 2, workers);
+}
+
+fn torture_policy(compaction: Compaction, kills: u32, workers: u32) {
     let d = TempDir::new("torture");
     let r = Region::open(
         "torture",
-        &RegionOptions { size: Some(4 << 20), dir: Some(d.path().into()), ..Default::default() },
+        &RegionOptions { size: Some(4 << 20), dir: Some(d.path().into()), compaction, ..Default::default() },
     )
     .unwrap();
     let env_for = |slot: u32| {
@@ -262,14 +311,15 @@ fn torture(kills: u32, workers: u32) {
     assert_eq!(bad, 0, "records with a broken checksum");
     let st = g.status().unwrap();
     println!(
-        "torture: {kills} kills of {workers} workers in {:.1}s; lock recoveries {}; {} records left; \
-         {} inserts, {} removes, {} bytes moved",
+        "torture ({compaction:?}): {kills} kills of {workers} workers in {:.1}s; lock recoveries {}; \
+         {} records left; {} inserts, {} removes, {} bytes moved, {} compactions",
         start.elapsed().as_secs_f64(),
         st.counters.recoveries,
         rep.records,
         st.counters.inserts,
         st.counters.removes,
-        st.counters.bytes_moved
+        st.counters.bytes_moved,
+        st.counters.compactions
     );
 }
 

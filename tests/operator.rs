@@ -443,7 +443,13 @@ fn stat_format_prometheus_is_valid_exposition_with_the_same_figures_as_json() {
     // Records inserted by the live worker between the two snapshots may
     // differ; the geometry does not.
     assert_eq!(one("cachem_size_bytes"), 262144.0);
-    assert_eq!(one("cachem_dead_bytes"), 0.0);
+    // The stress workers remove records: under deferred compaction (the
+    // default) their blocks wait, dead, inside the block section.
+    assert!(one("cachem_dead_bytes") <= one("cachem_used_bytes"));
+    let info = &fams["cachem_region_info"].samples[0];
+    assert_eq!(info.0["compaction"], json["compaction"].as_str().unwrap());
+    assert_eq!(info.0["generation"], json["generation"].as_str().unwrap());
+    assert_eq!(info.1, 1.0);
     assert!(one("cachem_records") >= 2.0);
     assert!(one("cachem_free_bytes") > 0.0 && one("cachem_free_bytes") < 262144.0);
     assert_eq!(one("cachem_recoveries_total"), json["counters"]["recoveries"].as_f64().unwrap());
@@ -479,9 +485,9 @@ fn assets() -> (TempDir, std::path::PathBuf) {
     (d, out)
 }
 
-const COMMANDS: [&str; 14] = [
-    "create", "stat", "put", "get", "del", "ls", "id", "reap", "verify", "save", "restore", "destroy",
-    "stress", "demo",
+const COMMANDS: [&str; 15] = [
+    "create", "stat", "put", "get", "del", "ls", "id", "reap", "compact", "verify", "save", "restore",
+    "destroy", "stress", "demo",
 ];
 
 fn need(tool: &str) {
@@ -661,9 +667,9 @@ fn packaging_scripts_are_valid_shell() {
 
 #[test]
 fn prometheus_dead_bytes_match_the_status_after_a_remove() {
-    // cachem_dead_bytes must equal the status's `dead_bytes` (format v2,
-    // deferred compaction); a status without that key (format v1, eager
-    // compaction: a remove closes its hole at once) means 0.
+    // cachem_dead_bytes is the status's `dead_bytes`: under deferred
+    // compaction (the default) a remove leaves a dead block until a
+    // compaction (`cachem compact`) closes the hole.
     let d = TempDir::new("prom-dead");
     let p = d.path();
     ok(p, &["create", "app", "--size", "64K"]);
@@ -673,7 +679,14 @@ fn prometheus_dead_bytes_match_the_status_after_a_remove() {
     let json: serde_json::Value = serde_json::from_str(&ok(p, &["stat", "app", "--json"])).unwrap();
     let fams = parse_exposition(&ok(p, &["stat", "app", "--format", "prometheus"])).unwrap();
     let dead = fams["cachem_dead_bytes"].samples[0].1;
-    assert_eq!(dead, json.get("dead_bytes").map_or(0.0, |v| v.as_f64().unwrap()), "{json}");
+    assert_eq!(dead, json["dead_bytes"].as_f64().unwrap(), "{json}");
+    if json["compaction"] == "deferred" {
+        assert!(dead > 0.0, "a remove under deferred compaction leaves a dead block: {json}");
+        ok(p, &["compact", "app"]);
+        let fams = parse_exposition(&ok(p, &["stat", "app", "--format", "prometheus"])).unwrap();
+        assert_eq!(fams["cachem_dead_bytes"].samples[0].1, 0.0);
+        assert_eq!(fams["cachem_compactions_total"].samples[0].1, 1.0);
+    }
     let free = fams["cachem_free_bytes"].samples[0].1;
     assert_eq!(free, json["free_bytes"].as_f64().unwrap());
     assert_eq!(fams["cachem_records"].samples[0].1, 1.0);

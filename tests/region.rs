@@ -186,3 +186,31 @@ fn anonymous_region_is_shared_with_forked_children() {
     assert!(out.status.success(), "prefork failed: {text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("records=400"), "{text}");
 }
+
+#[test]
+fn the_lock_lives_in_the_trailer_outside_the_engines_view() {
+    use cachem::format::TRAILER_SIZE;
+    let d = TempDir::new("trailer");
+    let r = Region::open("t", &opts(&d, 65536)).unwrap();
+    let path = r.path().unwrap().to_path_buf();
+    let trailer = || {
+        let b = std::fs::read(&path).unwrap();
+        b[b.len() - TRAILER_SIZE..].to_vec()
+    };
+    let header = || std::fs::read(&path).unwrap()[..cachem::format::HEADER_SIZE].to_vec();
+    let (t_free, h_free) = (trailer(), header());
+    let mut g = r.lock().unwrap();
+    // Taking the lock writes the mutex word (its owner), in the trailer only.
+    let (t_held, h_held) = (trailer(), header());
+    assert_ne!(t_free, t_held, "the mutex is not in the trailer");
+    assert_eq!(h_free, h_held, "locking wrote the header");
+    // The engine's geometry ends where the trailer begins.
+    g.insert(OwnerId(1), b"x").unwrap();
+    let st = g.status().unwrap();
+    assert_eq!(st.trailer_bytes, TRAILER_SIZE as u64);
+    assert_eq!(st.header_size + st.used_bytes + st.free_bytes + st.table_bytes + st.trailer_bytes, st.size);
+    let top = st.size - st.trailer_bytes - st.table_bytes;
+    assert_eq!(top, st.o_bptop);
+    drop(g);
+    assert_eq!(trailer(), t_free, "unlocking restores the mutex word");
+}

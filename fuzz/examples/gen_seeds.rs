@@ -3,14 +3,20 @@
 //! Run from fuzz/: `cargo run --example gen_seeds`.
 use cachem_core::format::*;
 use cachem_core::layout::{format, FormatOptions, Layout, ProcTag};
-use cachem_core::{bytemuck, OwnerId};
+use cachem_core::{bytemuck, Compaction, OwnerId};
 use cachem_fuzz::image_driver::built_image;
 
-/// A valid image of `size` bytes with a few records and one free slot.
+/// A valid `Eager` image of `size` bytes with a few records and one free slot.
 fn valid(size: usize) -> Vec<u8> {
+    valid_with(size, Compaction::Eager)
+}
+
+/// The same records under `policy` (`Deferred`: one dead block).
+fn valid_with(size: usize, compaction: Compaction) -> Vec<u8> {
     let mut w = vec![0u64; size / 8];
     let b: &mut [u8] = bytemuck::cast_slice_mut(&mut w);
-    format(b, &FormatOptions { generation: 0xc0ffee, mutex_size: 40, ..Default::default() }).unwrap();
+    let opts = FormatOptions { generation: 0xc0ffee, mutex_size: 40, compaction, ..Default::default() };
+    format(b, &opts).unwrap();
     let mut l = Layout::open(b).unwrap();
     let mut ids = Vec::new();
     for (i, len) in [0usize, 5, 17, 64, 100].into_iter().enumerate() {
@@ -58,17 +64,40 @@ fn main() {
     seeds.push(("crash_mid_move_raw", built_image(&[0x00, 0x5b])));
     seeds.push(("overlay_crash_mid_move", vec![0x00, 0x5b]));
     seeds.push(("overlay_crash_after_clear", vec![0x01, 0x1e]));
-    // o_bptop (offset 88) set to an unaligned value inside the table.
-    let mut p = vec![0x02, 0x0c, 88, 0, 8];
+    // o_bptop (offset 96) set to an unaligned value inside the table.
+    let mut p = vec![0x02, 0x0c, 96, 0, 8];
     p.extend_from_slice(&(4096u64 + 512 * 2 - 20).to_ne_bytes());
     seeds.push(("overlay_o_bptop_unaligned", p));
-    // Table entry 0's next_free (from the end: size-1-7 = entry 0 + 24)
-    // pointing at itself, and free_head (offset 104) = 1: a free-list cycle.
-    seeds.push(("overlay_free_list_cycle", vec![0x00, 0x07, 7, 0x80, 4, 1, 0, 0, 0, 104, 0, 4, 1, 0, 0, 0]));
+    // Table entry 0's next_free (from the end: size-1-71 = size-64-32 + 24,
+    // the table ends at the 64-byte lock trailer) pointing at itself, and
+    // free_head (offset 112) = 1: a free-list cycle.
+    seeds.push(("overlay_free_list_cycle", vec![0x00, 0x07, 71, 0x80, 4, 1, 0, 0, 0, 112, 0, 4, 1, 0, 0, 0]));
     // The first block's len (offset 388) = u32::MAX.
     seeds.push(("overlay_block_len_huge", vec![0x00, 0x05, 0x84, 0x01, 4, 0xff, 0xff, 0xff, 0xff]));
+    // Format v2: Deferred images (byte 0 bit 7) with dead blocks.
+    let mut b = valid_with(4096, Compaction::Deferred);
+    seeds.push(("valid_deferred_dead_block", b.clone()));
+    hdr(&mut b).dead_bytes += 8;
+    seeds.push(("deferred_dead_bytes_wrong", b));
+    let mut b = valid_with(4096, Compaction::Deferred);
+    hdr(&mut b).dead_lo = HEADER_SIZE as u64;
+    seeds.push(("deferred_dead_lo_wrong", b));
+    let mut b = valid(4096);
+    b[HEADER_SIZE..HEADER_SIZE + 4].copy_from_slice(&DEAD_SLOT.to_ne_bytes());
+    seeds.push(("eager_dead_marker", b));
+    let mut b = valid(4096);
+    hdr(&mut b).compaction = 9;
+    seeds.push(("compaction_unknown", b));
+    let mut b = valid(4096);
+    hdr(&mut b).format_version = 1;
+    seeds.push(("format_version_1", b));
+    // 14 records, 5 removed (dead), a remove killed after marking its block.
+    seeds.push(("overlay_deferred_crash_after_mark", vec![0x80, 0x1e]));
+    seeds.push(("overlay_deferred_crash_after_mark_2", vec![0x83, 0xbd]));
+    // Deferred with a compaction journal killed mid-move.
+    seeds.push(("overlay_deferred_crash_mid_move", vec![0x81, 0x5b]));
     // The crash seeds do describe interrupted removes.
-    for d in [&[0x00, 0x5b][..], &[0x01, 0x1e]] {
+    for d in [&[0x00, 0x5b][..], &[0x01, 0x1e], &[0x81, 0x5b]] {
         let mut w: Vec<u64> =
             built_image(d).chunks(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
         let j = bytemuck::from_bytes::<Header>(&bytemuck::cast_slice::<u64, u8>(&w)[..HEADER_SIZE]).journal;

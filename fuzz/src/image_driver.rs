@@ -3,8 +3,11 @@
 //! same file as a module to replay tests/fuzz_corpus/.
 //!
 //! Input: `len >= 4096`: the input is the image (as given, and truncated to a
-//! multiple of 8). `len < 4096`: byte 0 picks a size, byte 1 a population of
-//! records (and maybe a crash in the middle of a remove), the rest is a list
+//! multiple of 8). `len < 4096`: byte 0 picks a size (bits 0-4) and the
+//! compaction policy (bit 7: `Deferred`, else `Eager`), byte 1 a population
+//! of records (and maybe a crash in the middle of a remove: a compaction
+//! journal, or under `Deferred` a block marked dead whose entry was not yet
+//! cleared), the rest is a list
 //! of patches `[off: u16 LE][n: u8][n bytes]` overlaid on that valid image
 //! (bit 15 of `off` counts from the end, where the table lives). An image
 //! whose immutable header is refused is driven again with it repaired.
@@ -18,7 +21,7 @@ pub fn built_image(data: &[u8]) -> Vec<u8> {
 use cm::bytemuck;
 use cm::format::*;
 use cm::layout::{check_size, format, FormatOptions, Layout, ProcTag};
-use cm::{Error, OwnerId, RecordId, RecordMeta};
+use cm::{Compaction, Error, OwnerId, RecordId, RecordMeta};
 use std::collections::BTreeMap;
 
 type Snap = BTreeMap<RecordId, (RecordMeta, Vec<u8>)>;
@@ -55,6 +58,9 @@ pub fn fuzz_image(data: &[u8]) {
             (h.magic, h.endian, h.format_version) = (MAGIC, ENDIAN_TAG, FORMAT_VERSION);
             (h.header_size, h.bptr_size) = (HEADER_SIZE as u32, BPTR_SIZE as u32);
             (h.region_size, h.o_st, h.options) = (n, HEADER_SIZE as u64, h.options & 3);
+            h.compaction =
+                if h.compaction == COMPACTION_EAGER { COMPACTION_EAGER } else { COMPACTION_DEFERRED };
+            h.trailer_size = TRAILER_SIZE as u32;
             assert!(run(b, data), "a repaired header is refused");
         }
     }
@@ -66,7 +72,9 @@ fn build(data: &[u8]) -> Img {
     let (size, seed) = (4096 + (b(0) as usize & 31) * 512, b(1));
     let mut img = Img(vec![0; size / 8], size);
     let generation = 0x5eed_0000_0000_0001 ^ ((b(0) as u64) << 40);
-    format(img.bytes(), &FormatOptions { generation, ..Default::default() }).unwrap();
+    let deferred = b(0) & 0x80 != 0;
+    let compaction = if deferred { Compaction::Deferred } else { Compaction::Eager };
+    format(img.bytes(), &FormatOptions { generation, compaction, ..Default::default() }).unwrap();
     let mut l = Layout::open(img.bytes()).unwrap();
     let ids: Vec<RecordId> = (0..seed as usize & 15)
         .map(|i| {
@@ -78,7 +86,12 @@ fn build(data: &[u8]) -> Img {
     ids.iter().skip(1).step_by(3).for_each(|&id| l.remove(id).unwrap());
     let mut model: Snap = l.iter().map(|(m, d)| (m.id, (m, d.to_vec()))).collect();
     if seed & 0x10 != 0 {
-        if let Some(victim) = crash_remove(img.bytes(), seed) {
+        let victim = if deferred && seed & 0x40 == 0 {
+            crash_deferred_remove(img.bytes(), seed)
+        } else {
+            crash_remove(img.bytes(), seed)
+        };
+        if let Some(victim) = victim {
             model.remove(&victim);
         }
     }
@@ -139,6 +152,21 @@ fn crash_remove(b: &mut [u8], seed: u8) -> Option<RecordId> {
     (hm.journal, hm.flags, hm.last_gen) = (j, h.flags | FLAG_RECOVERY_REQUIRED, gen);
     let em: &mut Bptr = bytemuck::from_bytes_mut(&mut b[off..off + BPTR_SIZE]);
     (em.o_beg, em.gen) = (0, gen);
+    Some(RecordId::new(slot, e.gen))
+}
+
+/// Leaves the image as a process killed inside a deferred remove would:
+/// the block marked dead, its entry not yet cleared.
+fn crash_deferred_remove(b: &mut [u8], seed: u8) -> Option<RecordId> {
+    let h: Header = *bytemuck::from_bytes(&b[..HEADER_SIZE]);
+    let slot = (seed as u32 >> 5) % h.n_bptr.max(1);
+    let off = bptr_offset(b.len() as u64, slot) as usize;
+    let e: Bptr = *bytemuck::from_bytes(&b[off..off + BPTR_SIZE]);
+    if h.n_bptr == 0 || e.o_beg == 0 {
+        return None;
+    }
+    let o = e.o_beg as usize;
+    b[o..o + 4].copy_from_slice(&DEAD_SLOT.to_ne_bytes());
     Some(RecordId::new(slot, e.gen))
 }
 
@@ -245,7 +273,8 @@ fn mutate(l: &mut Layout, ids: &[RecordId], data: &[u8], mut model: Option<Snap>
         }
         if let (Some(m), Ok(v)) = (model.as_mut(), v) {
             let need = block_size(len as u64) + if v.free_slots == 0 { BPTR_SIZE as u64 } else { 0 };
-            let fits = len as u64 <= l.max_record_len() && need <= v.free_bytes;
+            // Dead blocks are reclaimed by a compaction before Full.
+            let fits = len as u64 <= l.max_record_len() && need <= v.free_bytes + v.dead_bytes;
             assert_eq!(r.is_ok(), fits, "insert of {len} with {v:?}: {r:?}");
             if let Ok(id) = r {
                 let meta = RecordMeta { id, owner, pid: tag.pid, start_time: 1, len: len as u32 };
@@ -275,6 +304,11 @@ fn mutate(l: &mut Layout, ids: &[RecordId], data: &[u8], mut model: Option<Snap>
         let n = m.len();
         m.retain(|_, (meta, _)| !(meta.owner == OwnerId(k as u32 % 3) && meta.pid == 100));
         assert_eq!(r.ok(), Some(n - m.len()), "purge");
+    }
+    check(l, &model);
+    let r = l.compact_now();
+    if model.is_some() {
+        assert!(r.is_ok() && l.dead_bytes() == 0, "compact: {r:?}");
     }
     check(l, &model);
 }

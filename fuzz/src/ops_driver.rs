@@ -5,9 +5,9 @@
 //! The model is a `BTreeMap`, not a `HashMap`, so that choosing "the n-th
 //! live record" is deterministic (libFuzzer needs reproducible runs).
 use arbitrary::Arbitrary;
-use cachem_core::format::{block_size, HEADER_SIZE};
+use cachem_core::format::{block_size, HEADER_SIZE, TRAILER_SIZE};
 use cachem_core::layout::{format, FormatOptions, Layout, ProcTag};
-use cachem_core::{bytemuck, Error, OwnerId, RecordId};
+use cachem_core::{bytemuck, Compaction, Error, OwnerId, RecordId};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Arbitrary, Debug)]
@@ -15,6 +15,8 @@ pub struct Input {
     /// Region size: 4096 + 8 * (size % 7681), i.e. 4096..=65536.
     pub size: u16,
     pub generation: u64,
+    /// The compaction policy: `Deferred` if true, else `Eager`.
+    pub deferred: bool,
     pub ops: Vec<Op>,
 }
 
@@ -62,6 +64,8 @@ pub enum Op {
     },
     Status,
     Recover,
+    /// Close every hole now.
+    Compact,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +82,7 @@ struct Model {
     stale: BTreeSet<RecordId>,
     inserts: u64,
     removes: u64,
+    deferred: bool,
 }
 
 impl Model {
@@ -103,9 +108,10 @@ pub fn run(input: Input) {
     let size = 4096 + 8 * (input.size as usize % 7681);
     let mut words = vec![0u64; size / 8];
     let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
-    format(buf, &FormatOptions { generation: input.generation, ..Default::default() }).unwrap();
+    let compaction = if input.deferred { Compaction::Deferred } else { Compaction::Eager };
+    format(buf, &FormatOptions { generation: input.generation, compaction, ..Default::default() }).unwrap();
     let mut l = Layout::open(buf).unwrap();
-    let mut m = Model { size: size as u64, ..Default::default() };
+    let mut m = Model { size: size as u64, deferred: input.deferred, ..Default::default() };
     for op in input.ops {
         step(&mut l, &mut m, op);
         check(&l, &m);
@@ -230,6 +236,14 @@ fn step(l: &mut Layout, m: &mut Model, op: Op) {
             assert_eq!((s.counters.inserts, s.counters.removes), (m.inserts, m.removes), "counters");
             assert!(!s.recovery_required);
         }
+        Op::Compact => {
+            let before = l.verify().unwrap();
+            let moved = l.compact_now().expect("compact");
+            let v = l.verify().unwrap();
+            assert_eq!((v.dead_bytes, v.used_bytes), (0, before.used_bytes - before.dead_bytes), "compact");
+            assert_eq!(v.free_bytes, before.free_bytes + before.dead_bytes, "compact");
+            assert!(moved <= before.used_bytes);
+        }
         Op::Recover => {
             let r = l.recover().expect("recover of a consistent image");
             assert_eq!(r, Default::default(), "recover found work on a consistent image");
@@ -244,14 +258,16 @@ fn insert(l: &mut Layout, m: &mut Model, owner: u32, pid: u32, data: Vec<u8>) {
     let need = block_size(len) + if v.free_slots == 0 { 32 } else { 0 };
     match r {
         Ok(id) => {
-            assert!(len <= l.max_record_len() && need <= v.free_bytes, "insert of {len} fit in {v:?}?");
+            // Dead bytes are reclaimed by a compaction before Full.
+            assert!(len <= l.max_record_len() && need <= v.free_bytes + v.dead_bytes, "insert of {len} fit in {v:?}?");
             assert!(!m.stale.contains(&id) && !m.live.contains_key(&id), "insert reissued id {id}");
             m.live.insert(id, Rec { owner, pid, data });
             m.inserts += 1;
         }
         Err(Error::TooLarge { .. }) => assert!(len > l.max_record_len()),
         Err(Error::Full { .. }) => {
-            assert!(len <= l.max_record_len() && need > v.free_bytes, "Full with {v:?}")
+            assert!(len <= l.max_record_len() && need > v.free_bytes + v.dead_bytes, "Full with {v:?}");
+            assert_eq!(l.dead_bytes(), 0, "Full left dead bytes");
         }
         Err(e) => panic!("insert of {len}: {e}"),
     }
@@ -261,8 +277,12 @@ fn check(l: &Layout, m: &Model) {
     let v = l.verify().unwrap_or_else(|e| panic!("verify: {e}"));
     let used: u64 = m.live.values().map(|r| block_size(r.data.len() as u64)).sum();
     let slots = m.live.keys().map(|id| id.slot() + 1).max().unwrap_or(0);
-    assert_eq!((v.records as usize, v.used_bytes, v.slots), (m.live.len(), used, slots), "{v:?}");
-    let total = HEADER_SIZE as u64 + v.used_bytes + v.free_bytes + 32 * v.slots as u64;
+    assert_eq!((v.records as usize, v.used_bytes - v.dead_bytes, v.slots), (m.live.len(), used, slots), "{v:?}");
+    if !m.deferred {
+        assert_eq!(v.dead_bytes, 0, "a dead block in an Eager region");
+    }
+    assert!(v.dead_bytes * 2 <= v.used_bytes, "dead bytes past the bound: {v:?}");
+    let total = (HEADER_SIZE + TRAILER_SIZE) as u64 + v.used_bytes + v.free_bytes + 32 * v.slots as u64;
     assert_eq!(total, m.size, "geometry does not add up: {v:?}");
     let mut n = 0;
     for (meta, d) in l.iter() {

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! cargo run --release -p cachem-bench -- [--quick] [--no-write | --write]
-//!     [--systems mutex,cachem,lmdb1,lmdb100,redis,redis16,memcached]
-//!     [--workloads insert,get,remove,churn1k,churn100k,churn1m,iterate,remove-cost,two-proc]
+//!     [--systems mutex,cachem,cachem-eager,lmdb1,lmdb100,redis,redis16,memcached]
+//!     [--workloads insert,get,remove,remove1k,remove100k,remove1m,churn1k,churn100k,churn1m,
+//!                  iterate,latency,remove-cost,two-proc]
 //!     [--remove-sizes 64K,1M,16M,256M] [--docs DIR]
 //! ```
 //!
@@ -30,8 +31,9 @@ use std::time::{Duration, Instant};
 use stores::{Spec, Store, ITER_PER_OWNER};
 
 const USAGE: &str = "usage: cachem-bench [--quick] [--no-write | --write]
-    [--systems mutex,cachem,lmdb1,lmdb100,redis,redis16,memcached]
-    [--workloads insert,get,remove,churn1k,churn100k,churn1m,iterate,remove-cost,two-proc]
+    [--systems mutex,cachem,cachem-eager,lmdb1,lmdb100,redis,redis16,memcached]
+    [--workloads insert,get,remove,remove1k,remove100k,remove1m,churn1k,churn100k,churn1m,
+                 iterate,latency,remove-cost,two-proc]
     [--remove-sizes 64K,1M,16M,256M] [--docs DIR]
 A full run (no --quick, no filter) rewrites the cachem-bench section of
 DIR/benchmarks.md and DIR/remove_cost.svg (DIR: the repository's docs/)
@@ -46,7 +48,9 @@ const CACHEM_REGION: u64 = 256 << 20;
 pub enum Workload {
     Insert,
     Get,
-    Remove,
+    /// Remove all of N live records in random order (per remove, amortised
+    /// over the compactions they cause).
+    Remove(usize),
     Churn(usize),
     Iterate,
 }
@@ -56,7 +60,8 @@ impl Workload {
         match self {
             Workload::Insert => "insert".into(),
             Workload::Get => "get".into(),
-            Workload::Remove => "remove".into(),
+            Workload::Remove(BASIC_N) => "remove".into(),
+            Workload::Remove(n) => format!("remove{}", report::short_count(n).to_lowercase()),
             Workload::Churn(n) => format!("churn{}", report::short_count(n).to_lowercase()),
             Workload::Iterate => "iterate".into(),
         }
@@ -225,10 +230,10 @@ fn measure(store: &mut dyn Store, w: Workload, b: &Budget) -> Option<f64> {
                 (ops.len() as u64, timed(|| s.exec(&ops)))
             })
         }
-        Workload::Remove => Box::new(move |s| {
+        Workload::Remove(n) => Box::new(move |s| {
             s.clear();
             gen.reset();
-            s.fill(&gen.fill_to(BASIC_N));
+            s.fill(&gen.fill_to(n));
             let ops = gen.remove_all();
             (ops.len() as u64, timed(|| s.exec(&ops)))
         }),
@@ -257,6 +262,26 @@ fn measure(store: &mut dyn Store, w: Workload, b: &Budget) -> Option<f64> {
     drop(step);
     store.clear();
     Some(median(&runs))
+}
+
+/// Per-op latency of the churn mix at `live` records: each op timed alone,
+/// until `max_ops` ops or `secs` seconds. Returns the sorted ns per op.
+fn latency(store: &mut dyn Store, live: usize, max_ops: usize, secs: f64) -> Vec<f64> {
+    store.clear();
+    let mut gen = Gen::new(0x1a7e);
+    store.fill(&gen.fill_to(live));
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut v: Vec<f64> = Vec::with_capacity(max_ops);
+    while v.len() < max_ops && Instant::now() < end {
+        for op in gen.churn(live, 4096) {
+            let t = Instant::now();
+            store.exec(std::slice::from_ref(&op));
+            v.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    store.clear();
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 /// Churn for `secs` seconds; ops per second of time spent in the store.
@@ -407,8 +432,18 @@ fn main() {
         },
         System {
             key: "cachem",
-            label: "cachem (lock + op + unlock)",
-            spec: Spec::Cachem { dir: d.clone(), name: "bench".into(), size: CACHEM_REGION },
+            label: "cachem deferred (lock + op + unlock)",
+            spec: Spec::Cachem { dir: d.clone(), name: "bench".into(), size: CACHEM_REGION, eager: false },
+        },
+        System {
+            key: "cachem-eager",
+            label: "cachem eager (lock + op + unlock)",
+            spec: Spec::Cachem {
+                dir: d.clone(),
+                name: "bench-eager".into(),
+                size: CACHEM_REGION,
+                eager: true,
+            },
         },
         System {
             key: "lmdb1",
@@ -445,7 +480,10 @@ fn main() {
         systems.iter().map(|s| s.spec.open(0).unwrap_or_else(|e| panic!("open {}: {e}", s.label))).collect();
 
     let churn_sizes: &[usize] = if quick { &[1_000, 100_000] } else { &[1_000, 100_000, 1_000_000] };
-    let mut workloads = vec![Workload::Insert, Workload::Get, Workload::Remove];
+    let remove_sizes: &[usize] =
+        if quick { &[1_000, BASIC_N, 100_000] } else { &[1_000, BASIC_N, 100_000, 1_000_000] };
+    let mut workloads = vec![Workload::Insert, Workload::Get];
+    workloads.extend(remove_sizes.iter().map(|&n| Workload::Remove(n)));
     workloads.extend(churn_sizes.iter().map(|&n| Workload::Churn(n)));
     workloads.push(Workload::Iterate);
     workloads.retain(|w| args.wants(&w.key()));
@@ -454,6 +492,11 @@ fn main() {
     let mut results = report::Results::new(&systems, &workloads);
     for (wi, &w) in workloads.iter().enumerate() {
         for (si, sys) in systems.iter().enumerate() {
+            if sys.key == "cachem-eager" && matches!(w, Workload::Remove(n) if n > BASIC_N) {
+                // Quadratic under Eager: removing 100,000 records takes ~27 s.
+                eprintln!("{:<10} {:<40} {:>12}", w.key(), sys.label, "skipped");
+                continue;
+            }
             let t = Instant::now();
             let r = measure(stores[si].as_mut(), w, &budget);
             eprintln!(
@@ -467,6 +510,33 @@ fn main() {
         }
     }
 
+    // Latency per op, churn at 1M live (100k in quick runs).
+    let mut lat = Vec::new();
+    if args.wants("latency") {
+        let live = if quick { 100_000 } else { 1_000_000 };
+        let (max_ops, secs) = if quick { (300_000, 1.0) } else { (3_000_000, 4.0) };
+        for (si, sys) in systems.iter().enumerate() {
+            if !matches!(sys.key, "cachem" | "cachem-eager" | "lmdb1") {
+                continue;
+            }
+            let t = Instant::now();
+            let v = latency(stores[si].as_mut(), live, max_ops, secs);
+            let row = report::Latency::of(si, live, &v);
+            eprintln!(
+                "latency {:>5} {:<40} p50 {} p99 {} p99.9 {} max {} ({} ops, {:.1} s)",
+                report::short_count(live),
+                sys.label,
+                report::fmt_ns(row.p50),
+                report::fmt_ns(row.p99),
+                report::fmt_ns(row.p999),
+                report::fmt_ns(row.max),
+                row.ops,
+                t.elapsed().as_secs_f64()
+            );
+            lat.push(row);
+        }
+    }
+
     // Remove cost against region size.
     let mut points = Vec::new();
     if args.wants("remove-cost") {
@@ -477,12 +547,16 @@ fn main() {
             let t = Instant::now();
             let p = remove_cost::measure(d, live, budget.runs, budget.run_time, if quick { 3 } else { 10 });
             eprintln!(
-                "remove-cost {:>8}: cachem {:.2} µs, memmove {:.2} µs, {:.2}x ({} removes, {:.1} s)",
+                "remove-cost {:>8}: eager {:.2} µs, memmove {:.2} µs, {:.2}x ({} removes); \
+                 deferred {:.3} µs ({} removes); LMDB {:.2} µs ({:.1} s)",
                 remove_cost::human_bytes(live as f64),
                 p.cachem_us,
                 p.memmove_us,
                 p.ratio,
                 p.removes,
+                p.deferred_us,
+                p.deferred_removes,
+                p.lmdb_us,
                 t.elapsed().as_secs_f64()
             );
             points.push(p);
@@ -531,19 +605,38 @@ fn main() {
 
     info.finish(started.elapsed());
     let svg_name = "remove_cost.svg";
-    let md = report::markdown(&info, &budget, &systems, &results, &points, &two, &notes, svg_name);
+    let lat_svg = "latency.svg";
+    let md = report::markdown(
+        &info,
+        &budget,
+        &systems,
+        &results,
+        &points,
+        &two,
+        &lat,
+        &notes,
+        (svg_name, lat_svg),
+    );
     println!("{md}");
     if write {
         let docs =
             args.docs.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs"));
         if !points.is_empty() {
             let sub = format!(
-                "64-byte records, random positions; labels: cachem / memmove; median of {} runs; {}; {}",
+                "64-byte records, random positions; labels: eager / memmove; median of {} runs; {}; {}",
                 budget.runs, info.cpu, info.date
             );
             match remove_cost::plot(&points, &docs.join(svg_name), &sub) {
                 Ok(()) => eprintln!("wrote {}", docs.join(svg_name).display()),
                 Err(e) => eprintln!("could not draw {svg_name}: {e}"),
+            }
+        }
+        if !lat.is_empty() {
+            let sub = format!("churn mix, each op timed alone; {}; {}", info.cpu, info.date);
+            let labels: Vec<&str> = lat.iter().map(|l| systems[l.system].label).collect();
+            match report::plot_latency(&lat, &labels, &docs.join(lat_svg), &sub) {
+                Ok(()) => eprintln!("wrote {}", docs.join(lat_svg).display()),
+                Err(e) => eprintln!("could not draw {lat_svg}: {e}"),
             }
         }
         match report::write_section(&docs.join("benchmarks.md"), &md) {

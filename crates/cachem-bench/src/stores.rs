@@ -3,7 +3,7 @@
 
 use crate::harness::{Op, REC};
 use cachem::sys::{map::Mapping, mutex};
-use cachem::{Cache, Config, OwnerId, RecordId};
+use cachem::{Cache, Compaction, Config, OwnerId, RecordId};
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -37,7 +37,7 @@ pub trait Store {
 #[derive(Clone, Debug)]
 pub enum Spec {
     Mutex { path: PathBuf },
-    Cachem { dir: PathBuf, name: String, size: u64 },
+    Cachem { dir: PathBuf, name: String, size: u64, eager: bool },
     Lmdb { path: PathBuf, per_txn: usize },
     Redis { port: u16, pipeline: usize },
     Memcached { port: u16 },
@@ -47,7 +47,9 @@ impl Spec {
     pub fn encode(&self) -> String {
         match self {
             Spec::Mutex { path } => format!("mutex\t{}", path.display()),
-            Spec::Cachem { dir, name, size } => format!("cachem\t{}\t{name}\t{size}", dir.display()),
+            Spec::Cachem { dir, name, size, eager } => {
+                format!("cachem\t{}\t{name}\t{size}\t{eager}", dir.display())
+            }
             Spec::Lmdb { path, per_txn } => format!("lmdb\t{}\t{per_txn}", path.display()),
             Spec::Redis { port, pipeline } => format!("redis\t{port}\t{pipeline}"),
             Spec::Memcached { port } => format!("memcached\t{port}"),
@@ -58,7 +60,12 @@ impl Spec {
         let f: Vec<&str> = s.split('\t').collect();
         Some(match f.as_slice() {
             ["mutex", p] => Spec::Mutex { path: p.into() },
-            ["cachem", d, n, s] => Spec::Cachem { dir: d.into(), name: n.to_string(), size: s.parse().ok()? },
+            ["cachem", d, n, s, e] => Spec::Cachem {
+                dir: d.into(),
+                name: n.to_string(),
+                size: s.parse().ok()?,
+                eager: e.parse().ok()?,
+            },
             ["lmdb", p, n] => Spec::Lmdb { path: p.into(), per_txn: n.parse().ok()? },
             ["redis", p, n] => Spec::Redis { port: p.parse().ok()?, pipeline: n.parse().ok()? },
             ["memcached", p] => Spec::Memcached { port: p.parse().ok()? },
@@ -72,7 +79,10 @@ impl Spec {
         let base = proc_index << 40;
         Ok(match self {
             Spec::Mutex { path } => Box::new(MutexStore::open(path)?),
-            Spec::Cachem { dir, name, size } => Box::new(CachemStore::open(dir, name, *size)?),
+            Spec::Cachem { dir, name, size, eager } => {
+                let policy = if *eager { Compaction::Eager } else { Compaction::Deferred };
+                Box::new(CachemStore::open(dir, name, *size, policy)?)
+            }
             Spec::Lmdb { path, per_txn } => Box::new(LmdbStore::open(path, *per_txn, base)?),
             Spec::Redis { port, pipeline } => Box::new(RedisStore::connect(*port, *pipeline, base)?),
             Spec::Memcached { port } => Box::new(MemcachedStore::connect(*port, base)?),
@@ -144,8 +154,9 @@ pub struct CachemStore {
 }
 
 impl CachemStore {
-    pub fn open(dir: &Path, name: &str, size: u64) -> std::io::Result<CachemStore> {
-        let cache = Cache::open(&Config::named(name).dir(dir).size(size)).map_err(other)?;
+    pub fn open(dir: &Path, name: &str, size: u64, policy: Compaction) -> std::io::Result<CachemStore> {
+        let cache =
+            Cache::open(&Config::named(name).dir(dir).size(size).compaction(policy)).map_err(other)?;
         Ok(CachemStore { cache, ids: Vec::new(), owners: Vec::new() })
     }
 

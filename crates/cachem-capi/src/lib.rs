@@ -601,12 +601,25 @@ pub unsafe extern "C" fn cachem_add(
                     ),
                 ));
             }
+            if g.region().overlaps(data as usize, len) {
+                // The source lies in the region itself (say, a pointer from
+                // cachem_get): the insert may move it (a compaction after a
+                // reap) while copying from it. Copy it out first, under the
+                // lock we hold.
+                let mut copy = vec![0u8; len];
+                // SAFETY: `data` is readable for `len` bytes (inside the
+                // mapping, which we have locked); `copy` is a fresh buffer
+                // of `len` bytes.
+                unsafe { std::ptr::copy_nonoverlapping(data.cast::<u8>(), copy.as_mut_ptr(), len) };
+                return Ok(g.insert(OwnerId(owner), &copy)?);
+            }
             let bytes: &[u8] = if len == 0 {
                 &[]
             } else {
                 // SAFETY: non-NULL, readable for `len` bytes per the
-                // contract, and `len` is at most the region's record limit
-                // (< isize::MAX).
+                // contract, `len` is at most the region's record limit
+                // (< isize::MAX), and outside the region (checked above), so
+                // the insert does not write it.
                 unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
             };
             Ok(g.insert(OwnerId(owner), bytes)?)
@@ -697,8 +710,10 @@ pub unsafe extern "C" fn cachem_read(
             }
             if !b.is_empty() {
                 // SAFETY: buf is writable for len >= b.len() bytes per the
-                // contract and cannot overlap the region mapping we own.
-                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), buf.cast::<u8>(), b.len()) };
+                // contract. It may lie in the region (a pointer from
+                // cachem_get), even over the record itself: `copy` allows
+                // overlap.
+                unsafe { std::ptr::copy(b.as_ptr(), buf.cast::<u8>(), b.len()) };
             }
             Ok(())
         })

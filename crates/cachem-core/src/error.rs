@@ -33,7 +33,7 @@ pub enum Error {
     BadSize { size: u64, reason: &'static str },
 
     /// The image was written by a newer or older layout version.
-    #[error("region format version {found} is not supported (this build reads version {supported}); destroy the region or use a matching cachem")]
+    #[error("region format version {found} is not supported (this build reads version {supported}); regions are runtime state: destroy it (cachem destroy NAME) and re-create it, or use a matching cachem")]
     Version { found: u32, supported: u32 },
 
     /// The image comes from a machine of another byte order or ABI.

@@ -1,10 +1,16 @@
 //! The byte layout of a region: header, block header, block pointer.
 //!
 //! ```text
-//! offset 0                                                        size
-//! | header (384 B) | block section -> | free gap | <- bptr table |
-//!                  ^ o_st            ^ o_fr      ^ o_bptop
+//! offset 0                                                     size-64      size
+//! | header (384 B) | block section -> | free gap | <- bptr table | lock (64 B) |
+//!                  ^ o_st            ^ o_fr      ^ o_bptop      ^ table end
 //! ```
+//!
+//! The process-shared mutex lives in the **trailer**, the last
+//! [`TRAILER_SIZE`] bytes of the region, outside the engine's view: threads
+//! waiting for the lock write those bytes while the holder works, so no
+//! `&mut [u8]` of the engine may cover them. The engine's view is the region
+//! without its trailer (`layout::Layout::reopen`).
 //!
 //! Every struct here is `#[repr(C)]`, `bytemuck::Pod`, made of fixed-width
 //! integers only, and its size and field offsets are asserted at compile
@@ -23,8 +29,9 @@ use std::mem::{offset_of, size_of};
 pub const MAGIC: [u8; 8] = *b"CACHEM\x00\x01";
 /// Read back as `0x0403_0201` on a machine of the other byte order.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
-/// Version of this layout. Bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of this layout. Bumped on any incompatible change. Version 2
+/// added the compaction policy, dead blocks and the lock trailer.
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of [`Header`] in bytes; also where the block section starts.
 pub const HEADER_SIZE: usize = 384;
 /// Size of [`Bptr`] (one block-pointer table entry).
@@ -33,8 +40,19 @@ pub const BPTR_SIZE: usize = 32;
 pub const BLOCK_HEADER_SIZE: usize = 8;
 /// Every offset in the region is a multiple of this.
 pub const ALIGN: usize = 8;
-/// Bytes reserved in the header for the process-shared mutex.
+/// Bytes reserved for the process-shared mutex (the trailer).
 pub const MUTEX_BYTES: usize = 64;
+/// Size of the trailer at the end of the region: the mutex, outside the
+/// engine's view.
+pub const TRAILER_SIZE: usize = MUTEX_BYTES;
+/// `BlockHeader::slot` of a dead block (a record removed under the
+/// `Deferred` policy whose bytes wait for the next compaction). No table
+/// slot can have this number (a region holds fewer than 2^27 entries).
+pub const DEAD_SLOT: u32 = u32::MAX;
+/// `Header::compaction` value of the `Eager` policy.
+pub const COMPACTION_EAGER: u32 = 1;
+/// `Header::compaction` value of the `Deferred` policy.
+pub const COMPACTION_DEFERRED: u32 = 2;
 /// Smallest region (one page on the platforms we support).
 pub const MIN_REGION_SIZE: u64 = 4096;
 /// Largest region: block offsets in a table entry are `u32`.
@@ -99,6 +117,11 @@ pub struct Counters {
     pub bytes_moved: u64,
     pub reaped_records: u64,
     pub recoveries: u64,
+    /// Compactions run (each closes every hole of the block section).
+    pub compactions: u64,
+    /// Bytes moved by the largest single compaction (the longest pause a
+    /// compaction caused, in bytes).
+    pub largest_compaction: u64,
 }
 
 /// The region header. See `docs/format.md` for each field.
@@ -117,6 +140,10 @@ pub struct Header {
     pub pid_ns: u64,
     pub options: u32,
     pub mutex_size: u32,
+    /// [`COMPACTION_EAGER`] or [`COMPACTION_DEFERRED`].
+    pub compaction: u32,
+    /// [`TRAILER_SIZE`]: bytes at the end of the region holding the mutex.
+    pub trailer_size: u32,
     // --- mutable ---
     pub boot_id: [u8; 16],
     pub o_fr: u64,
@@ -132,8 +159,13 @@ pub struct Header {
     /// (until 2^32 deletes wrap it).
     pub last_gen: u32,
     pub _reserved0: u32,
-    pub mutex: [u8; MUTEX_BYTES],
-    pub _reserved1: [u64; 10],
+    /// Bytes of dead blocks in the block section (derived: recovery
+    /// rebuilds it by walking the blocks).
+    pub dead_bytes: u64,
+    /// Offset of the lowest dead block, 0 when there is none (derived). A
+    /// compaction starts there.
+    pub dead_lo: u64,
+    pub _reserved1: [u64; 13],
 }
 
 /// One block-pointer table entry. Slot `i` lives at
@@ -159,7 +191,8 @@ pub struct Bptr {
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 #[repr(C)]
 pub struct BlockHeader {
-    /// Back-pointer: the slot of the table entry that owns this block.
+    /// Back-pointer: the slot of the table entry that owns this block, or
+    /// [`DEAD_SLOT`] for a dead block.
     pub slot: u32,
     /// Length of the record data (without padding).
     pub len: u32,
@@ -167,7 +200,7 @@ pub struct BlockHeader {
 
 const _: () = {
     assert!(size_of::<Journal>() == 80);
-    assert!(size_of::<Counters>() == 40);
+    assert!(size_of::<Counters>() == 56);
     assert!(size_of::<Header>() == HEADER_SIZE);
     assert!(size_of::<Bptr>() == BPTR_SIZE);
     assert!(size_of::<BlockHeader>() == BLOCK_HEADER_SIZE);
@@ -182,20 +215,25 @@ const _: () = {
     assert!(offset_of!(Header, pid_ns) == 48);
     assert!(offset_of!(Header, options) == 56);
     assert!(offset_of!(Header, mutex_size) == 60);
-    assert!(offset_of!(Header, boot_id) == 64);
-    assert!(offset_of!(Header, o_fr) == 80);
-    assert!(offset_of!(Header, o_bptop) == 88);
-    assert!(offset_of!(Header, n_bptr) == 96);
-    assert!(offset_of!(Header, u_blks) == 100);
-    assert!(offset_of!(Header, free_head) == 104);
-    assert!(offset_of!(Header, flags) == 108);
-    assert!(offset_of!(Header, journal) == 112);
-    assert!(offset_of!(Header, counters) == 192);
-    assert!(offset_of!(Header, last_gen) == 232);
-    assert!(offset_of!(Header, mutex) == 240);
-    assert!(offset_of!(Header, _reserved1) == 304);
+    assert!(offset_of!(Header, compaction) == 64);
+    assert!(offset_of!(Header, trailer_size) == 68);
+    assert!(offset_of!(Header, boot_id) == 72);
+    assert!(offset_of!(Header, o_fr) == 88);
+    assert!(offset_of!(Header, o_bptop) == 96);
+    assert!(offset_of!(Header, n_bptr) == 104);
+    assert!(offset_of!(Header, u_blks) == 108);
+    assert!(offset_of!(Header, free_head) == 112);
+    assert!(offset_of!(Header, flags) == 116);
+    assert!(offset_of!(Header, journal) == 120);
+    assert!(offset_of!(Header, counters) == 200);
+    assert!(offset_of!(Header, last_gen) == 256);
+    assert!(offset_of!(Header, dead_bytes) == 264);
+    assert!(offset_of!(Header, dead_lo) == 272);
+    assert!(offset_of!(Header, _reserved1) == 280);
     assert!(offset_of!(Journal, start) == 8);
     assert!(offset_of!(Journal, mv_done) == 72);
+    assert!(offset_of!(Counters, compactions) == 40);
+    assert!(offset_of!(Counters, largest_compaction) == 48);
     assert!(offset_of!(Bptr, o_beg) == 0);
     assert!(offset_of!(Bptr, gen) == 4);
     assert!(offset_of!(Bptr, owner) == 8);
@@ -203,8 +241,11 @@ const _: () = {
     assert!(offset_of!(Bptr, start_time) == 16);
     assert!(offset_of!(Bptr, next_free) == 24);
     assert!(offset_of!(Bptr, flags) == 28);
-    assert!(HEADER_SIZE % ALIGN == 0 && BPTR_SIZE % ALIGN == 0);
-    assert!(offset_of!(Header, mutex) % 8 == 0);
+    assert!(offset_of!(BlockHeader, slot) == 0);
+    assert!(offset_of!(BlockHeader, len) == 4);
+    assert!(HEADER_SIZE % ALIGN == 0 && BPTR_SIZE % ALIGN == 0 && TRAILER_SIZE % ALIGN == 0);
+    // The trailer (mutex) must leave room for the header and one page of use.
+    assert!((HEADER_SIZE + TRAILER_SIZE) as u64 <= MIN_REGION_SIZE);
 };
 
 /// Bytes a record of `len` data bytes occupies in the block section.
@@ -220,7 +261,71 @@ pub const fn pad8(n: u64) -> u64 {
     }
 }
 
-/// Offset of table entry `slot` in a region of `size` bytes.
+/// Offset of table entry `slot` in a region of `size` bytes (the table ends
+/// where the trailer begins).
 pub const fn bptr_offset(size: u64, slot: u32) -> u64 {
-    size - (slot as u64 + 1) * BPTR_SIZE as u64
+    size - TRAILER_SIZE as u64 - (slot as u64 + 1) * BPTR_SIZE as u64
+}
+
+/// Offset of the mutex in a region of `size` bytes: the trailer.
+pub const fn mutex_offset(size: u64) -> u64 {
+    size - TRAILER_SIZE as u64
+}
+
+/// The compaction policy of a region, fixed at creation (header field
+/// `compaction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Compaction {
+    /// mod_cachem's "compacted at all times": a remove moves every block
+    /// after the record down at once.
+    Eager,
+    /// A remove marks the block dead; one compaction closes every hole when
+    /// an insert needs the room, when dead bytes pass half of the block
+    /// section, or on demand.
+    #[default]
+    Deferred,
+}
+
+impl Compaction {
+    /// The header value.
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            Compaction::Eager => COMPACTION_EAGER,
+            Compaction::Deferred => COMPACTION_DEFERRED,
+        }
+    }
+
+    /// From the header value; `None` for an unknown one.
+    pub const fn from_raw(v: u32) -> Option<Compaction> {
+        match v {
+            COMPACTION_EAGER => Some(Compaction::Eager),
+            COMPACTION_DEFERRED => Some(Compaction::Deferred),
+            _ => None,
+        }
+    }
+
+    /// `"eager"` or `"deferred"` (CLI and status spelling).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Compaction::Eager => "eager",
+            Compaction::Deferred => "deferred",
+        }
+    }
+}
+
+impl std::fmt::Display for Compaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Compaction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Compaction, String> {
+        match s {
+            "eager" => Ok(Compaction::Eager),
+            "deferred" => Ok(Compaction::Deferred),
+            other => Err(format!("unknown compaction policy {other:?} (eager or deferred)")),
+        }
+    }
 }

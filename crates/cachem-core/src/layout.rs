@@ -1,7 +1,9 @@
 //! The layout engine: every region operation as pure code over a byte slice.
 //!
-//! [`Layout`] wraps `&mut [u8]` holding a region image (see `format` and
-//! `docs/format.md`). It performs no system calls and contains no `unsafe`;
+//! [`Layout`] wraps `&mut [u8]` holding a region image without its trailer
+//! (the mutex; see `format` and `docs/format.md`), so the engine's view
+//! never covers bytes that waiting threads write. It performs no system
+//! calls and contains no `unsafe`;
 //! mapping and locking (module `region`) wrap it. Unit tests, property
 //! tests and the fuzzer drive it over plain heap buffers.
 //!
@@ -29,6 +31,8 @@ use std::sync::atomic::{compiler_fence, Ordering};
 const H: u64 = HEADER_SIZE as u64;
 const B: u64 = BPTR_SIZE as u64;
 const BH: u64 = BLOCK_HEADER_SIZE as u64;
+/// A compaction runs when dead bytes pass `1 / DEAD_BOUND_DIV` of the block section.
+const DEAD_BOUND_DIV: u64 = 2;
 
 /// Pid and process start time stamped on every record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -52,14 +56,17 @@ pub struct FormatOptions {
     pub options: u32,
     /// `size_of::<pthread_mutex_t>()` of the creator (part of the ABI tag).
     pub mutex_size: u32,
+    /// The compaction policy, fixed for the region's life.
+    pub compaction: Compaction,
+}
+
+/// Largest record a region of `size` bytes (trailer included) could ever
+/// hold (when empty).
+pub fn max_record_len_for(size: u64) -> u64 {
+    size.saturating_sub(TRAILER_SIZE as u64).saturating_sub(H).saturating_sub(BH + B) & !7
 }
 
 /// Checks that `size` can be a region size.
-/// Largest record a region of `size` bytes could ever hold (when empty).
-pub fn max_record_len_for(size: u64) -> u64 {
-    size.saturating_sub(H).saturating_sub(BH + B) & !7
-}
-
 pub fn check_size(size: u64) -> Result<()> {
     if size % ALIGN as u64 != 0 {
         return Err(Error::BadSize { size, reason: "must be a multiple of 8" });
@@ -92,9 +99,11 @@ pub fn format(buf: &mut [u8], opts: &FormatOptions) -> Result<()> {
     h.pid_ns = opts.pid_ns;
     h.options = opts.options;
     h.mutex_size = opts.mutex_size;
+    h.compaction = opts.compaction.to_raw();
+    h.trailer_size = TRAILER_SIZE as u32;
     h.boot_id = opts.boot_id;
     h.o_fr = H;
-    h.o_bptop = size;
+    h.o_bptop = size - TRAILER_SIZE as u64;
     h.journal.mv_src = NO_MOVE;
     // Start the generations at a per-region value, so an id from another
     // region is almost surely stale here.
@@ -166,6 +175,12 @@ pub fn check_header(h: &Header, len: u64) -> Result<()> {
     if h.options & !(OPT_REAP_ALL | OPT_NO_REAP) != 0 {
         return Err(Error::corrupt("options", format!("unknown bits {:#x}", h.options)));
     }
+    if Compaction::from_raw(h.compaction).is_none() {
+        return Err(Error::corrupt("compaction", format!("unknown policy {}", h.compaction)));
+    }
+    if h.trailer_size as usize != TRAILER_SIZE {
+        return Err(Error::corrupt("trailer_size", format!("{} (expected {TRAILER_SIZE})", h.trailer_size)));
+    }
     Ok(())
 }
 
@@ -201,6 +216,9 @@ pub struct RecoveryReport {
     pub finished_compaction: bool,
     /// Table entries of interrupted inserts that were rolled back.
     pub rolled_back_inserts: u32,
+    /// Deferred removes killed between marking the block dead and clearing
+    /// the entry, finished.
+    pub finished_removes: u32,
 }
 
 /// What [`Layout::verify`] checked.
@@ -211,6 +229,9 @@ pub struct VerifyReport {
     pub free_slots: u32,
     pub used_bytes: u64,
     pub free_bytes: u64,
+    /// Bytes of dead blocks (included in `used_bytes`).
+    pub dead_bytes: u64,
+    pub dead_blocks: u32,
 }
 
 /// Records and bytes of one owner.
@@ -251,6 +272,14 @@ pub struct Status {
     /// One row per (pid, start time).
     pub pids: Vec<PidUsage>,
     pub counters: Counters,
+    /// Bytes of the trailer (the lock) at the end of the region.
+    pub trailer_bytes: u64,
+    /// Bytes of dead blocks waiting for a compaction (part of `used_bytes`).
+    pub dead_bytes: u64,
+    /// Dead blocks waiting for a compaction.
+    pub dead_blocks: u32,
+    /// The region's compaction policy.
+    pub compaction: Compaction,
     pub generation: u64,
     pub boot_id: [u8; 16],
     pub pid_ns: u64,
@@ -267,29 +296,51 @@ impl<'a> Layout<'a> {
     /// Wraps an image after validating its immutable header fields. The
     /// mutable ones are checked by each operation (and all of them by
     /// [`Layout::verify`]).
+    ///
+    /// `buf` is the whole image, trailer included; the engine keeps a view
+    /// of everything but the trailer.
     pub fn open(buf: &'a mut [u8]) -> Result<Self> {
         check_immutable(buf)?;
-        Ok(Layout { buf })
+        let n = buf.len() - TRAILER_SIZE;
+        Ok(Layout { buf: &mut buf[..n] })
     }
 
-    /// Wraps an image whose immutable fields were validated before (by
-    /// [`Layout::open`] or [`check_immutable`]) and that nobody may have
-    /// rewritten since. Operations never read the immutable fields (they use
-    /// the buffer's length), so a lie here costs correctness of results, not
-    /// memory safety.
-    pub fn reopen(buf: &'a mut [u8]) -> Result<Self> {
-        if buf.len() < HEADER_SIZE || buf.len() as u64 > MAX_REGION_SIZE || buf.len() % ALIGN != 0 {
-            return Err(Error::corrupt("region_size", format!("{} bytes", buf.len())));
+    /// Wraps the engine's view of an image (the region without its
+    /// trailer: `region_size - TRAILER_SIZE` bytes from the start) whose
+    /// immutable fields were validated before (by [`Layout::open`] or
+    /// [`check_immutable`]) and that nobody may have rewritten since.
+    /// Operations read only the compaction policy among the immutable fields
+    /// (sizes come from the buffer's length), so a lie here costs
+    /// correctness of results, not memory safety.
+    pub fn reopen(view: &'a mut [u8]) -> Result<Self> {
+        let full = view.len() as u64 + TRAILER_SIZE as u64;
+        if view.len() < HEADER_SIZE || full > MAX_REGION_SIZE || view.len() % ALIGN != 0 {
+            return Err(Error::corrupt("region_size", format!("{full} bytes")));
         }
-        check_align(buf)?;
-        Ok(Layout { buf })
+        check_align(view)?;
+        Ok(Layout { buf: view })
     }
 
     // ----- raw access ---------------------------------------------------
 
+    /// End of the engine's view: where the table ends and the trailer
+    /// begins (`region_size - TRAILER_SIZE`).
     #[inline(always)]
     fn size(&self) -> u64 {
         self.buf.len() as u64
+    }
+
+    /// Size of the whole region, trailer included.
+    #[inline(always)]
+    fn region_size(&self) -> u64 {
+        self.size() + TRAILER_SIZE as u64
+    }
+
+    /// The region's compaction policy (an unknown value, which `verify`
+    /// reports, is treated as `Deferred`).
+    #[inline(always)]
+    pub fn compaction(&self) -> Compaction {
+        Compaction::from_raw(self.hdr().compaction).unwrap_or(Compaction::Deferred)
     }
 
     #[inline(always)]
@@ -305,20 +356,20 @@ impl<'a> Layout<'a> {
     /// Table entry `slot`. The caller has checked `slot < st.n_bptr`.
     #[inline(always)]
     fn bptr(&self, slot: u32) -> &Bptr {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes(&self.buf[off..off + BPTR_SIZE])
     }
 
     #[inline(always)]
     fn bptr_mut(&mut self, slot: u32) -> &mut Bptr {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE])
     }
 
     /// Writes `o_beg` and `gen` of entry `slot` in one aligned 8-byte store.
     #[inline(always)]
     fn set_loc(&mut self, slot: u32, o_beg: u32, gen: u32) {
-        let off = bptr_offset(self.size(), slot) as usize;
+        let off = bptr_offset(self.region_size(), slot) as usize;
         let word: &mut u64 = bytemuck::from_bytes_mut(&mut self.buf[off..off + 8]);
         *word = bytemuck::cast::<[u32; 2], u64>([o_beg, gen]);
     }
@@ -489,7 +540,7 @@ impl<'a> Layout<'a> {
 
     /// Largest record this region could ever hold (when empty).
     pub fn max_record_len(&self) -> u64 {
-        max_record_len_for(self.size())
+        max_record_len_for(self.region_size())
     }
 
     /// Inserts a record and returns its id. `Full` if the free gap is too
@@ -499,11 +550,17 @@ impl<'a> Layout<'a> {
         if len > self.max_record_len() {
             return Err(Error::TooLarge { len, max: self.max_record_len() });
         }
-        let st = self.st()?;
+        let mut st = self.st()?;
         self.check_no_journal()?;
         let need = block_size(len);
-        let free = st.o_bptop - st.o_fr;
         let head = self.hdr().free_head;
+        let want = need + if head == 0 { B } else { 0 };
+        if want > st.o_bptop - st.o_fr && self.hdr().dead_bytes != 0 {
+            // Dead blocks hold the room: close every hole, then try.
+            self.compact_now()?;
+            st = self.st()?;
+        }
+        let free = st.o_bptop - st.o_fr;
 
         // 1. Take a table entry: the free list first, else grow the table.
         let (slot, gen, o_bptop) = if head != 0 {
@@ -595,11 +652,19 @@ impl<'a> Layout<'a> {
 
     // ----- remove ---------------------------------------------------------
 
-    /// Removes a record and compacts the block section behind it.
+    /// Removes a record. Under `Eager`, the block section behind it is
+    /// compacted at once; under `Deferred`, the block is marked dead and a
+    /// compaction runs only when dead bytes pass half of the block
+    /// section (see [`Layout::compact_now`]).
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
         let st = self.st()?;
         self.check_no_journal()?;
         let (_, o, b) = self.resolve(&st, id)?;
+        if self.compaction() == Compaction::Deferred {
+            self.kill_block(id.slot(), o, b.size);
+            self.release_slot(id.slot())?;
+            return self.compact_if_due();
+        }
         self.start_journal(o, st.o_fr, o + b.size);
         hit("remove.after_journal");
         let gen = self.take_gen();
@@ -607,10 +672,10 @@ impl<'a> Layout<'a> {
         fence();
         hit("remove.after_clear");
         let moved = self.compact(false)?;
+        self.count_compaction(moved);
         let h = self.hdr_mut();
         h.u_blks = h.u_blks.wrapping_sub(1);
         h.counters.removes = h.counters.removes.wrapping_add(1);
-        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
         self.release_slot(id.slot())
     }
 
@@ -620,7 +685,7 @@ impl<'a> Layout<'a> {
     pub fn retain(&mut self, mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
         let st = self.st()?;
         self.check_no_journal()?;
-        let mut victims: Vec<u32> = Vec::new();
+        let mut victims: Vec<(u32, u64, u64)> = Vec::new();
         let (mut lo, mut hi, mut bytes) = (u64::MAX, 0u64, 0u64);
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
@@ -631,7 +696,7 @@ impl<'a> Layout<'a> {
             let (e, o, b) = self.resolve(&st, id)?;
             let d = (o + BH) as usize;
             if !keep(&meta_of(id, &e, b.len), &self.buf[d..d + b.len as usize]) {
-                victims.push(slot);
+                victims.push((slot, o, b.size));
                 lo = lo.min(o);
                 hi = hi.max(o + b.size);
                 bytes += b.size;
@@ -640,18 +705,26 @@ impl<'a> Layout<'a> {
         if victims.is_empty() {
             return Ok(Removed::default());
         }
+        if self.compaction() == Compaction::Deferred {
+            for &(slot, o, size) in &victims {
+                self.kill_block(slot, o, size);
+            }
+            self.rebuild_derived()?;
+            self.compact_if_due()?;
+            return Ok(Removed { records: victims.len(), bytes });
+        }
         self.start_journal(lo, st.o_fr, hi);
         hit("remove.after_journal");
-        for &slot in &victims {
+        for &(slot, _, _) in &victims {
             let gen = self.take_gen();
             self.set_loc(slot, 0, gen);
         }
         fence();
         hit("remove.after_clear");
         let moved = self.compact(false)?;
+        self.count_compaction(moved);
         let h = self.hdr_mut();
         h.counters.removes = h.counters.removes.wrapping_add(victims.len() as u64);
-        h.counters.bytes_moved = h.counters.bytes_moved.wrapping_add(moved);
         self.rebuild_derived()?;
         Ok(Removed { records: victims.len(), bytes })
     }
@@ -672,6 +745,100 @@ impl<'a> Layout<'a> {
     pub fn count_recovery(&mut self) {
         let c = &mut self.hdr_mut().counters;
         c.recoveries = c.recoveries.wrapping_add(1);
+    }
+
+    /// The deferred remove of the block of `slot` at `o` (`size` bytes):
+    /// mark the block dead, clear the entry, count the dead bytes. The
+    /// caller releases the slot. Killed after the mark, the entry points at
+    /// a dead block, which recovery recognises and finishes (the record is
+    /// removed); the dead-byte count and the free list are derived state,
+    /// rebuilt by recovery.
+    fn kill_block(&mut self, slot: u32, o: u64, size: u64) {
+        let at = o as usize;
+        *bytemuck::from_bytes_mut::<u32>(&mut self.buf[at..at + 4]) = DEAD_SLOT;
+        fence();
+        hit("defer.after_mark");
+        let gen = self.take_gen();
+        self.set_loc(slot, 0, gen);
+        fence();
+        hit("defer.after_clear");
+        let h = self.hdr_mut();
+        h.dead_bytes = h.dead_bytes.wrapping_add(size);
+        if h.dead_lo == 0 || o < h.dead_lo {
+            h.dead_lo = o;
+        }
+        h.u_blks = h.u_blks.wrapping_sub(1);
+        h.counters.removes = h.counters.removes.wrapping_add(1);
+        fence();
+        hit("defer.after_count");
+    }
+
+    /// Compacts if dead bytes are more than half of the block section: the
+    /// compaction then moves at most one live byte per dead byte, so the
+    /// amortised cost of a remove is a few record-sizes of memmove.
+    fn compact_if_due(&mut self) -> Result<()> {
+        let h = self.hdr();
+        if h.dead_bytes != 0 && h.dead_bytes.saturating_mul(DEAD_BOUND_DIV) > h.o_fr.saturating_sub(H) {
+            self.compact_now()?;
+        }
+        Ok(())
+    }
+
+    /// Closes every hole of the block section in one compaction (journaled:
+    /// a process killed midway leaves a journal that the next locker
+    /// finishes). Returns the bytes moved. Does nothing if there is no dead
+    /// block (always so under `Eager`).
+    pub fn compact_now(&mut self) -> Result<u64> {
+        let st = self.st()?;
+        self.check_no_journal()?;
+        let h = self.hdr();
+        if h.dead_bytes == 0 {
+            return Ok(0);
+        }
+        let start = h.dead_lo;
+        if start < H || start >= st.o_fr || start % 8 != 0 {
+            return Err(Error::corrupt("dead_lo", format!("{start} is outside [{H}, o_fr={})", st.o_fr)));
+        }
+        self.start_journal(start, st.o_fr, st.o_fr);
+        hit("compact.after_journal");
+        let moved = self.compact(false)?;
+        self.count_compaction(moved);
+        Ok(moved)
+    }
+
+    /// The journal, read one word at a time: `black_box` keeps the compiler
+    /// from merging the loads of words the compaction loop has just stored
+    /// into one wide load, which would wait for those stores to retire
+    /// (a store-forwarding stall on every step of the loop).
+    #[inline(always)]
+    fn journal_fields(&self) -> Journal {
+        let h = self.hdr();
+        let j = &h.journal;
+        Journal {
+            op: j.op,
+            _pad: 0,
+            start: std::hint::black_box(j.start),
+            src: std::hint::black_box(j.src),
+            dst: std::hint::black_box(j.dst),
+            end: j.end,
+            live_from: j.live_from,
+            mv_src: std::hint::black_box(j.mv_src),
+            mv_dst: j.mv_dst,
+            mv_len: j.mv_len,
+            mv_done: j.mv_done,
+        }
+    }
+
+    fn count_compaction(&mut self, moved: u64) {
+        let c = &mut self.hdr_mut().counters;
+        c.bytes_moved = c.bytes_moved.wrapping_add(moved);
+        c.compactions = c.compactions.wrapping_add(1);
+        c.largest_compaction = c.largest_compaction.max(moved);
+    }
+
+    /// Bytes of dead blocks waiting for a compaction (from the header).
+    pub fn dead_bytes(&self) -> u64 {
+        self.hdr().dead_bytes
     }
 
     fn check_no_journal(&self) -> Result<()> {
@@ -726,8 +893,17 @@ impl<'a> Layout<'a> {
     fn compact(&mut self, recovering: bool) -> Result<u64> {
         let size = self.size();
         let mut moved = 0u64;
+        let n_bptr = self.hdr().n_bptr;
+        // Average block size, for choosing the fixup (computed once).
+        let avg = {
+            let h = self.hdr();
+            ((h.o_fr.saturating_sub(H)) / (h.u_blks.max(1) as u64)).max(BH)
+        };
         loop {
-            let j = self.hdr().journal;
+            // Field by field (not a struct copy): the loop has just stored
+            // some of these words, and one wide load over them would stall
+            // on store forwarding at every step.
+            let j = self.journal_fields();
             let end = j.end;
             // Killed between the two advancing stores of a finished move
             // (dst already moved, src not): finish the advance.
@@ -740,14 +916,18 @@ impl<'a> Layout<'a> {
                 fence();
                 continue;
             }
-            if !(H <= j.start
-                && j.start <= j.dst
-                && j.dst <= j.src
-                && j.src <= end
-                && j.start <= j.live_from
-                && j.live_from <= end
-                && end <= self.hdr().o_bptop.min(size))
-                || (j.start | j.src | j.dst | end) % 8 != 0
+            // The journal of a fresh compaction holds only values this loop
+            // derived from checked ones (and bounds-checked slicing backs
+            // them up); one found by recovery is checked on every step.
+            if recovering
+                && (!(H <= j.start
+                    && j.start <= j.dst
+                    && j.dst <= j.src
+                    && j.src <= end
+                    && j.start <= j.live_from
+                    && j.live_from <= end
+                    && end <= self.hdr().o_bptop.min(size))
+                    || (j.start | j.src | j.dst | end) % 8 != 0)
             {
                 return Err(Error::corrupt(
                     "journal",
@@ -757,12 +937,13 @@ impl<'a> Layout<'a> {
             if j.mv_src == j.src && j.src != end {
                 // A run move is in progress (or about to start).
                 let (src, dst, len) = (j.mv_src, j.mv_dst, j.mv_len);
-                if dst != j.dst
-                    || len == 0
-                    || len % 8 != 0
-                    || src.checked_add(len).is_none_or(|e| e > end)
-                    || j.mv_done > len
-                    || j.mv_done % 8 != 0
+                if recovering
+                    && (dst != j.dst
+                        || len == 0
+                        || len % 8 != 0
+                        || src.checked_add(len).is_none_or(|e| e > end)
+                        || j.mv_done > len
+                        || j.mv_done % 8 != 0)
                 {
                     return Err(Error::corrupt(
                         "journal.mv",
@@ -780,7 +961,7 @@ impl<'a> Layout<'a> {
                 hit("compact.after_move");
                 // Fix the moved blocks' entries.
                 if gap != 0 {
-                    if !recovering && self.table_scan_is_cheaper(len) {
+                    if !recovering && (n_bptr as u64) <= 4 * (len / avg) {
                         self.fixup_by_table(src, len, gap);
                     } else {
                         self.fixup_by_walk(dst, len)?;
@@ -798,12 +979,21 @@ impl<'a> Layout<'a> {
             if j.src == end {
                 break;
             }
-            // Decide what lies at src: a dead block to skip, or a live run.
-            let n_bptr = self.hdr().n_bptr;
-            let b = self.block(j.src, end)?;
+            // Decide what lies at src: dead blocks to skip (all of them up
+            // to the next live block, in one store: they stay dead), or a
+            // live run.
             let live = |l: &Self, at: u64, b: &Blk| b.slot < n_bptr && l.bptr(b.slot).o_beg as u64 == at;
+            let b = self.block(j.src, end)?;
             if !live(self, j.src, &b) {
-                self.hdr_mut().journal.src = j.src + b.size;
+                let mut p = j.src + b.size;
+                while p < end {
+                    let b = self.block(p, end)?;
+                    if live(self, p, &b) {
+                        break;
+                    }
+                    p += b.size;
+                }
+                self.hdr_mut().journal.src = p;
                 fence();
                 continue;
             }
@@ -817,6 +1007,9 @@ impl<'a> Layout<'a> {
                 p += b.size;
             }
             let run_end = if p >= j.live_from { end } else { p };
+            // (Walking blocks is a chain of dependent loads; scanning the
+            // table is not: the fixup scans the table when it is not much
+            // longer than the run.)
             let h = self.hdr_mut();
             h.journal.mv_dst = j.dst;
             h.journal.mv_len = run_end - j.src;
@@ -828,6 +1021,10 @@ impl<'a> Layout<'a> {
         let dst = self.hdr().journal.dst;
         let h = self.hdr_mut();
         h.o_fr = dst;
+        // Every compaction starts at or below the lowest dead block, so no
+        // dead block is left (derived state; recovery recounts anyway).
+        h.dead_bytes = 0;
+        h.dead_lo = 0;
         fence();
         hit("compact.before_clear");
         h.journal.op = JOURNAL_NONE;
@@ -846,6 +1043,12 @@ impl<'a> Layout<'a> {
         let mut k = 0u32;
         while p < dst + len {
             let b = self.block(p, dst + len)?;
+            if b.slot == DEAD_SLOT {
+                // A dead block inside a run moved as a whole (past
+                // `live_from`) stays dead at its new place.
+                p += b.size;
+                continue;
+            }
             if b.slot >= n_bptr {
                 return Err(Error::corrupt("block.slot", format!("block at {p} names slot {}", b.slot)));
             }
@@ -858,14 +1061,6 @@ impl<'a> Layout<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Walking blocks is a chain of dependent loads; scanning the table is
-    /// not. Scan the table when it is not much longer than the run.
-    fn table_scan_is_cheaper(&self, len: u64) -> bool {
-        let h = self.hdr();
-        let avg = ((h.o_fr - H) / (h.u_blks.max(1) as u64)).max(BH);
-        (h.n_bptr as u64) <= 4 * (len / avg)
     }
 
     /// Fixes the entries of the blocks moved from `[src, src + len)` by `gap`
@@ -965,16 +1160,47 @@ impl<'a> Layout<'a> {
             return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
         }
         let o_fr = self.hdr().o_fr;
-        // Entries published by an insert that did not advance o_fr.
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
-            if e.o_beg != 0 && e.o_beg as u64 >= o_fr {
+            if e.o_beg == 0 {
+                continue;
+            }
+            if e.o_beg as u64 >= o_fr {
+                // Published by an insert that did not advance o_fr.
                 self.set_loc(slot, 0, e.gen);
                 rep.rolled_back_inserts += 1;
+            } else if self.block(e.o_beg as u64, o_fr).is_ok_and(|b| b.slot == DEAD_SLOT) {
+                // A deferred remove killed after marking the block dead:
+                // finish it (the record was being removed).
+                let gen = self.take_gen();
+                self.set_loc(slot, 0, gen);
+                rep.finished_removes += 1;
             }
         }
         self.rebuild_derived()?;
+        self.rebuild_dead()?;
         Ok(rep)
+    }
+
+    /// Recounts the dead blocks (derived state) by walking the block
+    /// section: `dead_bytes` and `dead_lo`.
+    fn rebuild_dead(&mut self) -> Result<()> {
+        let st = self.st()?;
+        let (mut p, mut dead, mut lo) = (H, 0u64, 0u64);
+        while p < st.o_fr {
+            let b = self.block(p, st.o_fr)?;
+            if b.slot == DEAD_SLOT {
+                dead += b.size;
+                if lo == 0 {
+                    lo = p;
+                }
+            }
+            p += b.size;
+        }
+        let h = self.hdr_mut();
+        h.dead_bytes = dead;
+        h.dead_lo = lo;
+        Ok(())
     }
 
     /// Marks the image as needing recovery (a mutation was abandoned, e.g.
@@ -988,7 +1214,8 @@ impl<'a> Layout<'a> {
     /// and its entry agreeing, counts, an acyclic free list of exactly the
     /// unused entries, the top entry in use, no journal pending.
     pub fn verify(&self) -> Result<VerifyReport> {
-        check_immutable(self.buf)?;
+        check_align(self.buf)?;
+        check_header(self.hdr(), self.region_size())?;
         let st = self.st()?;
         let h = self.hdr();
         if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
@@ -1000,8 +1227,19 @@ impl<'a> Layout<'a> {
         // Blocks, walked from the header to o_fr.
         let mut p = H;
         let mut records = 0u32;
+        let (mut dead_bytes, mut dead_blocks, mut dead_lo) = (0u64, 0u32, 0u64);
+        let eager = h.compaction == COMPACTION_EAGER;
         while p < st.o_fr {
             let b = self.block(p, st.o_fr)?;
+            if b.slot == DEAD_SLOT && !eager {
+                dead_bytes += b.size;
+                dead_blocks += 1;
+                if dead_lo == 0 {
+                    dead_lo = p;
+                }
+                p += b.size;
+                continue;
+            }
             if b.slot >= st.n_bptr {
                 return Err(Error::corrupt(
                     "block.slot",
@@ -1046,6 +1284,18 @@ impl<'a> Layout<'a> {
         if h.u_blks != records {
             return Err(Error::corrupt("u_blks", format!("{} but {records} records found", h.u_blks)));
         }
+        if h.dead_bytes != dead_bytes {
+            return Err(Error::corrupt(
+                "dead_bytes",
+                format!("{} but {dead_bytes} bytes of dead blocks found", h.dead_bytes),
+            ));
+        }
+        if h.dead_lo != dead_lo {
+            return Err(Error::corrupt(
+                "dead_lo",
+                format!("{} but the lowest dead block is at {dead_lo}", h.dead_lo),
+            ));
+        }
         if st.n_bptr > 0 && self.bptr(st.n_bptr - 1).o_beg == 0 {
             return Err(Error::corrupt("o_bptop", format!("the top entry {} is unused", st.n_bptr - 1)));
         }
@@ -1082,6 +1332,8 @@ impl<'a> Layout<'a> {
             free_slots,
             used_bytes: st.o_fr - H,
             free_bytes: st.o_bptop - st.o_fr,
+            dead_bytes,
+            dead_blocks,
         })
     }
 
@@ -1116,6 +1368,11 @@ impl<'a> Layout<'a> {
         self.hdr().options
     }
 
+    /// The header's counters (cheap; [`Layout::status`] walks the region).
+    pub fn counters(&self) -> Counters {
+        self.hdr().counters
+    }
+
     /// Number of records (from the header's count).
     pub fn records(&self) -> u32 {
         self.hdr().u_blks
@@ -1148,8 +1405,18 @@ impl<'a> Layout<'a> {
             p.records += 1;
             p.bytes += m.len as u64;
         }
+        let (mut dead_bytes, mut dead_blocks) = (0u64, 0u32);
+        let mut p = H;
+        while p < st.o_fr {
+            let Ok(b) = self.block(p, st.o_fr) else { break };
+            if b.slot == DEAD_SLOT {
+                dead_bytes += b.size;
+                dead_blocks += 1;
+            }
+            p += b.size;
+        }
         Ok(Status {
-            size: self.size(),
+            size: self.region_size(),
             header_size: H,
             o_fr: st.o_fr,
             o_bptop: st.o_bptop,
@@ -1162,6 +1429,10 @@ impl<'a> Layout<'a> {
             owners: owners.into_values().collect(),
             pids: pids.into_values().collect(),
             counters: h.counters,
+            trailer_bytes: TRAILER_SIZE as u64,
+            dead_bytes,
+            dead_blocks,
+            compaction: self.compaction(),
             generation: h.generation,
             boot_id: h.boot_id,
             pid_ns: h.pid_ns,

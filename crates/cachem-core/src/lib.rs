@@ -15,6 +15,7 @@ pub mod sys;
 
 pub use bytemuck;
 pub use error::{Error, ErrorKind, Result};
+pub use format::Compaction;
 pub use ids::{OwnerId, ParseRecordIdError, RecordId, RecordMeta};
 pub use layout::{
     FormatOptions, Layout, OwnerUsage, PidUsage, ProcTag, RecoveryReport, Removed, Status, VerifyReport,

@@ -20,10 +20,11 @@
 //! undefined").
 //!
 //! The one exception is the mutex word itself, which waiting threads update
-//! atomically while another holds the lock; the engine never reads or writes
-//! those bytes (they sit in the header's reserved mutex area). Before the
-//! mapping is trusted, attach reads the header through a raw copy, never
-//! through a reference.
+//! atomically while another holds the lock. It lives in the region's
+//! trailer (its last 64 bytes), and the engine's `&mut [u8]` covers the
+//! region without the trailer, so no reference ever covers bytes another
+//! thread writes. Before the mapping is trusted, attach reads the header
+//! through a raw copy, never through a reference.
 //!
 //! ## Create or attach
 //!
@@ -36,7 +37,9 @@
 //! bytes are left alone.
 
 use crate::error::{Error, Result};
-use crate::format::{Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL};
+use crate::format::{
+    mutex_offset, Compaction, Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL, TRAILER_SIZE,
+};
 use crate::ids::{OwnerId, RecordId, RecordMeta};
 use crate::layout::{self, FormatOptions, Layout, ProcTag, Removed, Status, VerifyReport};
 use crate::sys::map::Mapping;
@@ -75,6 +78,9 @@ pub struct RegionOptions {
     /// When attaching: this process does not reap, which also allows
     /// attaching from another pid namespace.
     pub no_reap: bool,
+    /// At creation: the compaction policy (default `Deferred`). Attaching
+    /// uses the region's own.
+    pub compaction: Compaction,
     /// Give everything created for the region (the region file, its
     /// lockfile, the runtime directory when this call made it) to this
     /// `(uid, gid)`. Needs root unless it is the caller's own; when
@@ -93,6 +99,7 @@ impl Default for RegionOptions {
             create: true,
             reap_all_records_of_dead_processes: false,
             no_reap: false,
+            compaction: Compaction::default(),
             owner: None,
         }
     }
@@ -465,7 +472,7 @@ impl Region {
             if opts.no_reap {
                 options |= OPT_NO_REAP;
             }
-            init_image(&map, options)?;
+            init_image(&map, options, opts.compaction)?;
             // Publish without ever replacing an existing region.
             fs::hard_link(&tmp, path).map_err(io_err("publish region", path))?;
             fs::remove_file(&tmp).map_err(io_err("remove temporary", &tmp))
@@ -591,7 +598,7 @@ impl Region {
             options |= OPT_NO_REAP;
         }
         let map = Mapping::anonymous(size as usize)?;
-        let h = init_image(&map, options)?;
+        let h = init_image(&map, options, opts.compaction)?;
         Ok(Region {
             map,
             path: None,
@@ -635,8 +642,8 @@ impl Region {
     }
 
     fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
-        // The mutex area is inside the header, which is inside the mapping.
-        self.map.as_ptr().wrapping_add(std::mem::offset_of!(Header, mutex)).cast()
+        // The mutex is the trailer, the last bytes of the mapping.
+        self.map.as_ptr().wrapping_add(mutex_offset(self.map.len() as u64) as usize).cast()
     }
 
     /// Takes the region lock. If its previous owner died holding it, or a
@@ -665,9 +672,11 @@ impl Region {
             }
         };
         // SAFETY: we hold the region lock, so no cooperating process reads
-        // or writes record bytes until the guard unlocks; the slice covers
-        // exactly the mapping, which outlives the guard (it borrows self).
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len()) };
+        // or writes these bytes until the guard unlocks; the slice covers the
+        // mapping without its trailer (the mutex, which waiting threads
+        // write), and the mapping outlives the guard (it borrows self). The
+        // mapping is longer than the trailer (checked at attach/create).
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len() - TRAILER_SIZE) };
         let layout = match Layout::reopen(buf) {
             Ok(l) => l,
             Err(e) => {
@@ -768,6 +777,15 @@ impl Region {
     pub fn max_record_len(&self) -> u64 {
         layout::max_record_len_for(self.size())
     }
+
+    /// Whether the `len` bytes at address `addr` overlap this process's
+    /// mapping of the region (for callers handed raw pointers, such as the
+    /// C ABI, which must not pass region bytes back in as a source).
+    pub fn overlaps(&self, addr: usize, len: usize) -> bool {
+        let start = self.map.as_ptr() as usize;
+        let end = start + self.map.len();
+        len > 0 && addr < end && addr.saturating_add(len) > start
+    }
 }
 
 /// A multiply-xor hasher for small integer keys (the reaper's per-record
@@ -818,13 +836,14 @@ fn read_header(map: &Mapping) -> HeaderCopy {
 
 /// Formats a fresh mapping (no other process can see it yet) and initialises
 /// its mutex.
-fn init_image(map: &Mapping, options: u32) -> Result<Header> {
+fn init_image(map: &Mapping, options: u32, compaction: Compaction) -> Result<Header> {
     let opts = FormatOptions {
         generation: random_u64(),
         boot_id: process::boot_id(),
         pid_ns: process::pid_namespace(None),
         options,
         mutex_size: mutex::SIZE as u32,
+        compaction,
     };
     // SAFETY: the mapping is fresh (a new temporary file or new anonymous
     // memory) and not yet visible to any other process; this is the only
@@ -832,8 +851,9 @@ fn init_image(map: &Mapping, options: u32) -> Result<Header> {
     let buf = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), map.len()) };
     layout::format(buf, &opts)?;
     let h: Header = *bytemuck::from_bytes(&buf[..HEADER_SIZE]);
-    let m = map.as_ptr().wrapping_add(std::mem::offset_of!(Header, mutex)).cast();
-    // SAFETY: the mutex area is inside the fresh mapping, 8-aligned, unused.
+    let m = map.as_ptr().wrapping_add(mutex_offset(map.len() as u64) as usize).cast();
+    // SAFETY: the mutex area (the trailer) is inside the fresh mapping,
+    // 8-aligned, unused.
     unsafe { mutex::init(m) }.map_err(|e| Error::Io {
         op: "initialise lock",
         path: "<new region>".into(),
@@ -1007,7 +1027,8 @@ impl<'r> Guard<'r> {
         self.layout.meta(id)
     }
 
-    /// Removes a record and compacts. mod_cachem's `cachem_delete`.
+    /// Removes a record (Eager: compacts at once; Deferred: marks its block
+    /// dead for a later compaction). mod_cachem's `cachem_delete`.
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
         self.layout.remove(id)
     }
@@ -1041,6 +1062,17 @@ impl<'r> Guard<'r> {
     /// Removes every record for which `keep` returns false, in one pass.
     pub fn retain(&mut self, keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
         self.layout.retain(keep)
+    }
+
+    /// Closes every hole left by removes in one compaction (`Deferred`
+    /// regions; nothing to do under `Eager`). Returns the bytes moved.
+    pub fn compact(&mut self) -> Result<u64> {
+        self.layout.compact_now()
+    }
+
+    /// The region's compaction policy.
+    pub fn compaction(&self) -> Compaction {
+        self.layout.compaction()
     }
 
     /// Full invariant check.

@@ -52,7 +52,10 @@ pub fn run() -> CliResult {
     std::fs::create_dir_all(&tmp.0)?;
     let dir = tmp.0.clone();
 
-    say(format!("1. Create an 8 KiB region \"demo\" in {}.", dir.display()));
+    say(format!(
+        "1. Create an 8 KiB region \"demo\" in {} (deferred compaction: a delete marks its block dead).",
+        dir.display()
+    ));
     let cache = Cache::open(&Config::named("demo").dir(&dir).size(8 << 10))?;
     let ids = cache.ids(&["scoreboard", "jobs"])?;
     say(format!("   Registered owner names: scoreboard = {}, jobs = {}.", ids[0].get(), ids[1].get()));
@@ -125,12 +128,25 @@ pub fn run() -> CliResult {
     )?;
     let after = cache.status()?;
     check(
-        after.region.free_bytes == free0 + rep.bytes,
-        "the reaped bytes did not come back to the free gap",
+        after.region.free_bytes + after.region.dead_bytes == free0 + rep.bytes + after_kill.region.dead_bytes,
+        "the reaped bytes are neither dead nor back in the free gap",
     )?;
     say(format!(
-        "   {} bytes came back to the free gap ({} -> {} free). Its scoreboard and job records stay: they are owned.",
-        rep.bytes, free0, after.region.free_bytes
+        "   {} bytes freed; {} dead bytes now wait as holes for a compaction. Its scoreboard and job records stay: they are owned.",
+        rep.bytes, after.region.dead_bytes
+    ));
+    show::status_human(&mut std::io::stdout(), &after)?;
+    say("   Compact (`cachem compact demo`): one pass closes every hole.");
+    let moved = cache.compact()?;
+    let compacted = cache.status()?;
+    check(
+        compacted.region.dead_bytes == 0
+            && compacted.region.free_bytes == after.region.free_bytes + after.region.dead_bytes,
+        "the compaction did not return every dead byte to the free gap",
+    )?;
+    say(format!(
+        "   {} bytes moved; {} -> {} bytes in the free gap, no dead bytes left.",
+        moved, after.region.free_bytes, compacted.region.free_bytes
     ));
 
     say("5. Verify every invariant of the region.");

@@ -11,7 +11,7 @@ mod show;
 mod stress;
 mod watch;
 
-use cachem::{Cache, Config, OwnerId, RecordId};
+use cachem::{Cache, Compaction, Config, OwnerId, RecordId};
 use clap::{ArgGroup, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -83,6 +83,11 @@ enum Cmd {
         /// Never reap dead processes' records in this region.
         #[arg(long)]
         no_reap: bool,
+        /// Compaction policy: `deferred` (a delete marks the block dead; one
+        /// compaction closes all holes later) or `eager` (every delete
+        /// compacts at once).
+        #[arg(long, default_value = "deferred", value_parser = parse_compaction)]
+        compaction: Compaction,
         /// Give the region, its lockfile and id store to USER:GROUP (names or
         /// numeric ids; root only), e.g. for workers that drop privileges.
         #[arg(long, value_name = "USER:GROUP", value_parser = parse_owner)]
@@ -137,7 +142,8 @@ enum Cmd {
         #[arg(long)]
         hex: bool,
     },
-    /// Delete a record (the block section is compacted).
+    /// Delete a record (compacted at once under `eager`, marked dead under
+    /// `deferred`).
     Del {
         /// Region: a name in the runtime directory, or a path.
         name: String,
@@ -177,6 +183,11 @@ enum Cmd {
         /// A JSON report with stable keys.
         #[arg(long)]
         json: bool,
+    },
+    /// Close every hole left by deletes now, in one compaction.
+    Compact {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
     },
     /// Check every invariant; exit 1 with the reason if one is broken.
     Verify {
@@ -329,8 +340,8 @@ fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
     let mut out = std::io::stdout().lock();
     match cli.cmd {
-        Cmd::Create { name, size, mode, reap_all, no_reap, owner } => {
-            let mut c = Config::named(&name).size(size).mode(mode);
+        Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
+            let mut c = Config::named(&name).size(size).mode(mode).compaction(compaction);
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);
             }
@@ -345,10 +356,15 @@ fn run(cli: Cli) -> CliResult {
             }
             let cache = Cache::open(&c)?;
             let path = cache.region().path().map(|p| p.display().to_string()).unwrap_or_default();
+            let policy = cache.lock()?.compaction();
             if cache.region().open_report().created {
-                writeln!(out, "created {path} ({} bytes)", cache.region().size())?;
+                writeln!(out, "created {path} ({} bytes, {policy} compaction)", cache.region().size())?;
             } else {
-                writeln!(out, "{path} already exists ({} bytes)", cache.region().size())?;
+                writeln!(
+                    out,
+                    "{path} already exists ({} bytes, {policy} compaction)",
+                    cache.region().size()
+                )?;
             }
         }
         Cmd::Stat { name, json, format, watch } => {
@@ -451,6 +467,13 @@ fn run(cli: Cli) -> CliResult {
             rep.bytes += more.bytes;
             rep.dead.extend(more.dead);
             show::reap(&mut out, &rep, json)?;
+        }
+        Cmd::Compact { name } => {
+            let cache = Cache::open(&existing(&dir, &name))?;
+            let mut g = cache.lock()?;
+            let dead = g.status()?.dead_bytes;
+            let moved = g.compact()?;
+            writeln!(out, "compacted: {dead} dead bytes reclaimed, {moved} bytes moved")?;
         }
         Cmd::Verify { name } => {
             let cache = inspect(&dir, &name)?;
@@ -556,6 +579,10 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         Ok(v) if v.is_finite() && (0.1..=86_400.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
         _ => Err(format!("{s:?} is not a number of seconds between 0.1 and 86400")),
     }
+}
+
+fn parse_compaction(s: &str) -> Result<Compaction, String> {
+    s.parse()
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

@@ -58,6 +58,16 @@ impl Exposition {
 pub fn exposition(region: &str, st: &CacheStatus) -> String {
     let r = &st.region;
     let mut e = Exposition { out: String::new(), region: region.to_string() };
+    e.family(
+        "cachem_region_info",
+        "gauge",
+        "Always 1; the region's compaction policy and generation as labels.",
+    );
+    e.sample(
+        "cachem_region_info",
+        &[("compaction", r.compaction.as_str()), ("generation", &format!("{:016x}", r.generation))],
+        1,
+    );
     e.single("cachem_size_bytes", "gauge", "Size of the region in bytes.", r.size);
     e.single("cachem_records", "gauge", "Live records in the region.", r.records.into());
     e.single(
@@ -76,7 +86,14 @@ pub fn exposition(region: &str, st: &CacheStatus) -> String {
         "cachem_dead_bytes",
         "gauge",
         "Bytes of deleted blocks not yet compacted away (0 in an eagerly compacted region).",
-        dead_bytes(r),
+        r.dead_bytes,
+    );
+    e.single("cachem_dead_blocks", "gauge", "Deleted blocks not yet compacted away.", r.dead_blocks.into());
+    e.single(
+        "cachem_lock_bytes",
+        "gauge",
+        "Bytes of the trailer at the end of the region that holds the lock.",
+        r.trailer_bytes,
     );
     e.single("cachem_table_bytes", "gauge", "Bytes of the block-pointer table.", r.table_bytes);
     e.single("cachem_table_entries", "gauge", "Entries in the block-pointer table.", r.slots.into());
@@ -95,6 +112,18 @@ pub fn exposition(region: &str, st: &CacheStatus) -> String {
     let c = &r.counters;
     e.single("cachem_inserts_total", "counter", "Records inserted since the region was created.", c.inserts);
     e.single("cachem_removes_total", "counter", "Records removed since the region was created.", c.removes);
+    e.single(
+        "cachem_compactions_total",
+        "counter",
+        "Compactions (each closes every hole in the block section) since the region was created.",
+        c.compactions,
+    );
+    e.single(
+        "cachem_largest_compaction_bytes",
+        "gauge",
+        "Most bytes moved by one compaction since the region was created.",
+        c.largest_compaction,
+    );
     e.single(
         "cachem_compaction_moved_bytes_total",
         "counter",
@@ -162,11 +191,4 @@ pub fn exposition(region: &str, st: &CacheStatus) -> String {
         st.pids.iter().filter(|p| !p.alive).count() as u64,
     );
     e.out
-}
-
-/// Bytes of deleted blocks awaiting compaction. This tree's format (v1)
-/// compacts on every delete, so there are none; format v2 (deferred
-/// compaction) reports its own count here.
-fn dead_bytes(_r: &cachem::Status) -> u64 {
-    0
 }

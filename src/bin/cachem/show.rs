@@ -6,10 +6,13 @@ use cachem::{Cache, CacheStatus, OwnerId, ReapReport};
 use serde_json::{json, Value};
 use std::io::Write;
 
-/// One line picturing the region: header, blocks, free gap, table.
+/// One line picturing the region: header, live blocks (`B`), dead blocks
+/// waiting for a compaction (`x`), free gap (`.`), table (`T`), lock (`L`).
 pub fn picture(st: &CacheStatus, width: usize) -> String {
     let r = &st.region;
-    let pct = ((r.used_bytes + r.table_bytes + r.header_size) * 100).checked_div(r.size).unwrap_or(0);
+    let live = r.used_bytes - r.dead_bytes.min(r.used_bytes);
+    let pct =
+        ((live + r.table_bytes + r.header_size + r.trailer_bytes) * 100).checked_div(r.size).unwrap_or(0);
     let suffix = format!("  {pct:>3}% used");
     let inner = width.saturating_sub(suffix.len() + 4).max(10);
     let total = r.size.max(1) as f64;
@@ -20,13 +23,14 @@ pub fn picture(st: &CacheStatus, width: usize) -> String {
             ((bytes as f64 / total * inner as f64).round() as usize).max(1)
         }
     };
-    let (mut b, t) = (cells(r.used_bytes), cells(r.table_bytes));
-    let mut free = inner.saturating_sub(b + t);
+    let (mut b, x, t) = (cells(live), cells(r.dead_bytes), cells(r.table_bytes));
+    let mut free = inner.saturating_sub(b + x + t);
     if r.free_bytes > 0 && free == 0 {
         free = 1;
         b = b.saturating_sub(1);
     }
-    format!("[H|{}{}|{}]{suffix}", "B".repeat(b), ".".repeat(free), "T".repeat(t))
+    // Dead blocks lie among the live ones; drawn after them for a clear total.
+    format!("[H|{}{}{}|{}|L]{suffix}", "B".repeat(b), "x".repeat(x), ".".repeat(free), "T".repeat(t))
 }
 
 fn owner_label(st: &CacheStatus, id: OwnerId) -> String {
@@ -45,8 +49,13 @@ pub fn status_human(out: &mut impl Write, st: &CacheStatus) -> CliResult {
     writeln!(out, "region    {path}")?;
     writeln!(
         out,
-        "size      {} bytes: header {}, blocks {}, free {}, table {}",
-        r.size, r.header_size, r.used_bytes, r.free_bytes, r.table_bytes
+        "size      {} bytes: header {}, blocks {} (dead {}), free {}, table {}, lock {}",
+        r.size, r.header_size, r.used_bytes, r.dead_bytes, r.free_bytes, r.table_bytes, r.trailer_bytes
+    )?;
+    writeln!(
+        out,
+        "policy    {} compaction; {} dead blocks, {} dead bytes",
+        r.compaction, r.dead_blocks, r.dead_bytes
     )?;
     writeln!(out, "records   {} in {} table entries ({} free entries)", r.records, r.slots, r.free_slots)?;
     writeln!(out, "identity  generation {:016x}, boot {}", r.generation, hex(&r.boot_id))?;
@@ -84,8 +93,8 @@ pub fn status_human(out: &mut impl Write, st: &CacheStatus) -> CliResult {
     let c = &r.counters;
     writeln!(
         out,
-        "counters  inserts {}, removes {}, bytes moved {}, reaped {}, recoveries {}",
-        c.inserts, c.removes, c.bytes_moved, c.reaped_records, c.recoveries
+        "counters  inserts {}, removes {}, compactions {}, bytes moved {} (largest compaction {}), reaped {}, recoveries {}",
+        c.inserts, c.removes, c.compactions, c.bytes_moved, c.largest_compaction, c.reaped_records, c.recoveries
     )?;
     Ok(())
 }
@@ -163,7 +172,7 @@ pub fn reap(out: &mut impl Write, rep: &ReapReport, json: bool) -> CliResult {
     let pids: Vec<String> = rep.dead.iter().map(|d| format!("{} ({} records)", d.pid, d.records)).collect();
     writeln!(
         out,
-        "reaped {} record{} ({} bytes back in the free gap) of {} dead process{}: {}",
+        "reaped {} record{} ({} bytes freed) of {} dead process{}: {}",
         rep.records,
         if rep.records == 1 { "" } else { "s" },
         rep.bytes,

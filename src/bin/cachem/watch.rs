@@ -84,11 +84,12 @@ pub fn line(st: &CacheStatus, now: SystemTime) -> String {
     let r = &st.region;
     let c = &r.counters;
     format!(
-        "{} records={} used_bytes={} free_bytes={} table_bytes={} owners={} pids={} dead_pids={} \
-         inserts={} removes={} reaped_records={} recoveries={}",
+        "{} records={} used_bytes={} dead_bytes={} free_bytes={} table_bytes={} owners={} pids={} dead_pids={} \
+         inserts={} removes={} compactions={} reaped_records={} recoveries={}",
         utc(now),
         r.records,
         r.used_bytes,
+        r.dead_bytes,
         r.free_bytes,
         r.table_bytes,
         r.owners.len(),
@@ -96,6 +97,7 @@ pub fn line(st: &CacheStatus, now: SystemTime) -> String {
         st.pids.iter().filter(|p| !p.alive).count(),
         c.inserts,
         c.removes,
+        c.compactions,
         c.reaped_records,
         c.recoveries
     )
