@@ -164,11 +164,18 @@ clean:
 ## mod_cachem_example, mods-available/cachem.{load,conf}, mod_cachem.h).
 MULTIARCH = $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 DEB_STAGE := target/deb-stage
-deb: deb-deps apache assets
-	rm -rf $(DEB_STAGE)
+## The packaged modules link the distributed (panic = abort, profile capi)
+## libcachem.a, built into their own directory so they never mix with the
+## unwinding build `make apache` links for the tests.
+DEB_APACHE := target/deb-apache
+deb: deb-deps apache-deps assets
+	rm -rf $(DEB_STAGE) $(DEB_APACHE)
+	$(MAKE) --no-print-directory capi
+	$(MAKE) --no-print-directory $(DEB_APACHE)/mod_cachem.so $(DEB_APACHE)/mod_cachem_example.so \
+	  APACHE_OUT=$(DEB_APACHE) CAPI_LIB=target/capi/libcachem.a
 	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(DEB_STAGE) PREFIX=/usr \
 	  LIBDIR=/usr/lib/$(MULTIARCH) INCLUDEDIR=/usr/include
-	sh packaging/deb/build.sh target/deb $(DEB_STAGE)
+	sh packaging/deb/build.sh target/deb $(DEB_STAGE) $(DEB_APACHE)
 
 deb-deps:
 	@for p in dpkg-dev binutils gzip; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -5,12 +5,13 @@
 #   $STAGE_LIB (make install DESTDIR=...)       libcachem.so.0 (+ .so link), libcachem.a,
 #                                               cachem.h, cachem.pc, cachem.map
 #   target/assets/{man,completions}             make assets
-#   target/apache/mod_cachem{,_example}.so      make apache
-# Usage: packaging/deb/build.sh OUTDIR LIBSTAGE
+#   MODDIR/mod_cachem{,_example}.so             apxs, linked with the capi-profile libcachem.a
+# Usage: packaging/deb/build.sh OUTDIR LIBSTAGE MODDIR
 set -eu
 cd "$(dirname "$0")/../.."
 OUT=$1
 LIBSTAGE=$2
+BUILT_MODS=$3
 HERE=packaging/deb
 
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
@@ -88,8 +89,8 @@ MMN=$(sed -n 's/^#define MODULE_MAGIC_NUMBER_MAJOR \([0-9]*\).*/\1/p' "$INCDIR/a
 A=$WORK/apache
 install -d "$A/DEBIAN" "$A$MODDIR" "$A/etc/apache2/mods-available" "$A$INCDIR" \
 	"$A/usr/share/doc/libapache2-mod-cachem"
-install -m 644 target/apache/mod_cachem.so "$A$MODDIR/mod_cachem.so"
-install -m 644 target/apache/mod_cachem_example.so "$A$MODDIR/mod_cachem_example.so"
+install -m 644 "$BUILT_MODS/mod_cachem.so" "$A$MODDIR/mod_cachem.so"
+install -m 644 "$BUILT_MODS/mod_cachem_example.so" "$A$MODDIR/mod_cachem_example.so"
 strip --strip-unneeded "$A$MODDIR/mod_cachem.so" "$A$MODDIR/mod_cachem_example.so"
 install -m 644 $HERE/cachem.load $HERE/cachem.conf $HERE/cachem_example.load "$A/etc/apache2/mods-available/"
 install -m 644 apache/mod_cachem.h "$A$INCDIR/mod_cachem.h"
