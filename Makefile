@@ -119,7 +119,7 @@ APACHE_OUT := target/apache
 APACHE_PKGS := apache2 apache2-dev apache2-utils gcc
 CAPI_LIB := target/release/libcachem.a
 CAPI_INCLUDE := crates/cachem-capi/include
-APXS_CFLAGS := -Wc,-Wall -Wc,-Wextra -Wc,-Wno-unused-parameter -Wc,-Wno-missing-field-initializers -Wc,-O2
+APXS_CFLAGS := -Wc,-Wall -Wc,-Werror -Wc,-Wextra -Wc,-Wno-unused-parameter -Wc,-Wno-missing-field-initializers -Wc,-O2
 
 apache: apache-deps
 	$(CARGO) build --release -p cachem-capi

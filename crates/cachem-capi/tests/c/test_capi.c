@@ -827,6 +827,29 @@ static void test_review_findings(void) {
         CHECK(out[k] == 'A');
     OK(cachem_close(c));
     OK(cachem_close(busy_handle));
+
+    section("the compaction policy is chosen at creation");
+    for (int eager = 0; eager <= 1; eager++) {
+        cachem_options_t o = CACHEM_OPTIONS_INIT;
+        o.compaction = eager ? CACHEM_COMPACTION_EAGER : CACHEM_COMPACTION_DEFERRED;
+        cachem_t *p2 = cachem_open(NULL, 1u << 16, &o, &err);
+        CHECK(p2 != NULL);
+        cachem_index_t a, b;
+        OK(cachem_add(p2, "first record", 12, 3, &a));
+        OK(cachem_add(p2, "second record", 13, 3, &b));
+        OK(cachem_delete(p2, a));
+        cachem_stat_t st;
+        OK(cachem_stat(p2, &st));
+        CHECK(st.compaction == (uint64_t)o.compaction);
+        CHECK(st.records == 1);
+        CHECK(eager ? st.dead_bytes == 0 && st.dead_blocks == 0 : st.dead_bytes > 0 && st.dead_blocks == 1);
+        EXPECT(CACHEM_E_STALE, cachem_delete(p2, a));
+        OK(cachem_verify(p2));
+        OK(cachem_close(p2));
+    }
+    cachem_options_t bad = CACHEM_OPTIONS_INIT;
+    bad.compaction = 7;
+    CHECK(cachem_open(NULL, 1u << 16, &bad, &err) == NULL && err == CACHEM_E_INVALID_ARGUMENT);
 }
 
 int main(void) {
