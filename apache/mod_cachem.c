@@ -74,6 +74,7 @@ typedef struct {
     const char *dbm;       /* NULL: default */
     const char *persist;   /* NULL: off */
     int reap;              /* cachem_reap_t */
+    int compaction;        /* cachem_compaction_t */
     int reap_interval;     /* seconds, 0 = off */
     apr_uint32_t mode;
 } cachem_cfg;
@@ -85,6 +86,7 @@ static void *create_server_config(apr_pool_t *p, server_rec *s)
     c->path = NULL;
     c->size = CACHEM_DEFAULT_SIZE;
     c->reap = CACHEM_REAP_PROCESS;
+    c->compaction = CACHEM_COMPACTION_DEFERRED;
     c->reap_interval = CACHEM_DEFAULT_REAP_INTERVAL;
     c->mode = 0600;
     return c;
@@ -211,23 +213,44 @@ static const char *set_persist(cmd_parms *cmd, void *dummy, const char *arg)
     return NULL;
 }
 
-static const char *set_reap(cmd_parms *cmd, void *dummy, const char *arg)
+/* One keyword of a fixed list: sets *out to its value, or says which
+ * keywords the directive takes. */
+typedef struct {
+    const char *word;
+    int value;
+} keyword;
+
+static const char *set_keyword(cmd_parms *cmd, const char *arg, const keyword *k, int n, int *out)
 {
-    cachem_cfg *c = server_cfg(cmd->server);
     const char *err = global_only(cmd);
-    (void)dummy;
+    const char *all = "";
+    int i;
     if (err)
         return err;
-    if (strcasecmp(arg, "process") == 0)
-        c->reap = CACHEM_REAP_PROCESS;
-    else if (strcasecmp(arg, "all") == 0)
-        c->reap = CACHEM_REAP_ALL;
-    else if (strcasecmp(arg, "off") == 0)
-        c->reap = CACHEM_REAP_OFF;
-    else
-        return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg,
-                           "' is not one of all, process, off", NULL);
-    return NULL;
+    for (i = 0; i < n; i++) {
+        if (strcasecmp(arg, k[i].word) == 0) {
+            *out = k[i].value;
+            return NULL;
+        }
+        all = apr_pstrcat(cmd->pool, all, i ? ", " : "", k[i].word, NULL);
+    }
+    return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg, "' is not one of ", all, NULL);
+}
+
+static const char *set_reap(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    static const keyword k[] = {
+        {"all", CACHEM_REAP_ALL}, {"process", CACHEM_REAP_PROCESS}, {"off", CACHEM_REAP_OFF}};
+    (void)dummy;
+    return set_keyword(cmd, arg, k, 3, &server_cfg(cmd->server)->reap);
+}
+
+static const char *set_compaction(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    static const keyword k[] = {
+        {"deferred", CACHEM_COMPACTION_DEFERRED}, {"eager", CACHEM_COMPACTION_EAGER}};
+    (void)dummy;
+    return set_keyword(cmd, arg, k, 2, &server_cfg(cmd->server)->compaction);
 }
 
 static const char *set_reap_interval(cmd_parms *cmd, void *dummy, const char *arg)
@@ -281,6 +304,8 @@ static const command_rec cachem_cmds[] = {
                   "snapshot file: saved at a clean stop, restored at start (default off)"),
     AP_INIT_TAKE1("CACHEMReap", set_reap, NULL, RSRC_CONF,
                   "all|process|off: which records of dead processes are reaped (default process)"),
+    AP_INIT_TAKE1("CACHEMCompaction", set_compaction, NULL, RSRC_CONF,
+                  "deferred|eager: how deleted records' space is reclaimed (default deferred)"),
     AP_INIT_TAKE1("CACHEMReapInterval", set_reap_interval, NULL, RSRC_CONF,
                   "seconds between reaps by the parent (default 5, 0 = off)"),
     AP_INIT_TAKE1("CACHEMMode", set_mode, NULL, RSRC_CONF,
@@ -303,6 +328,7 @@ typedef struct {
     const char *dir;        /* DefaultRuntimeDir */
     const char *persist;    /* resolved, NULL: off */
     int reap;
+    int compaction;
     apr_uint32_t mode;
     apr_int64_t uid, gid;   /* owner given to the files, -1: unchanged */
     pid_t parent_pid;
@@ -569,6 +595,7 @@ static void fill_options(const cachem_state *st, cachem_options_t *o)
     o->lock_file = st->lock_file;
     o->id_store = st->dbm;
     o->reap = (uint32_t)st->reap;
+    o->compaction = (uint32_t)st->compaction;
 }
 
 /* Pre-creates a file or directory the children (another user) must be able
@@ -811,6 +838,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     want.persist = cfg->persist ? apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, cfg->persist))
                                 : NULL;
     want.reap = cfg->reap;
+    want.compaction = cfg->compaction;
     want.mode = cfg->mode;
     want.uid = -1;
     want.gid = -1;
@@ -826,7 +854,8 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
 
     if (st->cache && same_str(st->path, want.path) && st->size == want.size
         && same_str(st->lock_file, want.lock_file) && same_str(st->dbm, want.dbm)
-        && st->reap == want.reap && st->mode == want.mode && st->uid == want.uid
+        && st->reap == want.reap && st->compaction == want.compaction
+        && st->mode == want.mode && st->uid == want.uid
         && st->gid == want.gid) {
         /* A graceful restart with the same region: keep it, and its ids. */
         g_cache = st->cache;
@@ -851,6 +880,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     st->dbm = apr_pstrdup(pp, want.dbm);
     st->dir = apr_pstrdup(pp, want.dir);
     st->reap = want.reap;
+    st->compaction = want.compaction;
     st->mode = want.mode;
     st->uid = want.uid;
     st->gid = want.gid;
@@ -1211,6 +1241,10 @@ static int cachem_status(request_rec *r, int flags)
         ap_rprintf(r, "CachemBytesMoved: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.bytes_moved);
         ap_rprintf(r, "CachemReaps: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.reaps);
         ap_rprintf(r, "CachemRecoveries: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.recoveries);
+        ap_rprintf(r, "CachemCompaction: %s\n",
+                   stt.compaction == CACHEM_COMPACTION_EAGER ? "eager" : "deferred");
+        ap_rprintf(r, "CachemDeadBytes: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.dead_bytes);
+        ap_rprintf(r, "CachemDeadBlocks: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.dead_blocks);
         if (json) {
             const char *end = json + strlen(json);
             json_each(json, end, "owners", status_owner, &ctx);
@@ -1252,6 +1286,10 @@ static int cachem_status(request_rec *r, int flags)
                    (apr_uint64_t)stt.used_bytes, (apr_uint64_t)stt.free_bytes,
                    (apr_uint64_t)stt.table_bytes);
     }
+    ap_rprintf(r, "<p>Compaction %s: %" APR_UINT64_T_FMT " bytes in %" APR_UINT64_T_FMT
+               " deleted records' blocks wait for a compaction.</p>\n",
+               stt.compaction == CACHEM_COMPACTION_EAGER ? "eager" : "deferred",
+               (apr_uint64_t)stt.dead_bytes, (apr_uint64_t)stt.dead_blocks);
     ap_rprintf(r, "<p>Counters: %" APR_UINT64_T_FMT " inserts, %" APR_UINT64_T_FMT
                " removes, %" APR_UINT64_T_FMT " bytes moved by compaction, %"
                APR_UINT64_T_FMT " records reaped, %" APR_UINT64_T_FMT

@@ -58,7 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub use cachem_core::*;
-pub use cachem_ids::IdRegistry;
+pub use cachem_ids::{Error as IdError, IdRegistry};
 
 use std::collections::BTreeMap;
 
@@ -66,7 +66,7 @@ mod json;
 mod snapshot;
 pub use snapshot::SnapshotReport;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to open a cache: which region, where, how large.
 #[derive(Clone, Debug)]
@@ -277,7 +277,11 @@ pub struct Cache {
     region: Region,
     store: PathBuf,
     lock_file: PathBuf,
-    ids: Mutex<Option<IdRegistry>>,
+    /// The registry (no I/O until the first id call; its memo is
+    /// fork-safe).
+    ids: IdRegistry,
+    /// The id store's directory and lockfile exist (made on first use).
+    store_ready: AtomicBool,
     anonymous: bool,
     open_reap: ReapReport,
     mode: u32,
@@ -317,11 +321,13 @@ impl Cache {
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .unwrap_or(config.mode);
         let (opener, _) = sys::process::me();
+        let ids = IdRegistry::new(&store, &lock_file, region.generation());
         let mut cache = Cache {
             region,
             store,
             lock_file,
-            ids: Mutex::new(None),
+            ids,
+            store_ready: AtomicBool::new(false),
             anonymous,
             open_reap: ReapReport::default(),
             mode,
@@ -333,16 +339,16 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Runs `f` on the registry. No lock of the cache is held meanwhile (a
+    /// cycle takes milliseconds, and a child forked by another thread
+    /// during it must not find a lock held by a thread it does not have).
     fn registry<T>(&self, f: impl FnOnce(&IdRegistry) -> cachem_ids::Result<T>) -> Result<T> {
-        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        if ids.is_none() {
+        if !self.store_ready.load(Ordering::Acquire) {
+            // Idempotent: racing threads both prepare, harmlessly.
             self.prepare_store()?;
-            let reg = IdRegistry::open(&self.store, &self.lock_file, self.region.generation())
-                .map_err(|e| Error::Registry(Box::new(e)))?;
-            *ids = Some(reg);
+            self.store_ready.store(true, Ordering::Release);
         }
-        let reg = ids.as_ref().ok_or_else(|| Error::Registry("registry not open".into()))?;
-        let r = f(reg).map_err(|e| Error::Registry(Box::new(e)));
+        let r = f(&self.ids).map_err(|e| Error::Registry(Box::new(e)));
         // sled may have written new files in this cycle.
         share_files(&self.store, self.mode, self.region.file_owner());
         r
@@ -513,13 +519,15 @@ impl Cache {
 impl Drop for Cache {
     fn drop(&mut self) {
         let generation = self.region.generation();
-        let left = if sys::process::me().0 == self.opener {
-            sys::process::handles::closed(generation)
-        } else {
-            // Inherited through fork: not one of this process's own handles.
-            // It was the last one if the process opened none of its own.
-            sys::process::handles::count(generation)
-        };
+        if sys::process::me().0 != self.opener {
+            // Inherited through fork: not one of this process's own handles
+            // (the count is per pid). Other inherited handles may still be in
+            // use, so dropping one never purges; the process's records go
+            // with its last own handle, `purge_process`, or a reap after it
+            // is gone.
+            return;
+        }
+        let left = sys::process::handles::closed(generation);
         if left == 0 {
             match self.purge_process() {
                 Ok(r) if r.records > 0 => {

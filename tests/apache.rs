@@ -480,6 +480,8 @@ fn prefork_recycling_counts_every_request_and_status_matches_stat() {
         {
             assert_eq!(n("CachemInserts"), j["counters"]["inserts"].as_u64().unwrap());
             assert_eq!(n("CachemRemoves"), j["counters"]["removes"].as_u64().unwrap());
+            assert_eq!(n("CachemDeadBytes"), j["dead_bytes"].as_u64().unwrap());
+            assert_eq!(a["CachemCompaction"], "deferred");
             let owners = j["owners"].as_array().unwrap();
             assert_eq!(n("CachemOwners"), owners.len() as u64, "{a:?} vs {j}");
             let ex = owners
@@ -790,6 +792,7 @@ fn bad_directive_values_fail_the_config_test() {
         ("CACHEMlockFile relative.lock", "CACHEMlockFile"),
         ("CACHEMDBM ids", "CACHEMDBM"),
         ("CACHEMReap sometimes", "CACHEMReap"),
+        ("CACHEMCompaction lazy", "CACHEMCompaction"),
         ("CACHEMReapInterval -1", "CACHEMReapInterval"),
         ("CACHEMReapInterval soon", "CACHEMReapInterval"),
         ("CACHEMMode 0999", "CACHEMMode"),
@@ -809,7 +812,7 @@ fn bad_directive_values_fail_the_config_test() {
         "conftest",
         Mpm::Prefork,
         "CACHEM cache.shm 64K\nCACHEMlockFile /tmp/x.lock\nCACHEMDBM /tmp/x.ids\nCACHEMReap all\n\
-         CACHEMReapInterval 0\nCACHEMMode 0660\nCACHEMPersist off\n",
+         CACHEMReapInterval 0\nCACHEMMode 0660\nCACHEMPersist off\nCACHEMCompaction eager\n",
     );
     let out = t(&good);
     assert!(out.status.success(), "a good config fails: {}", String::from_utf8_lossy(&out.stderr));

@@ -432,3 +432,57 @@ fn a_region_given_to_another_user_works_for_that_user_only() {
     });
     assert_eq!(code, 0, "{}", errors_of(d.path()));
 }
+
+#[test]
+fn a_child_forked_while_another_thread_is_inside_id_can_resolve_ids() {
+    let d = TempDir::new("prefork-midcycle");
+    let config = Config::named("mid").dir(d.path()).size(1 << 16);
+    let cache = Arc::new(Cache::open(&config).unwrap());
+    cache.id("warm").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = cache.unique_id();
+                let _ = cache.id("warm");
+            }
+        })
+    };
+    let mut pids = Vec::new();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(15));
+        let c = &*cache;
+        pids.push(fork_child(d.path(), move || {
+            c.id(&format!("child-{i}")).map_err(|e| e.to_string())?;
+            c.id("warm").map_err(|e| e.to_string())?;
+            Ok(())
+        }));
+    }
+    let codes = wait_all(&pids, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    assert!(codes.iter().all(|c| *c == 0), "{codes:?}\n{}", errors_of(d.path()));
+}
+
+#[test]
+fn dropping_an_inherited_handle_in_a_child_keeps_the_records_of_another() {
+    let d = TempDir::new("prefork-two");
+    let config = Config::named("two").dir(d.path()).size(1 << 16);
+    let a = Cache::open(&config).unwrap();
+    let b = Cache::open(&config).unwrap();
+    let pid = fork_child(d.path(), move || {
+        let r = b
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(OwnerId::PROCESS, b"child's")
+            .map_err(|e| e.to_string())?;
+        drop(a);
+        let g = b.lock().map_err(|e| e.to_string())?;
+        if g.get(r).is_none() {
+            return Err("dropping one inherited handle purged a record another still uses".into());
+        }
+        Ok(())
+    });
+    assert_eq!(wait_all(&[pid], Duration::from_secs(60)), [0], "{}", errors_of(d.path()));
+}

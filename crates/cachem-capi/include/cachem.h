@@ -36,8 +36,28 @@
 #include <stdint.h>
 
 /** Default options (a cachem_options_t initialiser); set fields after. */
-#define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS }
+#define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS, CACHEM_COMPACTION_DEFERRED }
 
+
+/**
+ * How removed records' space is reclaimed (`cachem_options_t.compaction`,
+ * fixed when the region is created and stored in it, so every process
+ * agrees; ignored when attaching to an existing region).
+ */
+typedef enum {
+  /**
+   * A delete marks the block dead; one compaction closes every hole when
+   * an insert needs the room, when dead bytes pass half of the block
+   * section, or on demand. Default: deletes cost a few record-sizes of
+   * copying, amortised.
+   */
+  CACHEM_COMPACTION_DEFERRED = 0,
+  /**
+   * mod_cachem's "compacted at all times": a delete moves every block
+   * after the record down at once.
+   */
+  CACHEM_COMPACTION_EAGER = 1,
+} cachem_compaction_t;
 
 /**
  * Every function that can fail returns one of these. `cachem_strerror`
@@ -215,6 +235,10 @@ typedef struct {
    * A `cachem_reap_t`.
    */
   uint32_t reap;
+  /**
+   * A `cachem_compaction_t` (used when this call creates the region).
+   */
+  uint32_t compaction;
 } cachem_options_t;
 
 /**
@@ -325,6 +349,19 @@ typedef struct {
    * Random id of this incarnation of the region.
    */
   uint64_t generation;
+  /**
+   * Bytes of deleted records' blocks waiting for a compaction (part of
+   * `used_bytes`; always 0 under `CACHEM_COMPACTION_EAGER`).
+   */
+  uint64_t dead_bytes;
+  /**
+   * Deleted records' blocks waiting for a compaction.
+   */
+  uint64_t dead_blocks;
+  /**
+   * The region's `cachem_compaction_t`.
+   */
+  uint64_t compaction;
 } cachem_stat_t;
 
 /**
@@ -552,7 +589,9 @@ cachem_error_t cachem_get_pid(cachem_t *c,
                               cachem_index_t *out);
 
 /**
- * Deletes a record; the block section is compacted, so pointers from
+ * Deletes a record: under `CACHEM_COMPACTION_EAGER` the block section is
+ * compacted at once; under the default deferred policy the block is marked
+ * dead and a later insert may compact. Either way pointers from
  * `cachem_get` are invalid afterwards (mod_cachem's cachem_delete). Without
  * the lock, takes and releases it around the call.
  *

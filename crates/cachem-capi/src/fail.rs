@@ -52,7 +52,10 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         E::LockUnrecoverable { .. } => CACHEM_E_LOCK_UNRECOVERABLE,
         E::NotFound { .. } => CACHEM_E_NOT_FOUND,
         E::PidNamespace { .. } => CACHEM_E_PID_NAMESPACE,
-        E::Registry(_) => CACHEM_E_REGISTRY,
+        E::Registry(inner) => match inner.downcast_ref::<cachem_rs::IdError>() {
+            Some(cachem_rs::IdError::InvalidName { .. }) => CACHEM_E_INVALID_ARGUMENT,
+            _ => CACHEM_E_REGISTRY,
+        },
         E::Snapshot { .. } => CACHEM_E_SNAPSHOT,
         E::AlreadyLocked { .. } => CACHEM_E_ALREADY_LOCKED,
         E::OptionMismatch { .. } => CACHEM_E_INVALID_ARGUMENT,

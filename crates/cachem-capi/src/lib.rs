@@ -111,6 +111,22 @@ pub enum cachem_reap_t {
     CACHEM_REAP_OFF = 2,
 }
 
+/// How removed records' space is reclaimed (`cachem_options_t.compaction`,
+/// fixed when the region is created and stored in it, so every process
+/// agrees; ignored when attaching to an existing region).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum cachem_compaction_t {
+    /// A delete marks the block dead; one compaction closes every hole when
+    /// an insert needs the room, when dead bytes pass half of the block
+    /// section, or on demand. Default: deletes cost a few record-sizes of
+    /// copying, amortised.
+    CACHEM_COMPACTION_DEFERRED = 0,
+    /// mod_cachem's "compacted at all times": a delete moves every block
+    /// after the record down at once.
+    CACHEM_COMPACTION_EAGER = 1,
+}
+
 /// Options of `cachem_open` and `cachem_destroy`. Start from
 /// `CACHEM_OPTIONS_INIT` (or `cachem_options_init`), then set fields: the
 /// first field is the struct's size, so the struct can grow in later
@@ -145,6 +161,8 @@ pub struct cachem_options_t {
     pub attach_only: u32,
     /// A `cachem_reap_t`.
     pub reap: u32,
+    /// A `cachem_compaction_t` (used when this call creates the region).
+    pub compaction: u32,
 }
 
 impl Default for cachem_options_t {
@@ -160,6 +178,7 @@ impl Default for cachem_options_t {
             attach_any_size: 0,
             attach_only: 0,
             reap: cachem_reap_t::CACHEM_REAP_PROCESS as u32,
+            compaction: cachem_compaction_t::CACHEM_COMPACTION_DEFERRED as u32,
         }
     }
 }
@@ -216,6 +235,13 @@ pub struct cachem_stat_t {
     pub header_bytes: u64,
     /// Random id of this incarnation of the region.
     pub generation: u64,
+    /// Bytes of deleted records' blocks waiting for a compaction (part of
+    /// `used_bytes`; always 0 under `CACHEM_COMPACTION_EAGER`).
+    pub dead_bytes: u64,
+    /// Deleted records' blocks waiting for a compaction.
+    pub dead_blocks: u64,
+    /// The region's `cachem_compaction_t`.
+    pub compaction: u64,
 }
 
 // ----- helpers ---------------------------------------------------------------
@@ -324,6 +350,11 @@ unsafe fn config(name: *const c_char, size: u64, o: &cachem_options_t) -> Result
         1 => c.reap_all_records_of_dead_processes(),
         2 => c.no_reap(),
         r => return Err(Fail::invalid(format!("reap is {r}; use a cachem_reap_t"))),
+    };
+    c = match o.compaction {
+        0 => c.compaction(cachem_rs::Compaction::Deferred),
+        1 => c.compaction(cachem_rs::Compaction::Eager),
+        p => return Err(Fail::invalid(format!("compaction is {p}; use a cachem_compaction_t"))),
     };
     if o.owner_uid != -1 || o.owner_gid != -1 {
         let id = |v: i64, what: &str, current: u32| -> Result<u32, Fail> {
@@ -601,12 +632,25 @@ pub unsafe extern "C" fn cachem_add(
                     ),
                 ));
             }
+            if g.region().overlaps(data as usize, len) {
+                // The source lies in the region itself (say, a pointer from
+                // cachem_get): the insert may move it (a compaction after a
+                // reap) while copying from it. Copy it out first, under the
+                // lock we hold.
+                let mut copy = vec![0u8; len];
+                // SAFETY: `data` is readable for `len` bytes (inside the
+                // mapping, which we have locked); `copy` is a fresh buffer
+                // of `len` bytes.
+                unsafe { std::ptr::copy_nonoverlapping(data.cast::<u8>(), copy.as_mut_ptr(), len) };
+                return Ok(g.insert(OwnerId(owner), &copy)?);
+            }
             let bytes: &[u8] = if len == 0 {
                 &[]
             } else {
                 // SAFETY: non-NULL, readable for `len` bytes per the
-                // contract, and `len` is at most the region's record limit
-                // (< isize::MAX).
+                // contract, `len` is at most the region's record limit
+                // (< isize::MAX), and outside the region (checked above), so
+                // the insert does not write it.
                 unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
             };
             Ok(g.insert(OwnerId(owner), bytes)?)
@@ -687,44 +731,32 @@ pub unsafe extern "C" fn cachem_read(
             return Err(Fail::invalid("buf is NULL"));
         }
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
-        let dst: &mut [u8] = if len == 0 {
-            &mut []
-        } else {
-            // SAFETY: non-NULL (checked above) and writable for `len` bytes
-            // per the contract; it cannot overlap the region mapping, which
-            // this library maps itself.
-            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+        // The bytes go out through `ptr::copy`, never through a reference
+        // to `buf`: it may lie in the region (a pointer from cachem_get),
+        // even over the record itself.
+        let give = |b: &[u8]| -> Result<(), Fail> {
+            // SAFETY: per this function's contract.
+            unsafe { put(out_len, b.len()) };
+            if b.len() > len {
+                return Err(Fail::new(
+                    CACHEM_E_BUFFER_TOO_SMALL,
+                    format!("the record has {} bytes, the buffer {len}", b.len()),
+                ));
+            }
+            if !b.is_empty() {
+                // SAFETY: buf is writable for len >= b.len() bytes per the
+                // contract; `copy` allows overlap.
+                unsafe { std::ptr::copy(b.as_ptr(), buf.cast::<u8>(), b.len()) };
+            }
+            Ok(())
         };
         let handle = state::lookup(token(c))?;
-        let held = state::with_held_guard(&handle, |g| {
-            Ok(g.try_get(id).and_then(|b| {
-                if b.len() > dst.len() {
-                    return Err(cachem_rs::Error::BufferTooSmall { id, len: b.len(), capacity: dst.len() });
-                }
-                dst[..b.len()].copy_from_slice(b);
-                Ok(b.len())
-            }))
-        })?;
-        let r = match held {
-            Some(r) => r,
-            None => handle.cache.get_into(id, dst),
-        };
-        match r {
-            Ok(n) => {
-                // SAFETY: per this function's contract.
-                unsafe { put(out_len, n) };
-                Ok(())
-            }
-            Err(cachem_rs::Error::BufferTooSmall { len: n, capacity, .. }) => {
-                // SAFETY: per this function's contract.
-                unsafe { put(out_len, n) };
-                Err(Fail::new(
-                    CACHEM_E_BUFFER_TOO_SMALL,
-                    format!("the record has {n} bytes, the buffer {capacity}"),
-                ))
-            }
-            Err(e) => Err(e.into()),
+        if state::with_held_guard(&handle, |g| give(g.try_get(id)?))?.is_some() {
+            return Ok(());
         }
+        // Not holding the lock: an optimistic read (a validated copy, see
+        // docs/design.md), then out.
+        handle.cache.read(id, give)?
     })
 }
 
@@ -778,7 +810,9 @@ pub unsafe extern "C" fn cachem_get_pid(
     })
 }
 
-/// Deletes a record; the block section is compacted, so pointers from
+/// Deletes a record: under `CACHEM_COMPACTION_EAGER` the block section is
+/// compacted at once; under the default deferred policy the block is marked
+/// dead and a later insert may compact. Either way pointers from
 /// `cachem_get` are invalid afterwards (mod_cachem's cachem_delete). Without
 /// the lock, takes and releases it around the call.
 ///
@@ -919,6 +953,12 @@ pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) 
             table_bytes: st.table_bytes,
             header_bytes: st.header_size,
             generation: st.generation,
+            dead_bytes: st.dead_bytes,
+            dead_blocks: st.dead_blocks as u64,
+            compaction: match st.compaction {
+                cachem_rs::Compaction::Eager => cachem_compaction_t::CACHEM_COMPACTION_EAGER as u64,
+                _ => cachem_compaction_t::CACHEM_COMPACTION_DEFERRED as u64,
+            },
         };
         // SAFETY: checked non-NULL, writable per the contract.
         unsafe { put(out, s) };

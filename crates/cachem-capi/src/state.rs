@@ -140,9 +140,30 @@ pub(crate) fn lookup(token: u64) -> Result<Use, Fail> {
     }
 }
 
+/// Set once [`forget_users_after_fork`] is registered (under [`WRITER`]).
+static ATFORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// In a forked child, only the forking thread exists: calls that other
+/// threads had in flight at fork time never end there, so their `users`
+/// counts would keep the child from ever closing those handles. The forking
+/// thread itself is in no call (the only fork inside a call is the id
+/// registry's helper, whose child `_exit`s), and must not fork while holding
+/// a lock (documented), so every count starts at zero in the child.
+extern "C" fn forget_users_after_fork() {
+    for s in &SLOTS {
+        s.users.store(0, SeqCst);
+    }
+}
+
 /// Registers a freshly opened cache and returns its token.
 pub(crate) fn register(cache: Cache, max_record_len: u64) -> Result<u64, Fail> {
     let _w = WRITER.lock().unwrap_or_else(|p| p.into_inner());
+    if !ATFORK.load(SeqCst) {
+        // SAFETY: registers a child handler that only stores to atomics
+        // (async-signal-safe); once, under WRITER.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_users_after_fork)) };
+        ATFORK.store(true, SeqCst);
+    }
     let slot = SLOTS
         .iter()
         .position(|s| s.ptr.load(SeqCst).is_null())

@@ -54,6 +54,8 @@ pub const TRAILER_VERSION: usize = 56;
 /// `Deferred` policy whose bytes wait for the next compaction). No table
 /// slot can have this number (a region holds fewer than 2^27 entries).
 pub const DEAD_SLOT: u32 = u32::MAX;
+// No region has that many table entries, so no real slot is DEAD_SLOT.
+const _: () = assert!(MAX_REGION_SIZE / BPTR_SIZE as u64 <= DEAD_SLOT as u64);
 /// `Header::compaction` value of the `Eager` policy.
 pub const COMPACTION_EAGER: u32 = 1;
 /// `Header::compaction` value of the `Deferred` policy.
@@ -174,7 +176,7 @@ pub struct Header {
 }
 
 /// One block-pointer table entry. Slot `i` lives at
-/// `region_size - (i + 1) * BPTR_SIZE`.
+/// `region_size - trailer_size - (i + 1) * BPTR_SIZE` (see `bptr_offset`).
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 #[repr(C)]
 pub struct Bptr {

@@ -799,6 +799,9 @@ impl<'a> Layout<'a> {
         if start < H || start >= st.o_fr || start % 8 != 0 {
             return Err(Error::corrupt("dead_lo", format!("{start} is outside [{H}, o_fr={})", st.o_fr)));
         }
+        if self.block(start, st.o_fr)?.slot != DEAD_SLOT {
+            return Err(Error::corrupt("dead_lo", format!("{start} is not the start of a dead block")));
+        }
         self.start_journal(start, st.o_fr, st.o_fr);
         hit("compact.after_journal");
         let moved = self.compact(false)?;
@@ -983,13 +986,26 @@ impl<'a> Layout<'a> {
             // to the next live block, in one store: they stay dead), or a
             // live run.
             let live = |l: &Self, at: u64, b: &Blk| b.slot < n_bptr && l.bptr(b.slot).o_beg as u64 == at;
+            let deferred = self.compaction() == Compaction::Deferred;
             let b = self.block(j.src, end)?;
             if !live(self, j.src, &b) {
+                if deferred && b.slot != DEAD_SLOT {
+                    return Err(Error::corrupt(
+                        "bptr.o_beg",
+                        format!("the block at {} is neither referenced nor marked dead", j.src),
+                    ));
+                }
                 let mut p = j.src + b.size;
                 while p < end {
                     let b = self.block(p, end)?;
                     if live(self, p, &b) {
                         break;
+                    }
+                    if deferred && b.slot != DEAD_SLOT {
+                        return Err(Error::corrupt(
+                            "bptr.o_beg",
+                            format!("the block at {p} is neither referenced nor marked dead"),
+                        ));
                     }
                     p += b.size;
                 }
@@ -1169,7 +1185,9 @@ impl<'a> Layout<'a> {
                 // Published by an insert that did not advance o_fr.
                 self.set_loc(slot, 0, e.gen);
                 rep.rolled_back_inserts += 1;
-            } else if self.block(e.o_beg as u64, o_fr).is_ok_and(|b| b.slot == DEAD_SLOT) {
+            } else if self.compaction() == Compaction::Deferred
+                && self.block(e.o_beg as u64, o_fr).is_ok_and(|b| b.slot == DEAD_SLOT)
+            {
                 // A deferred remove killed after marking the block dead:
                 // finish it (the record was being removed).
                 let gen = self.take_gen();

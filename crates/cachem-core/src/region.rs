@@ -854,6 +854,15 @@ impl Region {
             Err(e) => Err(e),
         }
     }
+
+    /// Whether the `len` bytes at address `addr` overlap this process's
+    /// mapping of the region (for callers handed raw pointers, such as the
+    /// C ABI, which must not pass region bytes back in as a source).
+    pub fn overlaps(&self, addr: usize, len: usize) -> bool {
+        let start = self.map.as_ptr() as usize;
+        let end = start + self.map.len();
+        len > 0 && addr < end && addr.saturating_add(len) > start
+    }
 }
 
 /// A multiply-xor hasher for small integer keys (the reaper's per-record

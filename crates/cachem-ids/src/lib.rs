@@ -95,7 +95,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 pub use cachem_core::OwnerId;
@@ -127,6 +127,9 @@ const PREFIX_ID: u8 = b'i';
 /// How long to retry `sled::open` while sled's own file lock is still held
 /// (see [`open_sled`]).
 const SLED_LOCK_RETRY: Duration = Duration::from_secs(5);
+
+/// How many times the memo's mutex is tried before a call does without it.
+const MEMO_TRIES: u32 = 10_000;
 
 /// How long one registry cycle (waiting for the lockfile included) may take
 /// before its helper process is killed and the call fails with
@@ -227,14 +230,21 @@ impl IdRegistry {
         lock_file: impl AsRef<Path>,
         generation: u64,
     ) -> Result<IdRegistry> {
-        let reg = IdRegistry {
+        let reg = IdRegistry::new(store_dir, lock_file, generation);
+        reg.cycle(|_| Ok(()))?;
+        Ok(reg)
+    }
+
+    /// Like [`open`](Self::open), without the checking cycle: no I/O here,
+    /// a bad lockfile or store is reported by the first call that needs
+    /// them.
+    pub fn new(store_dir: impl AsRef<Path>, lock_file: impl AsRef<Path>, generation: u64) -> IdRegistry {
+        IdRegistry {
             store_dir: store_dir.as_ref().to_path_buf(),
             lock_path: lock_file.as_ref().to_path_buf(),
             generation,
             memo: Mutex::new(HashMap::new()),
-        };
-        reg.cycle(|_| Ok(()))?;
-        Ok(reg)
+        }
     }
 
     /// The region generation this registry serves.
@@ -264,12 +274,12 @@ impl IdRegistry {
     /// when no id is left; [`Error::Lock`] / [`Error::Store`] as for
     /// [`open`](Self::open).
     pub fn id(&self, name: &str) -> Result<OwnerId> {
-        if let Some(id) = self.memo().get(name) {
-            return Ok(*id);
+        if let Some(id) = self.memo_get(name) {
+            return Ok(id);
         }
         validate_name(name)?;
         let id = self.cycle(|s| s.id_of(name))?;
-        self.memo().insert(name.to_owned(), id);
+        self.memo_put(name, id);
         Ok(id)
     }
 
@@ -281,8 +291,7 @@ impl IdRegistry {
     /// As for [`id`](Self::id); if any name is invalid, nothing is
     /// registered.
     pub fn ids(&self, names: &[&str]) -> Result<Vec<OwnerId>> {
-        {
-            let memo = self.memo();
+        if let Some(memo) = self.memo() {
             let hits: Vec<OwnerId> = names.iter().map_while(|n| memo.get(*n).copied()).collect();
             if hits.len() == names.len() {
                 return Ok(hits);
@@ -304,9 +313,10 @@ impl IdRegistry {
                 })
                 .collect::<Result<Vec<OwnerId>>>()
         })?;
-        let mut memo = self.memo();
-        for (name, id) in names.iter().zip(&found) {
-            memo.insert((*name).to_owned(), *id);
+        if let Some(mut memo) = self.memo() {
+            for (name, id) in names.iter().zip(&found) {
+                memo.insert((*name).to_owned(), *id);
+            }
         }
         Ok(found)
     }
@@ -332,13 +342,13 @@ impl IdRegistry {
     ///
     /// As for [`id`](Self::id), except [`Error::Exhausted`].
     pub fn lookup(&self, name: &str) -> Result<Option<OwnerId>> {
-        if let Some(id) = self.memo().get(name) {
-            return Ok(Some(*id));
+        if let Some(id) = self.memo_get(name) {
+            return Ok(Some(id));
         }
         validate_name(name)?;
         let found = self.cycle(|s| s.get_name(name))?;
         if let Some(id) = found {
-            self.memo().insert(name.to_owned(), id);
+            self.memo_put(name, id);
         }
         Ok(found)
     }
@@ -353,8 +363,9 @@ impl IdRegistry {
         if id.is_process() {
             return Ok(None);
         }
-        if let Some((name, _)) = self.memo().iter().find(|(_, v)| **v == id) {
-            return Ok(Some(name.clone()));
+        let known = self.memo().and_then(|m| m.iter().find(|(_, v)| **v == id).map(|(n, _)| n.clone()));
+        if let Some(name) = known {
+            return Ok(Some(name));
         }
         self.cycle(|s| {
             let key = id_key(id);
@@ -401,10 +412,33 @@ impl IdRegistry {
         })
     }
 
-    fn memo(&self) -> MutexGuard<'_, HashMap<String, OwnerId>> {
-        // The memo is only a cache of immutable facts; a panic while it was
-        // held cannot leave a wrong entry behind, so poisoning is ignored.
-        self.memo.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The memo, if it can be had. The memo is only a cache, and a child
+    /// forked while another thread of its parent held the memo's mutex
+    /// would wait for it forever: so it is never waited for without bound.
+    /// It is tried [`MEMO_TRIES`] times (its holders keep it for
+    /// nanoseconds); after that the caller does without it (a lookup goes
+    /// to the store, an insert is skipped). A panic while it was held
+    /// cannot leave a wrong entry behind, so poisoning is ignored.
+    fn memo(&self) -> Option<MutexGuard<'_, HashMap<String, OwnerId>>> {
+        for i in 0..MEMO_TRIES {
+            match self.memo.try_lock() {
+                Ok(g) => return Some(g),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) if i < 64 => std::hint::spin_loop(),
+                Err(TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
+        None
+    }
+
+    fn memo_get(&self, name: &str) -> Option<OwnerId> {
+        self.memo().and_then(|m| m.get(name).copied())
+    }
+
+    fn memo_put(&self, name: &str, id: OwnerId) {
+        if let Some(mut m) = self.memo() {
+            m.insert(name.to_owned(), id);
+        }
     }
 
     /// One cycle, in a helper process: lock, open sled, check format and
@@ -437,8 +471,19 @@ impl IdRegistry {
         })??;
         if fresh {
             // The table of our generation was (re)created empty: whatever
-            // this process memoised no longer holds.
-            self.memo().clear();
+            // this process memoised no longer holds. Wait for the memo
+            // longer than a lookup would, but not forever (a forked child
+            // whose memo mutex is stuck never reads the memo either).
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                if let Some(mut m) = self.memo() {
+                    m.clear();
+                    break;
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

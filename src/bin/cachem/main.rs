@@ -4,18 +4,26 @@
 //! full, ...), 2 usage error.
 #![forbid(unsafe_code)]
 
+mod assets;
 mod demo;
+mod prom;
 mod show;
 mod stress;
+mod watch;
 
 use cachem::{Cache, Compaction, Config, OwnerId, RecordId};
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "cachem", version, about = "Shared-memory state records for cooperating processes")]
+#[command(
+    name = "cachem",
+    version,
+    about = "Shared-memory state records for cooperating processes",
+    after_long_help = AFTER_HELP
+)]
 struct Cli {
     /// Runtime directory for region names (default: $CACHEM_DIR, else /dev/shm/cachem).
     #[arg(long, global = true, value_name = "DIR")]
@@ -30,10 +38,37 @@ struct Cli {
     cmd: Cmd,
 }
 
+const AFTER_HELP: &str = "\
+Regions: a NAME without a slash is a file in the runtime directory (--dir, \
+else $CACHEM_DIR, else /dev/shm/cachem); a NAME with a slash is a path.
+
+Exit status: 0 success; 1 the operation failed (missing region, stale record \
+id, full region, failed verify); 2 usage error.
+
+Environment: CACHEM_DIR (runtime directory), RUST_LOG (log filter, overrides \
+-v/-q), NO_COLOR (no colours in log lines).
+
+Files: /dev/shm/cachem/NAME (the region), NAME.lock (its lockfile), \
+NAME.ids (its owner-id store).
+
+See docs/operations.md for sizing, monitoring and what to do when verify fails.";
+
+/// The output of `stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StatFormat {
+    /// A picture of the region and tables, for people.
+    Human,
+    /// One JSON document with stable keys.
+    Json,
+    /// Prometheus text exposition, for the node exporter's textfile collector.
+    Prometheus,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a region (fully allocated; fails if it exists with another size).
     Create {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
         /// Size: 65536, 64K, 1M, 1G; a multiple of 8, at least one page.
         #[arg(long, value_parser = parse_size)]
@@ -60,15 +95,25 @@ enum Cmd {
     },
     /// Show a region's geometry, usage per owner and per process, counters.
     Stat {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
-        /// Machine-readable output with stable keys.
-        #[arg(long)]
+        /// Machine-readable output with stable keys (same as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// Output form.
+        #[arg(long, value_enum, default_value_t = StatFormat::Human)]
+        format: StatFormat,
+        /// Show the status again every SECONDS (0.1 to 86400) until Ctrl-C or
+        /// SIGTERM: redrawn in place on a terminal, one line (or, with
+        /// --format json, one JSON document) per interval otherwise.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval, conflicts_with = "json")]
+        watch: Option<std::time::Duration>,
     },
     /// Insert a record and print its id.
     #[command(group(ArgGroup::new("who").required(true).args(["owner", "owner_id", "process"])))]
     #[command(group(ArgGroup::new("input").args(["data", "file"])))]
     Put {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
         /// Owner name (registered if new).
         #[arg(long)]
@@ -80,7 +125,7 @@ enum Cmd {
         /// is removed as soon as this command exits.
         #[arg(long)]
         process: bool,
-        /// The record's bytes ("-" reads standard input).
+        /// The record's bytes ("-" or nothing reads standard input).
         data: Option<String>,
         /// Read the record's bytes from a file.
         #[arg(long, value_name = "PATH")]
@@ -88,7 +133,9 @@ enum Cmd {
     },
     /// Print a record's bytes.
     Get {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
+        /// Record id as printed by `put` and `ls` (SLOT.GENERATION).
         #[arg(value_parser = parse_record_id)]
         record_id: RecordId,
         /// Hex dump instead of raw bytes.
@@ -98,50 +145,85 @@ enum Cmd {
     /// Delete a record (compacted at once under `eager`, marked dead under
     /// `deferred`).
     Del {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
+        /// Record id as printed by `put` and `ls` (SLOT.GENERATION).
         #[arg(value_parser = parse_record_id)]
         record_id: RecordId,
     },
     /// List records (id, owner, pid, alive, len).
     #[command(group(ArgGroup::new("filter").args(["owner", "owner_id"])))]
     Ls {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
+        /// Only records of this owner name.
         #[arg(long)]
         owner: Option<String>,
+        /// Only records of this owner id (0: process-scoped records).
         #[arg(long, value_parser = parse_owner_id)]
         owner_id: Option<u32>,
+        /// Only records inserted by this process id.
         #[arg(long)]
         pid: Option<u32>,
+        /// A JSON array with stable keys.
         #[arg(long)]
         json: bool,
     },
-    /// Print the owner id of OWNERNAME (registered if new).
-    Id { name: String, owner_name: String },
+    /// Print the owner id of OWNER_NAME (registered if new).
+    Id {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// The owner name to look up or register.
+        owner_name: String,
+    },
     /// Remove the records of dead processes now.
     Reap {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
+        /// A JSON report with stable keys.
         #[arg(long)]
         json: bool,
     },
     /// Close every hole left by deletes now, in one compaction.
-    Compact { name: String },
+    Compact {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+    },
     /// Check every invariant; exit 1 with the reason if one is broken.
-    Verify { name: String },
+    Verify {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+    },
     /// Write the region's records (not process-scoped ones) with their owner
     /// names to FILE: a checksummed snapshot, replaced atomically.
-    Save { name: String, file: PathBuf },
+    Save {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// The snapshot file to write.
+        file: PathBuf,
+    },
     /// Add the records of the snapshot FILE to the region (owner ids resolved
     /// again from the names); all or nothing.
-    Restore { name: String, file: PathBuf },
+    Restore {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// The snapshot file to read (written by `save`).
+        file: PathBuf,
+    },
     /// Remove a region, its lockfile and its id store.
-    Destroy { name: String },
+    Destroy {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+    },
     /// One worker's random insert / update / remove loop over self-checking
     /// records; prints a summary (ops, errors) at exit.
     Stress {
+        /// Region: a name in the runtime directory, or a path.
         name: String,
         /// How long to run (0 to 31536000).
         #[arg(long, value_parser = parse_seconds)]
         seconds: f64,
+        /// Seed of the random operation sequence (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
         /// Largest record size (16 to 16777216).
@@ -155,6 +237,13 @@ enum Cmd {
     Demo,
     #[command(hide = true)]
     DemoWorker { name: String, index: u32 },
+    /// Write the man pages and shell completions into DIR (used by
+    /// `make assets` and `make deb`).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// A failure: message for stderr and exit code.
@@ -278,13 +367,30 @@ fn run(cli: Cli) -> CliResult {
                 )?;
             }
         }
-        Cmd::Stat { name, json } => {
+        Cmd::Stat { name, json, format, watch } => {
+            let format = if json { StatFormat::Json } else { format };
             let cache = inspect(&dir, &name)?;
+            if let Some(interval) = watch {
+                let form = match format {
+                    StatFormat::Human => watch::Form::Human,
+                    StatFormat::Json => watch::Form::Json,
+                    StatFormat::Prometheus => {
+                        return Err(Fail(
+                            "--watch prints human or JSON figures; for Prometheus run \
+                             `stat --format prometheus` from a timer (see docs/operations.md)"
+                                .into(),
+                            2,
+                        ))
+                    }
+                };
+                drop(out);
+                return watch::run(&cache, interval, form);
+            }
             let st = cache.status()?;
-            if json {
-                writeln!(out, "{}", st.to_json())?;
-            } else {
-                show::status_human(&mut out, &st)?;
+            match format {
+                StatFormat::Json => writeln!(out, "{}", st.to_json())?,
+                StatFormat::Human => show::status_human(&mut out, &st)?,
+                StatFormat::Prometheus => out.write_all(prom::exposition(&name, &st).as_bytes())?,
             }
         }
         Cmd::Put { name, owner, owner_id, process, data, file } => {
@@ -433,6 +539,10 @@ fn run(cli: Cli) -> CliResult {
             drop(out);
             demo::worker(&dir, &name, index)?;
         }
+        Cmd::GenerateAssets { out: dest } => {
+            assets::generate(Cli::command(), &dest)?;
+            writeln!(out, "wrote {}/man and {}/completions", dest.display(), dest.display())?;
+        }
     }
     Ok(())
 }
@@ -465,6 +575,13 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=86_400.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a number of seconds between 0.1 and 86400")),
+    }
+}
+
 fn parse_compaction(s: &str) -> Result<Compaction, String> {
     s.parse()
 }
@@ -484,4 +601,38 @@ fn parse_owner_id(s: &str) -> Result<u32, String> {
 
 fn parse_record_id(s: &str) -> Result<RecordId, String> {
     s.parse::<RecordId>().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_of_every_visible_command_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments().filter(|a| !a.is_hide_set()) {
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = vec![];
+        walk(&cmd, "cachem", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        // The positional arguments in particular (clap lists them first).
+        let stat = cmd.find_subcommand("stat").unwrap();
+        let name = stat.get_positionals().next().unwrap();
+        assert!(name.get_help().unwrap().to_string().contains("runtime directory"));
+    }
 }

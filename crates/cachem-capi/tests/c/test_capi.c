@@ -713,6 +713,145 @@ static void test_snapshots(void) {
     OK(cachem_destroy("snapdst", NULL));
 }
 
+
+static cachem_t *busy_handle;
+static volatile int busy_stop;
+
+static void *busy_ids(void *arg) {
+    (void)arg;
+    cachem_id_t id;
+    while (!busy_stop)
+        cachem_id(busy_handle, NULL, &id);
+    return NULL;
+}
+
+static void *busy_calls(void *arg) {
+    (void)arg;
+    cachem_index_t i;
+    while (!busy_stop)
+        cachem_get_id(busy_handle, 1, CACHEM_INVALID_INDEX, &i);
+    return NULL;
+}
+
+/* Forks while another thread is inside a call: the child must be able to
+ * resolve ids (no lock held across a registry cycle) and close the handle
+ * (no use count inherited from the other thread). */
+static void fork_while_busy(void *(*fn)(void *), int want_id) {
+    busy_stop = 0;
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, fn, NULL) == 0);
+    for (int k = 0; k < 5; k++) {
+        usleep(20000);
+        pid_t p = fork();
+        CHECK(p >= 0);
+        if (p == 0) {
+            alarm(20); /* a hang dies of SIGALRM */
+            cachem_error_t r;
+            if (want_id) {
+                cachem_id_t x;
+                r = cachem_id(busy_handle, "named-in-a-child", &x);
+            } else {
+                r = cachem_close(busy_handle);
+            }
+            _exit(r == CACHEM_OK ? 0 : 10 + (int)r);
+        }
+        int st = reap_child(p);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            fprintf(stderr, "fork %d while busy: status %d\n", k, st);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    busy_stop = 1;
+    CHECK(pthread_join(t, NULL) == 0);
+}
+
+static void test_review_findings(void) {
+    section("fork while another thread is in cachem_id / another call");
+    cachem_error_t err;
+    busy_handle = cachem_open(NULL, SIZE, NULL, &err);
+    CHECK(busy_handle != NULL);
+    cachem_id_t warm;
+    OK(cachem_id(busy_handle, "warm", &warm));
+    fork_while_busy(busy_ids, 1);
+    fork_while_busy(busy_calls, 0);
+
+    section("a bad owner name is an invalid argument");
+    cachem_id_t id;
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_id(busy_handle, "", &id));
+    char longname[5000];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_id(busy_handle, longname, &id));
+
+    section("cachem_add from a pointer into the region, while a reap moves it");
+    cachem_t *c = cachem_open(NULL, 1u << 16, NULL, &err);
+    CHECK(c != NULL);
+    char buf[1000];
+    pid_t p = fork();
+    CHECK(p >= 0);
+    if (p == 0) {
+        /* Ten process-scoped records of a process that dies: reapable. */
+        cachem_index_t i;
+        memset(buf, 'C', sizeof buf);
+        for (int k = 0; k < 10; k++)
+            if (cachem_add(c, buf, sizeof buf, CACHEM_INVALID_ID, &i) != CACHEM_OK)
+                _exit(1);
+        _exit(0);
+    }
+    CHECK(WIFEXITED(reap_child(p)));
+    cachem_index_t r, i, copy;
+    memset(buf, 'A', sizeof buf);
+    OK(cachem_add(c, buf, sizeof buf, 5, &r));
+    memset(buf, 'B', sizeof buf);
+    for (;;) { /* fill until the copy only fits after reaping the dead child */
+        cachem_stat_t st;
+        OK(cachem_stat(c, &st));
+        if (st.free_bytes < 1040 + 200)
+            break;
+        OK(cachem_add(c, buf, sizeof buf, 6, &i));
+    }
+    OK(cachem_lock(c));
+    void *ptr;
+    size_t len;
+    OK(cachem_get(c, r, &ptr, &len));
+    OK(cachem_add(c, ptr, len, 5, &copy));
+    OK(cachem_get(c, copy, &ptr, &len));
+    CHECK(len == sizeof buf);
+    /* cachem_read into the region, over the record itself. */
+    size_t n;
+    OK(cachem_read(c, copy, ptr, len, &n));
+    OK(cachem_unlock(c));
+    char out[1000];
+    OK(cachem_read(c, copy, out, sizeof out, &n));
+    CHECK(n == sizeof out);
+    for (size_t k = 0; k < n; k++)
+        CHECK(out[k] == 'A');
+    OK(cachem_close(c));
+    OK(cachem_close(busy_handle));
+
+    section("the compaction policy is chosen at creation");
+    for (int eager = 0; eager <= 1; eager++) {
+        cachem_options_t o = CACHEM_OPTIONS_INIT;
+        o.compaction = eager ? CACHEM_COMPACTION_EAGER : CACHEM_COMPACTION_DEFERRED;
+        cachem_t *p2 = cachem_open(NULL, 1u << 16, &o, &err);
+        CHECK(p2 != NULL);
+        cachem_index_t a, b;
+        OK(cachem_add(p2, "first record", 12, 3, &a));
+        OK(cachem_add(p2, "second record", 13, 3, &b));
+        OK(cachem_delete(p2, a));
+        cachem_stat_t st;
+        OK(cachem_stat(p2, &st));
+        CHECK(st.compaction == (uint64_t)o.compaction);
+        CHECK(st.records == 1);
+        CHECK(eager ? st.dead_bytes == 0 && st.dead_blocks == 0 : st.dead_bytes > 0 && st.dead_blocks == 1);
+        EXPECT(CACHEM_E_STALE, cachem_delete(p2, a));
+        OK(cachem_verify(p2));
+        OK(cachem_close(p2));
+    }
+    cachem_options_t bad = CACHEM_OPTIONS_INIT;
+    bad.compaction = 7;
+    CHECK(cachem_open(NULL, 1u << 16, &bad, &err) == NULL && err == CACHEM_E_INVALID_ARGUMENT);
+}
+
 int main(void) {
     dir = getenv("CACHEM_DIR");
     if (dir == NULL || dir[0] != '/') {
@@ -726,6 +865,7 @@ int main(void) {
     test_threads();
     test_snapshots();
     test_fork();
+    test_review_findings();
     fprintf(stderr, "all C checks passed\n");
     return 0;
 }

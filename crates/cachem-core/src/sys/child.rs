@@ -27,7 +27,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const MAGIC: u32 = 0x4341_4348; // "CACH"
@@ -37,7 +37,10 @@ const HEADER: usize = 16;
 /// Larger answers are refused (the registry's are a few KiB at most).
 const MAX_ANSWER: u64 = 256 << 20;
 
-static PREPARE: Once = Once::new();
+/// Set once a thread has been spawned in this process (see below). Not a
+/// `Once`: a child forked while another thread ran a `Once` initialiser
+/// would wait for it forever; doing the spawn twice is harmless.
+static PREPARED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `work` in a forked child and returns the bytes it produced.
 ///
@@ -47,13 +50,17 @@ static PREPARE: Once = Once::new();
 /// `Other` if the child panicked (with the panic message) or died without a
 /// complete answer, and the OS error if `pipe2` or `fork` failed.
 pub fn run_in_child<F: FnOnce() -> Vec<u8>>(work: F, timeout: Duration) -> io::Result<Vec<u8>> {
-    PREPARE.call_once(|| {
+    if !PREPARED.load(Ordering::Acquire) {
         // Spawning (and joining) one thread makes std read and cache
         // RUST_MIN_STACK now, in the caller, so a thread spawned in a child
         // never needs std's environment lock, which another thread of the
-        // caller may hold at fork time.
-        let _ = std::thread::spawn(|| {}).join();
-    });
+        // caller may hold at fork time. A failed spawn (no threads left)
+        // only loses that precaution.
+        if let Ok(t) = std::thread::Builder::new().spawn(|| {}) {
+            let _ = t.join();
+        }
+        PREPARED.store(true, Ordering::Release);
+    }
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the 2-element array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -76,13 +83,56 @@ pub fn run_in_child<F: FnOnce() -> Vec<u8>>(work: F, timeout: Duration) -> io::R
         child_main(parent, wr.as_raw_fd(), work);
     }
     drop(wr);
+    // A pidfd names this child even if a host that reaps its children
+    // itself (a SIGCHLD handler, SIG_IGN) has reaped it and its pid was
+    // reused: a signal through it never reaches another process.
+    let pidfd = PidFd::open(pid);
     let answer = read_answer(rd.as_raw_fd(), Instant::now() + timeout);
-    if answer.is_err() {
-        // SAFETY: kill takes no pointers; pid is our child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+    if matches!(&answer, Err(e) if e.kind() == io::ErrorKind::TimedOut) {
+        pidfd.kill(pid);
     }
-    reap(pid, Duration::from_secs(5));
-    answer
+    let status = reap(pid, &pidfd, Duration::from_secs(5));
+    match (answer, status) {
+        (Err(e), Some(st)) if e.kind() != io::ErrorKind::TimedOut && libc::WIFSIGNALED(st) => {
+            Err(io::Error::other(format!(
+                "{e}: it died of signal {} (SIGABRT: a panic in a build with panic=abort)",
+                libc::WTERMSIG(st)
+            )))
+        }
+        (answer, _) => answer,
+    }
+}
+
+/// A pidfd of our child, if the kernel has them (Linux 5.3+).
+struct PidFd(Option<OwnedFd>);
+
+impl PidFd {
+    fn open(pid: libc::pid_t) -> PidFd {
+        // SAFETY: pidfd_open takes a pid and flags, no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a non-negative result is a new descriptor we own.
+        PidFd((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) }))
+    }
+
+    fn kill(&self, pid: libc::pid_t) {
+        match &self.0 {
+            // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<u8>(),
+                    0,
+                );
+            },
+            // SAFETY: kill takes no pointers; pid is our child (without
+            // pidfds, a host that reaps it itself could let it be reused).
+            None => unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            },
+        }
+    }
 }
 
 /// The child's side: never returns.
@@ -92,10 +142,15 @@ fn child_main<F: FnOnce() -> Vec<u8>>(parent: libc::pid_t, fd: libc::c_int, work
     // async-signal-safe.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-        if libc::getppid() != parent {
-            // The caller died before the death signal was armed.
+        let ppid = libc::getppid();
+        if ppid != parent && ppid != 0 {
+            // The caller died before the death signal was armed (0: the
+            // caller is outside our pid namespace, after unshare).
             libc::_exit(3);
         }
+        // No core dump of a copy of the caller's memory if the work aborts.
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         for sig in 1..=libc::SIGRTMAX() {
@@ -206,26 +261,30 @@ fn read_answer(fd: libc::c_int, deadline: Instant) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Waits for `pid` to end, at most `limit` after which it is killed; a host
-/// that reaps its children itself (ECHILD) is fine.
-fn reap(pid: libc::pid_t, limit: Duration) {
-    let end = Instant::now() + limit;
+/// Waits for `pid` to end, at most `limit`, then kills it and waits as long
+/// again; a host that reaps its children itself (ECHILD) is fine. Returns
+/// the wait status when we reaped it.
+fn reap(pid: libc::pid_t, pidfd: &PidFd, limit: Duration) -> Option<libc::c_int> {
+    let mut end = Instant::now() + limit;
     let mut killed = false;
     loop {
         let mut status = 0;
         // SAFETY: waits for our own child; writes into a local.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
-            return;
+        if r == pid {
+            return Some(status);
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
         }
         if r == 0 {
             if Instant::now() >= end {
                 if killed {
-                    return;
+                    return None;
                 }
-                // SAFETY: kill takes no pointers; pid is our child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                pidfd.kill(pid);
                 killed = true;
+                end = Instant::now() + limit;
             }
             std::thread::sleep(Duration::from_micros(50));
         }

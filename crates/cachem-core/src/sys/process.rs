@@ -2,7 +2,6 @@
 //! process start times, and whether a (pid, start time) is still alive.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Once;
 
 /// `/proc/sys/kernel/random/boot_id` as 16 bytes, or zeros if unreadable.
 pub fn boot_id() -> [u8; 16] {
@@ -61,9 +60,14 @@ pub struct Stat {
 }
 
 /// The kernel's `PF_EXITING` task flag: the task has started to exit
-/// (a fatal signal such as SIGKILL, or `exit`). It is set before the task's
-/// robust futexes are released, so a process whose lock the next locker got
-/// with `EOWNERDEAD` always shows it, even before it is a zombie.
+/// (a fatal signal such as SIGKILL, or `exit`). A task sets it before its
+/// robust futexes are released, so when the lock holder is the main thread
+/// (whose flags `/proc/<pid>/stat` shows) the next locker, woken with
+/// `EOWNERDEAD`, always sees it. When another thread held the lock, it may
+/// release it before the main thread sets the flag: the process then still
+/// looks alive, and its records wait for a later reap (never the other way
+/// round: a live process is never judged dead by this flag, since a live
+/// main thread does not have it).
 pub const PF_EXITING: u64 = 0x4;
 
 /// Parses a `/proc/<pid>/stat` line. The command name (field 2) may contain
@@ -117,15 +121,21 @@ pub fn is_alive(pid: u32, start: u64) -> bool {
 /// Whether a thread other than the main one of `pid` is running and not
 /// exiting (the main thread has ended or is ending).
 fn other_thread_runs(pid: u32) -> bool {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
+    // When in doubt, alive: judging a live process dead loses its records.
+    let rd = match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(rd) => rd,
+        Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
     };
     rd.flatten().any(|e| {
         let tid = e.file_name();
         if tid.to_str() == Some(&pid.to_string()) {
             return false;
         }
-        std::fs::read(e.path().join("stat")).ok().and_then(|b| parse_stat(&b)).is_some_and(|s| !ending(&s))
+        match std::fs::read(e.path().join("stat")) {
+            Ok(b) => parse_stat(&b).is_none_or(|s| !ending(&s)),
+            // A thread that ended between the listing and the read.
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
     })
 }
 
@@ -137,7 +147,10 @@ fn kill_probe(pid: u32) -> bool {
 
 static PID: AtomicU64 = AtomicU64::new(0);
 static START: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+/// 0: the fork handler of [`me`] is not registered, 1: a thread is
+/// registering it, 2: registered. Not a `Once`: a child forked while
+/// another thread ran a `Once` initialiser would wait for it forever.
+static ATFORK: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 extern "C" fn forget_after_fork() {
     PID.store(0, Ordering::Relaxed);
@@ -152,13 +165,24 @@ pub fn me() -> (u32, u64) {
     if pid != 0 {
         return (pid as u32, START.load(Ordering::Relaxed));
     }
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only stores to an atomic, which
-        // is async-signal-safe and valid in the child after fork.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(forget_after_fork));
+    match ATFORK.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            // SAFETY: registers a handler that only stores to an atomic,
+            // which is async-signal-safe and valid in the child after fork.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(forget_after_fork));
+            }
+            ATFORK.store(2, Ordering::Release);
         }
-    });
+        Err(2) => {}
+        Err(_) => {
+            // Another thread is registering (or was, in the parent this
+            // child was forked from): answer without caching, since no
+            // handler would forget the cache in a child forked now.
+            let pid = std::process::id();
+            return (pid, start_time(pid).unwrap_or(0));
+        }
+    }
     let pid = std::process::id();
     let start = start_time(pid).unwrap_or(0);
     START.store(start, Ordering::Relaxed);
@@ -184,7 +208,7 @@ pub fn effective_ids() -> (u32, u32) {
 pub mod handles {
     use std::cell::UnsafeCell;
     use std::collections::HashMap;
-    use std::sync::Once;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
     struct Table {
         lock: UnsafeCell<libc::pthread_mutex_t>,
@@ -197,7 +221,9 @@ pub mod handles {
 
     static TABLE: Table =
         Table { lock: UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER), counts: UnsafeCell::new(None) };
-    static ATFORK: Once = Once::new();
+    /// 0: handlers not registered, 1: being registered, 2: registered (not
+    /// a `Once`, for the reason given at `process::me`).
+    static ATFORK: AtomicU8 = AtomicU8::new(0);
 
     extern "C" fn prepare() {
         // SAFETY: the static mutex is initialised; this thread does not hold
@@ -224,11 +250,24 @@ pub mod handles {
     }
 
     fn with<R>(f: impl FnOnce(&mut HashMap<u64, usize>) -> R) -> R {
-        ATFORK.call_once(|| {
-            // SAFETY: registers handlers that only lock, unlock and clear
-            // the table, as argued at each of them.
-            unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-        });
+        match ATFORK.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // SAFETY: registers handlers that only lock, unlock and
+                // clear the table, as argued at each of them.
+                unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+                ATFORK.store(2, Ordering::Release);
+            }
+            Err(2) => {}
+            Err(_) => {
+                // Another thread is registering: wait a little for it. In a
+                // child forked meanwhile it never finishes; the registering
+                // thread did not hold the table lock, so go on without.
+                let end = std::time::Instant::now() + std::time::Duration::from_millis(100);
+                while ATFORK.load(Ordering::Acquire) != 2 && std::time::Instant::now() < end {
+                    std::thread::yield_now();
+                }
+            }
+        }
         // SAFETY: the mutex is a static, initialised, never moved. Unlocked
         // below on every path (f cannot unwind out: the closures used here
         // only do map arithmetic; a panic would poison nothing but leave
