@@ -63,6 +63,40 @@ fn locked(c: &mut Criterion, dir: &std::path::Path) {
         })
     });
 
+    // The optimistic read (no lock: the version word, a validated copy).
+    g.bench_function("optimistic_get_64B_of_10k", |b| {
+        let mut s = 88172645463325252u64;
+        let mut buf = [0u8; 64];
+        b.iter(|| {
+            let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
+            black_box(r.get_into(id, &mut buf).unwrap());
+            black_box(buf[0])
+        })
+    });
+    // The same with one record (cache-hot): the fixed cost of each path.
+    g.bench_function("optimistic_get_64B_hot", |b| {
+        let mut buf = [0u8; 64];
+        b.iter(|| {
+            black_box(r.get_into(black_box(ids[7]), &mut buf).unwrap());
+            black_box(buf[0])
+        })
+    });
+    g.bench_function("lock_get_64B_hot", |b| {
+        b.iter(|| {
+            let l = r.lock().unwrap();
+            black_box(l.get(black_box(ids[7])).unwrap()[0])
+        })
+    });
+    g.bench_function("lock_get_copy_64B_of_10k", |b| {
+        let mut s = 88172645463325252u64;
+        let mut buf = [0u8; 64];
+        b.iter(|| {
+            let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
+            black_box(r.get_locked(id, &mut buf).unwrap());
+            black_box(buf[0])
+        })
+    });
+
     let ri = open(dir, "insert", 16 << 20);
     g.bench_function("lock_insert_64B", |b| {
         b.iter_custom(|iters| {
@@ -107,9 +141,38 @@ fn locked(c: &mut Criterion, dir: &std::path::Path) {
     g.finish();
 }
 
-/// One process's loop for the contention figures: `secs` seconds of
-/// lock + get + unlock, or lock + insert + unlock then lock + remove + unlock.
-fn contend(r: &Region, churn: bool, secs: f64) -> f64 {
+/// What a process does in the contention figures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// lock + get + unlock.
+    LockGet,
+    /// lock + insert + unlock, then lock + remove + unlock (other records).
+    Churn,
+    /// Optimistic get (no lock).
+    Optimistic,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::LockGet => "lockget",
+            Mode::Churn => "churn",
+            Mode::Optimistic => "optimistic",
+        }
+    }
+    fn parse(s: &str) -> Mode {
+        match s {
+            "churn" => Mode::Churn,
+            "optimistic" => Mode::Optimistic,
+            _ => Mode::LockGet,
+        }
+    }
+}
+
+/// One process's loop for the contention figures: `secs` seconds of `mode`.
+fn contend(r: &Region, mode: Mode, secs: f64) -> f64 {
+    let churn = mode == Mode::Churn;
+    let mut buf = [0u8; 64];
     let ids: Vec<RecordId> = r.lock().unwrap().iter_owner(OWNER).map(|(id, _)| id).take(1000).collect();
     let mut s = 88172645463325252u64 ^ std::process::id() as u64;
     let end = Instant::now() + Duration::from_secs_f64(secs);
@@ -121,6 +184,10 @@ fn contend(r: &Region, churn: bool, secs: f64) -> f64 {
                 let id = r.lock().unwrap().insert(OwnerId(2), &REC).unwrap();
                 r.lock().unwrap().remove(id).unwrap();
                 ops += 2;
+            } else if mode == Mode::Optimistic {
+                let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
+                black_box(r.get_into(id, &mut buf).unwrap());
+                ops += 1;
             } else {
                 let id = ids[(rng(&mut s) % ids.len() as u64) as usize];
                 black_box(r.lock().unwrap().get(id).map(|d| d[0]));
@@ -139,23 +206,41 @@ fn two_processes(dir: &std::path::Path) {
             l.insert(OWNER, &REC).unwrap();
         }
     }
-    for churn in [false, true] {
+    let secs = 3.0;
+    let solo = contend(&r, Mode::Optimistic, secs);
+    println!(
+        "one process alone, optimistic get of 64 B: {:.2} M ops/s ({:.1} ns/op)",
+        solo / 1e6,
+        1e9 / solo
+    );
+    for (mine, theirs) in [
+        (Mode::LockGet, Mode::LockGet),
+        (Mode::Churn, Mode::Churn),
+        (Mode::Optimistic, Mode::Optimistic),
+        (Mode::Optimistic, Mode::Churn),
+    ] {
         let exe = std::env::current_exe().unwrap();
         let child = std::process::Command::new(exe)
             .env("CACHEM_BENCH_CHILD", dir)
-            .env("CACHEM_BENCH_CHURN", if churn { "1" } else { "0" })
+            .env("CACHEM_BENCH_MODE", theirs.name())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mine = contend(&r, churn, 3.0);
+        let a = contend(&r, mine, secs);
         let out = child.wait_with_output().unwrap();
-        let theirs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
-        let what = if churn { "lock+insert / lock+remove of 64 B" } else { "lock+get of 64 B" };
+        let b: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
+        let what = |m: Mode| match m {
+            Mode::LockGet => "lock+get of 64 B",
+            Mode::Churn => "lock+insert / lock+remove of 64 B",
+            Mode::Optimistic => "optimistic get of 64 B",
+        };
         println!(
-            "two processes, {what}: {:.2} M ops/s and {:.2} M ops/s per process ({:.0} ns/op each)",
-            mine / 1e6,
-            theirs / 1e6,
-            1e9 / mine
+            "two processes, {} | {}: {:.2} M ops/s and {:.2} M ops/s ({:.0} ns/op for the first)",
+            what(mine),
+            what(theirs),
+            a / 1e6,
+            b / 1e6,
+            1e9 / a
         );
     }
 }
@@ -218,8 +303,8 @@ fn reap(c: &mut Criterion, dir: &std::path::Path) {
 fn main() {
     if let Some(dir) = std::env::var_os("CACHEM_BENCH_CHILD") {
         let r = open(std::path::Path::new(&dir), "contend", 4 << 20);
-        let churn = std::env::var("CACHEM_BENCH_CHURN").as_deref() == Ok("1");
-        println!("{}", contend(&r, churn, 3.0));
+        let mode = Mode::parse(&std::env::var("CACHEM_BENCH_MODE").unwrap_or_default());
+        println!("{}", contend(&r, mode, 3.0));
         return;
     }
     let dir = bench_dir();
