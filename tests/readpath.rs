@@ -74,6 +74,22 @@ fn get_into_read_and_read_pod() {
         assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
     }
     assert_eq!(&buf[..5], b"Hello");
+    // Light changes (an insert that does not compact, a Deferred remove
+    // below the dead-byte bound) leave the version even: readers of other
+    // records go on optimistically while the writer still holds the lock.
+    {
+        let mut g = r.lock().unwrap();
+        let x = g.insert(OwnerId(3), b"light").unwrap();
+        assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
+        assert_eq!(r.get_optimistic(x, &mut buf, 1).unwrap().unwrap(), 5);
+        g.remove(x).unwrap();
+        assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
+        assert_eq!(r.get_optimistic(x, &mut buf, 1).unwrap().unwrap_err().kind(), ErrorKind::Stale);
+        // A compaction moves records: readers wait for the unlock.
+        g.compact().unwrap();
+        assert!(r.get_optimistic(a, &mut buf, 2).is_none());
+    }
+    assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 23);
 }
 
 /// Worker: takes the lock, starts changing a record, says so, and waits to

@@ -200,7 +200,8 @@ fn contend(r: &Region, mode: Mode, secs: f64) -> f64 {
 
 fn two_processes(dir: &std::path::Path) {
     let r = open(dir, "contend", 4 << 20);
-    {
+    let rd = open_with(dir, "contend_deferred", 4 << 20, Compaction::Deferred);
+    for r in [&r, &rd] {
         let mut l = r.lock().unwrap();
         for _ in 0..1000 {
             l.insert(OWNER, &REC).unwrap();
@@ -213,20 +214,24 @@ fn two_processes(dir: &std::path::Path) {
         solo / 1e6,
         1e9 / solo
     );
-    for (mine, theirs) in [
-        (Mode::LockGet, Mode::LockGet),
-        (Mode::Churn, Mode::Churn),
-        (Mode::Optimistic, Mode::Optimistic),
-        (Mode::Optimistic, Mode::Churn),
+    for (mine, theirs, name) in [
+        (Mode::LockGet, Mode::LockGet, "contend"),
+        (Mode::Churn, Mode::Churn, "contend"),
+        (Mode::Optimistic, Mode::Optimistic, "contend"),
+        (Mode::Optimistic, Mode::Churn, "contend"),
+        (Mode::LockGet, Mode::Churn, "contend_deferred"),
+        (Mode::Optimistic, Mode::Churn, "contend_deferred"),
     ] {
+        let r = if name == "contend" { &r } else { &rd };
         let exe = std::env::current_exe().unwrap();
         let child = std::process::Command::new(exe)
             .env("CACHEM_BENCH_CHILD", dir)
+            .env("CACHEM_BENCH_REGION", name)
             .env("CACHEM_BENCH_MODE", theirs.name())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let a = contend(&r, mine, secs);
+        let a = contend(r, mine, secs);
         let out = child.wait_with_output().unwrap();
         let b: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
         let what = |m: Mode| match m {
@@ -235,7 +240,8 @@ fn two_processes(dir: &std::path::Path) {
             Mode::Optimistic => "optimistic get of 64 B",
         };
         println!(
-            "two processes, {} | {}: {:.2} M ops/s and {:.2} M ops/s ({:.0} ns/op for the first)",
+            "two processes ({}), {} | {}: {:.2} M ops/s and {:.2} M ops/s ({:.0} ns/op for the first)",
+            if name == "contend" { "eager" } else { "deferred" },
             what(mine),
             what(theirs),
             a / 1e6,
@@ -302,7 +308,12 @@ fn reap(c: &mut Criterion, dir: &std::path::Path) {
 
 fn main() {
     if let Some(dir) = std::env::var_os("CACHEM_BENCH_CHILD") {
-        let r = open(std::path::Path::new(&dir), "contend", 4 << 20);
+        let name = std::env::var("CACHEM_BENCH_REGION").unwrap_or_else(|_| "contend".into());
+        let r = Region::open(
+            &name,
+            &RegionOptions { dir: Some(std::path::PathBuf::from(&dir)), ..Default::default() },
+        )
+        .unwrap();
         let mode = Mode::parse(&std::env::var("CACHEM_BENCH_MODE").unwrap_or_default());
         println!("{}", contend(&r, mode, 3.0));
         return;

@@ -120,8 +120,14 @@ fn check_align(buf: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Orders the engine's stores: for crash consistency (a kill stops the
+/// process between instructions, so the compiler must not reorder stores
+/// across this), and for optimistic readers of other processes during the
+/// "light" mutations (see `Layout::insert_would_compact`): a release fence
+/// also orders the stores in hardware (free on x86, a `dmb` on ARM).
 #[inline(always)]
 fn fence() {
+    std::sync::atomic::fence(Ordering::Release);
     compiler_fence(Ordering::SeqCst);
 }
 
@@ -638,6 +644,37 @@ impl<'a> Layout<'a> {
         h.u_blks = h.u_blks.wrapping_add(1);
         h.counters.inserts = h.counters.inserts.wrapping_add(1);
         Ok(RecordId::new(slot, gen))
+    }
+
+    /// Whether an insert of `len` bytes may move or rewrite a live
+    /// record's block or table entry (it compacts first when dead blocks
+    /// hold the room it needs). When it does not, the insert only writes the
+    /// free gap, an unused table entry and header fields, none of which an
+    /// optimistic reader of a live record copies: the guard then leaves the
+    /// version even (a "light" mutation; see `docs/design.md`). True when
+    /// in doubt.
+    pub fn insert_would_compact(&self, len: usize) -> bool {
+        let Ok(st) = self.st() else { return true };
+        let h = self.hdr();
+        let want = block_size(len as u64) + if h.free_head == 0 { B } else { 0 };
+        h.dead_bytes != 0 && want > st.o_bptop - st.o_fr
+    }
+
+    /// Whether removing `id` may move or rewrite another live record's
+    /// block or entry: always under `Eager` (it compacts); under `Deferred`
+    /// only if it passes the dead-byte bound and compacts. A Deferred remove
+    /// that does not compact marks the block dead and clears the entry (one
+    /// store each): a reader of the removed record gets its last value or
+    /// `Stale`, readers of other records are untouched. True when in doubt.
+    pub fn remove_would_compact(&self, id: RecordId) -> bool {
+        if self.compaction() != Compaction::Deferred {
+            return true;
+        }
+        let Ok(st) = self.st() else { return true };
+        let Ok((_, _, b)) = self.resolve(&st, id) else { return true };
+        let h = self.hdr();
+        let dead = h.dead_bytes.saturating_add(b.size);
+        dead.saturating_mul(DEAD_BOUND_DIV) > h.o_fr.saturating_sub(H)
     }
 
     /// Inserts `value`'s bytes.

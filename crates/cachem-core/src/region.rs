@@ -1024,7 +1024,11 @@ impl<'r> Guard<'r> {
     /// and start time. mod_cachem's `cachem_add`. If the region is full, dead
     /// processes' records are reaped and the insert is tried once more.
     pub fn insert(&mut self, owner: OwnerId, data: &[u8]) -> Result<RecordId> {
-        self.begin_write();
+        // Light unless it compacts: it writes no byte a reader of a live
+        // record copies (`Layout::insert_would_compact`).
+        if self.layout.insert_would_compact(data.len()) {
+            self.begin_write();
+        }
         if owner.is_process() && self.region.foreign_ns {
             // Our pid means another process in the creator's namespace: a
             // reaper there would judge the record by the wrong process.
@@ -1132,7 +1136,11 @@ impl<'r> Guard<'r> {
     /// Removes a record (Eager: compacts at once; Deferred: marks its block
     /// dead for a later compaction). mod_cachem's `cachem_delete`.
     pub fn remove(&mut self, id: RecordId) -> Result<()> {
-        self.begin_write();
+        // A Deferred remove that does not compact is light
+        // (`Layout::remove_would_compact`).
+        if self.layout.remove_would_compact(id) {
+            self.begin_write();
+        }
         self.layout.remove(id)
     }
 
