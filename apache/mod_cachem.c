@@ -148,17 +148,22 @@ static const char *set_cachem(cmd_parms *cmd, void *dummy, const char *path, con
         if (errno || end == size || v <= 0)
             return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
                                "' is not a positive number of bytes (or NULL)", NULL);
-        if (*end == 'k' || *end == 'K') {
-            v *= 1024;
-            end++;
-        }
-        else if (*end == 'm' || *end == 'M') {
-            v *= 1024 * 1024;
-            end++;
-        }
-        else if (*end == 'g' || *end == 'G') {
-            v *= 1024 * 1024 * 1024;
-            end++;
+        {
+            /* The unit is checked against the bound before multiplying: no
+             * overflow (undefined in C) can wrap a huge size to a small one. */
+            apr_int64_t unit = 1;
+            if (*end == 'k' || *end == 'K')
+                unit = 1024;
+            else if (*end == 'm' || *end == 'M')
+                unit = 1024 * 1024;
+            else if (*end == 'g' || *end == 'G')
+                unit = 1024 * 1024 * 1024;
+            if (unit > 1)
+                end++;
+            if (v > ((apr_int64_t)1 << 40) / unit)
+                return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
+                                   "' is larger than 1 TiB", NULL);
+            v *= unit;
         }
         if (*end || v <= 0 || v > ((apr_int64_t)1 << 40))
             return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
@@ -347,6 +352,12 @@ static int g_reap_interval = CACHEM_DEFAULT_REAP_INTERVAL;
 static int g_own_child_handle;
 static void stop_reaper(cachem_state *st);
 static __thread int t_locked;
+/* The request this thread is serving (set by post_read_request), and the
+ * one it was serving when it took the lock: a consumer module that returns
+ * from its handler holding the lock would hang every other process and
+ * thread, so the module releases such a lock (see release_leaked_lock). */
+static __thread request_rec *t_request;
+static __thread request_rec *t_lock_request;
 
 static apr_status_t as_status(cachem_error_t e)
 {
@@ -420,6 +431,7 @@ static apr_status_t mod_cachem_lock(void)
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_lock");
     t_locked = 1;
+    t_lock_request = t_request;
     return APR_SUCCESS;
 }
 
@@ -430,6 +442,7 @@ static apr_status_t mod_cachem_unlock(void)
         return not_ready("cachem_unlock");
     e = cachem_unlock(g_cache);
     t_locked = 0;
+    t_lock_request = NULL;
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_unlock");
     return APR_SUCCESS;
@@ -690,25 +703,47 @@ static apr_status_t parent_exit(void *data)
  * every CACHEMReapInterval seconds (as User, without the listeners) and
  * exits when the parent is gone. It is replaced at every restart and
  * stopped at the parent's exit; the monitor hook remains a fallback. */
+static volatile sig_atomic_t reaper_stop;
+
+static void reaper_on_term(int sig)
+{
+    (void)sig;
+    reaper_stop = 1;
+}
+
 static void reaper_main(cachem_state *st, server_rec *s, int interval)
 {
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGWINCH, SIGQUIT};
+    static const int ignored[] = {SIGINT, SIGHUP, SIGUSR1, SIGWINCH, SIGQUIT, SIGPIPE};
     sigset_t none;
     apr_time_t next;
     size_t k;
-    for (k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++)
-        signal(sigs[k], SIG_DFL);
-    signal(SIGPIPE, SIG_IGN);
+    apr_os_file_t log_fd = -1;
+    int fd;
+    /* Out of the server's process group: prefork signals the group at stop
+     * and restart, and a reaper killed in the middle of a reap would leave
+     * the region to a lock recovery. The parent stops it by pid (SIGTERM,
+     * honoured between reaps). */
+    setpgid(0, 0);
+    for (k = 0; k < sizeof(ignored) / sizeof(ignored[0]); k++)
+        signal(ignored[k], SIG_IGN);
+    signal(SIGTERM, reaper_on_term);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     ap_close_listeners();
+    /* Keep only stdio and the error log: not the MPM's pipe of death, not a
+     * piped logger's write end. */
+    if (s->error_log)
+        apr_os_file_get(&log_fd, s->error_log);
+    for (fd = 3; fd < 65536; fd++)
+        if (fd != log_fd)
+            close(fd);
     prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
     if (geteuid() == 0 && ap_unixd_setup_child() != 0)
         _exit(1);
     next = apr_time_now() + apr_time_from_sec(interval);
     for (;;) {
         apr_sleep(apr_time_from_msec(200));
-        if (getppid() != st->parent_pid)
+        if (reaper_stop || getppid() != st->parent_pid)
             _exit(0);
         if (apr_time_now() < next)
             continue;
@@ -800,6 +835,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     cachem_state *st = NULL;
     cachem_state want;
     cachem_options_t opts;
+    const char *carried = NULL; /* snapshot of a region a restart replaced */
     cachem_error_t e = CACHEM_OK;
     (void)plog;
 
@@ -869,7 +905,21 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
                      "mod_cachem: the CACHEM configuration changed: making a new region");
         stop_reaper(st);
-        cachem_close(st->cache);
+        /* A graceful restart keeps the records: carry them over to the new
+         * region through a snapshot (owned records, with their owners'
+         * names), rather than restoring the older CACHEMPersist file. */
+        carried = ap_runtime_dir_relative(ptemp, "mod_cachem-restart.snapshot");
+        e = cachem_save(st->cache, carried);
+        if (e != CACHEM_OK) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                         "mod_cachem: saving the records before the new region failed: %s (%s); "
+                         "they are lost", cachem_strerror(e), cachem_last_error_message(st->cache));
+            carried = NULL;
+        }
+        e = cachem_close(st->cache);
+        if (e != CACHEM_OK)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "mod_cachem: closing the old region: %s (%s)",
+                         cachem_strerror(e), cachem_last_error_message(NULL));
         st->cache = NULL;
         g_cache = NULL;
     }
@@ -930,20 +980,24 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
                  "mod_cachem: region %s (%" APR_UINT64_T_FMT " bytes) created",
                  st->path ? st->path : "(anonymous)", st->size);
 
-    if (st->persist) {
+    {
+        /* The records of the region this restart replaced, else (a fresh
+         * start) the CACHEMPersist snapshot of the last clean stop. */
         apr_finfo_t fi;
-        if (apr_stat(&fi, st->persist, APR_FINFO_TYPE, ptemp) == APR_SUCCESS) {
-            e = cachem_restore(st->cache, st->persist);
+        const char *from = carried ? carried : st->persist;
+        if (from && apr_stat(&fi, from, APR_FINFO_TYPE, ptemp) == APR_SUCCESS) {
+            e = cachem_restore(st->cache, from);
             if (e != CACHEM_OK)
                 ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
                              "mod_cachem: restoring the records from %s failed: %s (%s)",
-                             st->persist, cachem_strerror(e),
-                             cachem_last_error_message(st->cache));
+                             from, cachem_strerror(e), cachem_last_error_message(st->cache));
             else
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
-                             "mod_cachem: records restored from %s", st->persist);
+                             "mod_cachem: records restored from %s", from);
             chown_tree(s, st->dbm, st, 0);
         }
+        if (carried)
+            apr_file_remove(carried, ptemp);
     }
 
     if (!st->cleanup_registered) {
@@ -1052,20 +1106,38 @@ static int cachem_monitor(apr_pool_t *p, server_rec *s)
 /* A minimal reader for the flat objects of cachem_status_json: finds
  * "key": in [p, end) and parses what follows. The JSON comes from our
  * own library; still, every read is bounded by end. */
+/* The value of "key" among the members of the object that starts at p
+ * (depth 1 only, and only a string followed by ':' is a key: an owner named
+ * "pids" or a nested object's member never matches). */
 static const char *json_key(const char *p, const char *end, const char *key)
 {
     size_t kl = strlen(key);
+    int depth = 0;
     while (p && p < end) {
-        const char *q = memchr(p, '"', (size_t)(end - p));
-        if (!q || q + kl + 2 > end)
-            return NULL;
-        if (strncmp(q + 1, key, kl) == 0 && q[kl + 1] == '"') {
-            q += kl + 2;
-            while (q < end && (*q == ' ' || *q == ':'))
-                q++;
-            return q;
+        if (*p == '"') {
+            const char *q = p + 1, *after;
+            while (q < end && *q != '"')
+                q += (*q == '\\') ? 2 : 1;
+            if (q >= end)
+                return NULL;
+            after = q + 1;
+            while (after < end && (*after == ' ' || *after == '\n' || *after == '\t'))
+                after++;
+            if (depth == 1 && after < end && *after == ':' && (size_t)(q - p - 1) == kl
+                && strncmp(p + 1, key, kl) == 0) {
+                after++;
+                while (after < end && (*after == ' ' || *after == '\n' || *after == '\t'))
+                    after++;
+                return after;
+            }
+            p = q + 1;
+            continue;
         }
-        p = q + 1;
+        if (*p == '{' || *p == '[')
+            depth++;
+        else if (*p == '}' || *p == ']')
+            depth--;
+        p++;
     }
     return NULL;
 }
@@ -1316,9 +1388,53 @@ static int cachem_status(request_rec *r, int flags)
 
 /* ------------------------------------------------------------------ */
 
+/* Releases a lock this thread still holds: a consumer returned without
+ * cachem_unlock. Logged as an error naming the request. */
+static void release_leaked_lock(const char *uri)
+{
+    cachem_error_t e;
+    if (!t_locked || !g_cache)
+        return;
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, g_server,
+                 "mod_cachem: the request %s ended holding the cache lock (a missing "
+                 "ap_cachem_unlock); released", uri ? uri : "(unknown)");
+    e = cachem_unlock(g_cache);
+    if (e != CACHEM_OK)
+        fail(e, APLOG_ERR, "releasing a leaked lock");
+    t_locked = 0;
+    t_lock_request = NULL;
+}
+
+/* At the end of a request (its pool's destruction): if it runs on the
+ * thread that took the lock for this request, release it. */
+static apr_status_t request_done(void *data)
+{
+    request_rec *r = data;
+    if (t_locked && t_lock_request == r)
+        release_leaked_lock(r->uri);
+    if (t_request == r)
+        t_request = NULL;
+    return APR_SUCCESS;
+}
+
+/* At the start of a request: a lock still held by this thread leaked from
+ * an earlier request (whose pool died on another thread, say, under the
+ * event MPM); release it before serving. */
+static int cachem_post_read_request(request_rec *r)
+{
+    if (!g_cache)
+        return DECLINED;
+    if (t_locked)
+        release_leaked_lock(t_lock_request ? "(an earlier request on this thread)" : NULL);
+    t_request = r;
+    apr_pool_cleanup_register(r->pool, r, request_done, apr_pool_cleanup_null);
+    return DECLINED;
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     (void)p;
+    ap_hook_post_read_request(cachem_post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_post_config(cachem_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(cachem_child_init, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_monitor(cachem_monitor, NULL, NULL, APR_HOOK_MIDDLE);
