@@ -616,60 +616,70 @@ static void fill_options(const cachem_state *st, cachem_options_t *o)
  * show up, logged, when the children use them. */
 static void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *st)
 {
+    int fd;
+    /* Never through a symlink at the last component: the directory may be
+     * writable by the children's user, and root must not create or chown
+     * a file a link points to. */
+    if (dir) {
+        if (mkdir(path, 0700 | ((st->mode & 0070) ? 0070 : 0)) != 0 && errno != EEXIST) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot create %s", path);
+            return;
+        }
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    else
+        fd = open(path, O_CREAT | O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, st->mode);
+    if (fd < 0) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
+                     "mod_cachem: cannot create or open %s (a symlink is refused)", path);
+        return;
+    }
+    if ((st->uid >= 0 || st->gid >= 0) && fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
+                     "mod_cachem: cannot give %s to uid %" APR_INT64_T_FMT, path, st->uid);
+    close(fd);
+}
+
+/* Gives name (relative to the directory at) and, for a directory,
+ * everything below it to the children's user. Walks by descriptors and
+ * never follows a symlink, so a user who can write inside the tree cannot
+ * swap a directory for a link and have root chown what it points to. */
+static void chown_at(server_rec *s, int at, const char *name, const cachem_state *st, int depth)
+{
     struct stat sb;
-    if (stat(path, &sb) != 0) {
-        if (dir) {
-            if (mkdir(path, 0700 | ((st->mode & 0070) ? 0070 : 0)) != 0 && errno != EEXIST) {
-                ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                             "mod_cachem: cannot create %s", path);
-                return;
-            }
-        }
-        else {
-            int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, st->mode);
-            if (fd < 0) {
-                ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                             "mod_cachem: cannot create %s", path);
-                return;
-            }
+    int fd = openat(at, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return; /* gone, or a symlink (ELOOP): leave it */
+    if (fstat(fd, &sb) != 0) {
+        close(fd);
+        return;
+    }
+    if (fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", name);
+    if (S_ISDIR(sb.st_mode) && depth < 8) {
+        DIR *d = fdopendir(fd);
+        struct dirent *de;
+        if (!d) {
             close(fd);
+            return;
         }
+        while ((de = readdir(d))) {
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                chown_at(s, dirfd(d), de->d_name, st, depth + 1);
+        }
+        closedir(d);
+        return;
     }
-    if (st->uid >= 0 || st->gid >= 0) {
-        if (chown(path, (uid_t)st->uid, (gid_t)st->gid) != 0)
-            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                         "mod_cachem: cannot give %s to uid %" APR_INT64_T_FMT, path, st->uid);
-    }
+    close(fd);
 }
 
 /* Gives a directory tree (the id store) to the children's user: the
  * parent's registry use (CACHEMPersist's restore) creates files as root. */
 static void chown_tree(server_rec *s, const char *path, const cachem_state *st, int depth)
 {
-    DIR *d;
-    struct dirent *de;
     if (st->uid < 0 && st->gid < 0)
         return;
-    if (lchown(path, (uid_t)st->uid, (gid_t)st->gid) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", path);
-        return;
-    }
-    if (depth > 8 || !(d = opendir(path)))
-        return;
-    while ((de = readdir(d))) {
-        char sub[4096];
-        struct stat sb;
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        apr_snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-        if (lstat(sub, &sb) != 0)
-            continue;
-        if (S_ISDIR(sb.st_mode))
-            chown_tree(s, sub, st, depth + 1);
-        else if (lchown(sub, (uid_t)st->uid, (gid_t)st->gid) != 0)
-            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", sub);
-    }
-    closedir(d);
+    chown_at(s, AT_FDCWD, path, st, depth);
 }
 
 /* At the parent's exit (a stop, not a graceful restart): save the records
@@ -718,11 +728,11 @@ static void reaper_main(cachem_state *st, server_rec *s, int interval)
     apr_time_t next;
     size_t k;
     apr_os_file_t log_fd = -1;
-    int fd;
     /* Out of the server's process group: prefork signals the group at stop
      * and restart, and a reaper killed in the middle of a reap would leave
      * the region to a lock recovery. The parent stops it by pid (SIGTERM,
      * honoured between reaps). */
+    prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
     setpgid(0, 0);
     for (k = 0; k < sizeof(ignored) / sizeof(ignored[0]); k++)
         signal(ignored[k], SIG_IGN);
@@ -734,10 +744,9 @@ static void reaper_main(cachem_state *st, server_rec *s, int interval)
      * piped logger's write end. */
     if (s->error_log)
         apr_os_file_get(&log_fd, s->error_log);
-    for (fd = 3; fd < 65536; fd++)
-        if (fd != log_fd)
-            close(fd);
-    prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
+    if (log_fd > 3)
+        close_range(3, (unsigned int)log_fd - 1, 0);
+    close_range(log_fd >= 3 ? (unsigned int)log_fd + 1 : 3, ~0U, 0);
     if (geteuid() == 0 && ap_unixd_setup_child() != 0)
         _exit(1);
     next = apr_time_now() + apr_time_from_sec(interval);

@@ -688,7 +688,7 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     // A second restart, then a stop: nothing jumps into unloaded code.
     h.graceful();
     let _ = example(&h);
-    let reaper = h.reaper().expect("no reaper process after the restarts");
+    let reaper = h.reaper().unwrap_or_else(|| panic!("no reaper process after the restarts:\n{}", h.log()));
     assert_eq!(h.reapers().len(), 1, "the restarts left several reaper processes");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert!(!alive(reaper), "the reaper process outlived the server");
