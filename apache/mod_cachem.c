@@ -1034,7 +1034,9 @@ static apr_status_t child_exit(void *data)
                      "mod_cachem: child %ld purged %lu process-scoped records",
                      (long)getpid(), (unsigned long)n);
     if (g_own_child_handle) {
-        cachem_close(g_cache);
+        e = cachem_close(g_cache);
+        if (e != CACHEM_OK) /* BUSY: a thread still holds the lock */
+            fail(e, APLOG_WARNING, "closing the region in child %ld", (long)getpid());
         g_own_child_handle = 0;
     }
     g_cache = NULL;
@@ -1287,9 +1289,19 @@ static int cachem_status(request_rec *r, int flags)
         return OK;
     }
     e = cachem_status_json(g_cache, NULL, 0, &need);
-    if ((e == CACHEM_E_BUFFER_TOO_SMALL || e == CACHEM_OK) && need > 0 && need < (64u << 20)) {
-        json = apr_palloc(r->pool, need + 1);
-        e = cachem_status_json(g_cache, json, need + 1, &need);
+    {
+        /* The text may grow between sizing and filling (records inserted
+         * meanwhile): size again, a few times, with some headroom. */
+        int tries;
+        for (tries = 0; tries < 4 && (e == CACHEM_E_BUFFER_TOO_SMALL || e == CACHEM_OK)
+                        && need > 0 && need < (64u << 20); tries++) {
+            apr_size_t cap = need + need / 4 + 256;
+            json = apr_palloc(r->pool, cap);
+            e = cachem_status_json(g_cache, json, cap, &need);
+            if (e == CACHEM_OK)
+                break;
+            json = NULL;
+        }
         if (e != CACHEM_OK)
             json = NULL;
     }
