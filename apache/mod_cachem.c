@@ -148,17 +148,22 @@ static const char *set_cachem(cmd_parms *cmd, void *dummy, const char *path, con
         if (errno || end == size || v <= 0)
             return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
                                "' is not a positive number of bytes (or NULL)", NULL);
-        if (*end == 'k' || *end == 'K') {
-            v *= 1024;
-            end++;
-        }
-        else if (*end == 'm' || *end == 'M') {
-            v *= 1024 * 1024;
-            end++;
-        }
-        else if (*end == 'g' || *end == 'G') {
-            v *= 1024 * 1024 * 1024;
-            end++;
+        {
+            /* The unit is checked against the bound before multiplying: no
+             * overflow (undefined in C) can wrap a huge size to a small one. */
+            apr_int64_t unit = 1;
+            if (*end == 'k' || *end == 'K')
+                unit = 1024;
+            else if (*end == 'm' || *end == 'M')
+                unit = 1024 * 1024;
+            else if (*end == 'g' || *end == 'G')
+                unit = 1024 * 1024 * 1024;
+            if (unit > 1)
+                end++;
+            if (v > ((apr_int64_t)1 << 40) / unit)
+                return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
+                                   "' is larger than 1 TiB", NULL);
+            v *= unit;
         }
         if (*end || v <= 0 || v > ((apr_int64_t)1 << 40))
             return apr_pstrcat(cmd->pool, cmd->cmd->name, ": size '", size,
@@ -347,6 +352,12 @@ static int g_reap_interval = CACHEM_DEFAULT_REAP_INTERVAL;
 static int g_own_child_handle;
 static void stop_reaper(cachem_state *st);
 static __thread int t_locked;
+/* The request this thread is serving (set by post_read_request), and the
+ * one it was serving when it took the lock: a consumer module that returns
+ * from its handler holding the lock would hang every other process and
+ * thread, so the module releases such a lock (see release_leaked_lock). */
+static __thread request_rec *t_request;
+static __thread request_rec *t_lock_request;
 
 static apr_status_t as_status(cachem_error_t e)
 {
@@ -420,6 +431,7 @@ static apr_status_t mod_cachem_lock(void)
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_lock");
     t_locked = 1;
+    t_lock_request = t_request;
     return APR_SUCCESS;
 }
 
@@ -430,6 +442,7 @@ static apr_status_t mod_cachem_unlock(void)
         return not_ready("cachem_unlock");
     e = cachem_unlock(g_cache);
     t_locked = 0;
+    t_lock_request = NULL;
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_unlock");
     return APR_SUCCESS;
@@ -603,60 +616,70 @@ static void fill_options(const cachem_state *st, cachem_options_t *o)
  * show up, logged, when the children use them. */
 static void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *st)
 {
+    int fd;
+    /* Never through a symlink at the last component: the directory may be
+     * writable by the children's user, and root must not create or chown
+     * a file a link points to. */
+    if (dir) {
+        if (mkdir(path, 0700 | ((st->mode & 0070) ? 0070 : 0)) != 0 && errno != EEXIST) {
+            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot create %s", path);
+            return;
+        }
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
+    else
+        fd = open(path, O_CREAT | O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, st->mode);
+    if (fd < 0) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
+                     "mod_cachem: cannot create or open %s (a symlink is refused)", path);
+        return;
+    }
+    if ((st->uid >= 0 || st->gid >= 0) && fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
+                     "mod_cachem: cannot give %s to uid %" APR_INT64_T_FMT, path, st->uid);
+    close(fd);
+}
+
+/* Gives name (relative to the directory at) and, for a directory,
+ * everything below it to the children's user. Walks by descriptors and
+ * never follows a symlink, so a user who can write inside the tree cannot
+ * swap a directory for a link and have root chown what it points to. */
+static void chown_at(server_rec *s, int at, const char *name, const cachem_state *st, int depth)
+{
     struct stat sb;
-    if (stat(path, &sb) != 0) {
-        if (dir) {
-            if (mkdir(path, 0700 | ((st->mode & 0070) ? 0070 : 0)) != 0 && errno != EEXIST) {
-                ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                             "mod_cachem: cannot create %s", path);
-                return;
-            }
-        }
-        else {
-            int fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, st->mode);
-            if (fd < 0) {
-                ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                             "mod_cachem: cannot create %s", path);
-                return;
-            }
+    int fd = openat(at, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return; /* gone, or a symlink (ELOOP): leave it */
+    if (fstat(fd, &sb) != 0) {
+        close(fd);
+        return;
+    }
+    if (fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
+        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", name);
+    if (S_ISDIR(sb.st_mode) && depth < 8) {
+        DIR *d = fdopendir(fd);
+        struct dirent *de;
+        if (!d) {
             close(fd);
+            return;
         }
+        while ((de = readdir(d))) {
+            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
+                chown_at(s, dirfd(d), de->d_name, st, depth + 1);
+        }
+        closedir(d);
+        return;
     }
-    if (st->uid >= 0 || st->gid >= 0) {
-        if (chown(path, (uid_t)st->uid, (gid_t)st->gid) != 0)
-            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
-                         "mod_cachem: cannot give %s to uid %" APR_INT64_T_FMT, path, st->uid);
-    }
+    close(fd);
 }
 
 /* Gives a directory tree (the id store) to the children's user: the
  * parent's registry use (CACHEMPersist's restore) creates files as root. */
 static void chown_tree(server_rec *s, const char *path, const cachem_state *st, int depth)
 {
-    DIR *d;
-    struct dirent *de;
     if (st->uid < 0 && st->gid < 0)
         return;
-    if (lchown(path, (uid_t)st->uid, (gid_t)st->gid) != 0) {
-        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", path);
-        return;
-    }
-    if (depth > 8 || !(d = opendir(path)))
-        return;
-    while ((de = readdir(d))) {
-        char sub[4096];
-        struct stat sb;
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        apr_snprintf(sub, sizeof(sub), "%s/%s", path, de->d_name);
-        if (lstat(sub, &sb) != 0)
-            continue;
-        if (S_ISDIR(sb.st_mode))
-            chown_tree(s, sub, st, depth + 1);
-        else if (lchown(sub, (uid_t)st->uid, (gid_t)st->gid) != 0)
-            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", sub);
-    }
-    closedir(d);
+    chown_at(s, AT_FDCWD, path, st, depth);
 }
 
 /* At the parent's exit (a stop, not a graceful restart): save the records
@@ -690,25 +713,46 @@ static apr_status_t parent_exit(void *data)
  * every CACHEMReapInterval seconds (as User, without the listeners) and
  * exits when the parent is gone. It is replaced at every restart and
  * stopped at the parent's exit; the monitor hook remains a fallback. */
+static volatile sig_atomic_t reaper_stop;
+
+static void reaper_on_term(int sig)
+{
+    (void)sig;
+    reaper_stop = 1;
+}
+
 static void reaper_main(cachem_state *st, server_rec *s, int interval)
 {
-    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGWINCH, SIGQUIT};
+    static const int ignored[] = {SIGINT, SIGHUP, SIGUSR1, SIGWINCH, SIGQUIT, SIGPIPE};
     sigset_t none;
     apr_time_t next;
     size_t k;
-    for (k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++)
-        signal(sigs[k], SIG_DFL);
-    signal(SIGPIPE, SIG_IGN);
+    apr_os_file_t log_fd = -1;
+    /* Out of the server's process group: prefork signals the group at stop
+     * and restart, and a reaper killed in the middle of a reap would leave
+     * the region to a lock recovery. The parent stops it by pid (SIGTERM,
+     * honoured between reaps). */
+    prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
+    setpgid(0, 0);
+    for (k = 0; k < sizeof(ignored) / sizeof(ignored[0]); k++)
+        signal(ignored[k], SIG_IGN);
+    signal(SIGTERM, reaper_on_term);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     ap_close_listeners();
-    prctl(PR_SET_NAME, "cachem-reaper", 0, 0, 0);
+    /* Keep only stdio and the error log: not the MPM's pipe of death, not a
+     * piped logger's write end. */
+    if (s->error_log)
+        apr_os_file_get(&log_fd, s->error_log);
+    if (log_fd > 3)
+        close_range(3, (unsigned int)log_fd - 1, 0);
+    close_range(log_fd >= 3 ? (unsigned int)log_fd + 1 : 3, ~0U, 0);
     if (geteuid() == 0 && ap_unixd_setup_child() != 0)
         _exit(1);
     next = apr_time_now() + apr_time_from_sec(interval);
     for (;;) {
         apr_sleep(apr_time_from_msec(200));
-        if (getppid() != st->parent_pid)
+        if (reaper_stop || getppid() != st->parent_pid)
             _exit(0);
         if (apr_time_now() < next)
             continue;
@@ -800,6 +844,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     cachem_state *st = NULL;
     cachem_state want;
     cachem_options_t opts;
+    const char *carried = NULL; /* snapshot of a region a restart replaced */
     cachem_error_t e = CACHEM_OK;
     (void)plog;
 
@@ -869,7 +914,21 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
                      "mod_cachem: the CACHEM configuration changed: making a new region");
         stop_reaper(st);
-        cachem_close(st->cache);
+        /* A graceful restart keeps the records: carry them over to the new
+         * region through a snapshot (owned records, with their owners'
+         * names), rather than restoring the older CACHEMPersist file. */
+        carried = ap_runtime_dir_relative(ptemp, "mod_cachem-restart.snapshot");
+        e = cachem_save(st->cache, carried);
+        if (e != CACHEM_OK) {
+            ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
+                         "mod_cachem: saving the records before the new region failed: %s (%s); "
+                         "they are lost", cachem_strerror(e), cachem_last_error_message(st->cache));
+            carried = NULL;
+        }
+        e = cachem_close(st->cache);
+        if (e != CACHEM_OK)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, 0, s, "mod_cachem: closing the old region: %s (%s)",
+                         cachem_strerror(e), cachem_last_error_message(NULL));
         st->cache = NULL;
         g_cache = NULL;
     }
@@ -930,20 +989,24 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
                  "mod_cachem: region %s (%" APR_UINT64_T_FMT " bytes) created",
                  st->path ? st->path : "(anonymous)", st->size);
 
-    if (st->persist) {
+    {
+        /* The records of the region this restart replaced, else (a fresh
+         * start) the CACHEMPersist snapshot of the last clean stop. */
         apr_finfo_t fi;
-        if (apr_stat(&fi, st->persist, APR_FINFO_TYPE, ptemp) == APR_SUCCESS) {
-            e = cachem_restore(st->cache, st->persist);
+        const char *from = carried ? carried : st->persist;
+        if (from && apr_stat(&fi, from, APR_FINFO_TYPE, ptemp) == APR_SUCCESS) {
+            e = cachem_restore(st->cache, from);
             if (e != CACHEM_OK)
                 ap_log_error(APLOG_MARK, APLOG_ERR, 0, s,
                              "mod_cachem: restoring the records from %s failed: %s (%s)",
-                             st->persist, cachem_strerror(e),
-                             cachem_last_error_message(st->cache));
+                             from, cachem_strerror(e), cachem_last_error_message(st->cache));
             else
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
-                             "mod_cachem: records restored from %s", st->persist);
+                             "mod_cachem: records restored from %s", from);
             chown_tree(s, st->dbm, st, 0);
         }
+        if (carried)
+            apr_file_remove(carried, ptemp);
     }
 
     if (!st->cleanup_registered) {
@@ -971,7 +1034,9 @@ static apr_status_t child_exit(void *data)
                      "mod_cachem: child %ld purged %lu process-scoped records",
                      (long)getpid(), (unsigned long)n);
     if (g_own_child_handle) {
-        cachem_close(g_cache);
+        e = cachem_close(g_cache);
+        if (e != CACHEM_OK) /* BUSY: a thread still holds the lock */
+            fail(e, APLOG_WARNING, "closing the region in child %ld", (long)getpid());
         g_own_child_handle = 0;
     }
     g_cache = NULL;
@@ -1052,20 +1117,38 @@ static int cachem_monitor(apr_pool_t *p, server_rec *s)
 /* A minimal reader for the flat objects of cachem_status_json: finds
  * "key": in [p, end) and parses what follows. The JSON comes from our
  * own library; still, every read is bounded by end. */
+/* The value of "key" among the members of the object that starts at p
+ * (depth 1 only, and only a string followed by ':' is a key: an owner named
+ * "pids" or a nested object's member never matches). */
 static const char *json_key(const char *p, const char *end, const char *key)
 {
     size_t kl = strlen(key);
+    int depth = 0;
     while (p && p < end) {
-        const char *q = memchr(p, '"', (size_t)(end - p));
-        if (!q || q + kl + 2 > end)
-            return NULL;
-        if (strncmp(q + 1, key, kl) == 0 && q[kl + 1] == '"') {
-            q += kl + 2;
-            while (q < end && (*q == ' ' || *q == ':'))
-                q++;
-            return q;
+        if (*p == '"') {
+            const char *q = p + 1, *after;
+            while (q < end && *q != '"')
+                q += (*q == '\\') ? 2 : 1;
+            if (q >= end)
+                return NULL;
+            after = q + 1;
+            while (after < end && (*after == ' ' || *after == '\n' || *after == '\t'))
+                after++;
+            if (depth == 1 && after < end && *after == ':' && (size_t)(q - p - 1) == kl
+                && strncmp(p + 1, key, kl) == 0) {
+                after++;
+                while (after < end && (*after == ' ' || *after == '\n' || *after == '\t'))
+                    after++;
+                return after;
+            }
+            p = q + 1;
+            continue;
         }
-        p = q + 1;
+        if (*p == '{' || *p == '[')
+            depth++;
+        else if (*p == '}' || *p == ']')
+            depth--;
+        p++;
     }
     return NULL;
 }
@@ -1206,9 +1289,19 @@ static int cachem_status(request_rec *r, int flags)
         return OK;
     }
     e = cachem_status_json(g_cache, NULL, 0, &need);
-    if ((e == CACHEM_E_BUFFER_TOO_SMALL || e == CACHEM_OK) && need > 0 && need < (64u << 20)) {
-        json = apr_palloc(r->pool, need + 1);
-        e = cachem_status_json(g_cache, json, need + 1, &need);
+    {
+        /* The text may grow between sizing and filling (records inserted
+         * meanwhile): size again, a few times, with some headroom. */
+        int tries;
+        for (tries = 0; tries < 4 && (e == CACHEM_E_BUFFER_TOO_SMALL || e == CACHEM_OK)
+                        && need > 0 && need < (64u << 20); tries++) {
+            apr_size_t cap = need + need / 4 + 256;
+            json = apr_palloc(r->pool, cap);
+            e = cachem_status_json(g_cache, json, cap, &need);
+            if (e == CACHEM_OK)
+                break;
+            json = NULL;
+        }
         if (e != CACHEM_OK)
             json = NULL;
     }
@@ -1316,9 +1409,53 @@ static int cachem_status(request_rec *r, int flags)
 
 /* ------------------------------------------------------------------ */
 
+/* Releases a lock this thread still holds: a consumer returned without
+ * cachem_unlock. Logged as an error naming the request. */
+static void release_leaked_lock(const char *uri)
+{
+    cachem_error_t e;
+    if (!t_locked || !g_cache)
+        return;
+    ap_log_error(APLOG_MARK, APLOG_ERR, 0, g_server,
+                 "mod_cachem: the request %s ended holding the cache lock (a missing "
+                 "ap_cachem_unlock); released", uri ? uri : "(unknown)");
+    e = cachem_unlock(g_cache);
+    if (e != CACHEM_OK)
+        fail(e, APLOG_ERR, "releasing a leaked lock");
+    t_locked = 0;
+    t_lock_request = NULL;
+}
+
+/* At the end of a request (its pool's destruction): if it runs on the
+ * thread that took the lock for this request, release it. */
+static apr_status_t request_done(void *data)
+{
+    request_rec *r = data;
+    if (t_locked && t_lock_request == r)
+        release_leaked_lock(r->uri);
+    if (t_request == r)
+        t_request = NULL;
+    return APR_SUCCESS;
+}
+
+/* At the start of a request: a lock still held by this thread leaked from
+ * an earlier request (whose pool died on another thread, say, under the
+ * event MPM); release it before serving. */
+static int cachem_post_read_request(request_rec *r)
+{
+    if (!g_cache)
+        return DECLINED;
+    if (t_locked)
+        release_leaked_lock(t_lock_request ? "(an earlier request on this thread)" : NULL);
+    t_request = r;
+    apr_pool_cleanup_register(r->pool, r, request_done, apr_pool_cleanup_null);
+    return DECLINED;
+}
+
 static void register_hooks(apr_pool_t *p)
 {
     (void)p;
+    ap_hook_post_read_request(cachem_post_read_request, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_post_config(cachem_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(cachem_child_init, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_monitor(cachem_monitor, NULL, NULL, APR_HOOK_MIDDLE);

@@ -14,7 +14,9 @@
  * - Test only (`CachemExampleTestURLs On`): `?lock-sleep=N` takes the lock,
  *   sends one line and sleeps N seconds holding it (the crash test SIGKILLs
  *   the child meanwhile); `?stale` uses an index after deleting its record
- *   (mod_cachem refuses it and logs the index and the reason).
+ *   (mod_cachem refuses it and logs the index and the reason);
+ *   `?leak-lock` returns holding the lock, a consumer bug mod_cachem
+ *   contains (it releases the lock when the request ends, and logs it).
  *
  * Only mod_cachem.h is needed; LoadModule order does not matter.
  */
@@ -227,6 +229,7 @@ static int example_handler(request_rec *r)
     ap_cachem_index_t i = AP_CACHEM_INVALID_INDEX;
     hits_rec *h;
     int children = 0;
+    const char *text;
 
     if (!r->handler || strcmp(r->handler, "cachem-example") != 0)
         return DECLINED;
@@ -251,6 +254,15 @@ static int example_handler(request_rec *r)
         ap_rputs("unlocked\n", r);
         return OK;
     }
+    if (r->args && strcmp(r->args, "leak-lock") == 0) {
+        /* Test only: a buggy consumer that forgets ap_cachem_unlock. */
+        if (!cfg->test_urls)
+            return HTTP_NOT_FOUND;
+        if (ap_cachem_lock() != APR_SUCCESS)
+            return HTTP_SERVICE_UNAVAILABLE;
+        ap_rputs("returning with the lock held\n", r);
+        return OK;
+    }
     if (r->args && strcmp(r->args, "stale") == 0) {
         /* Test only: use an index after its record was deleted. mod_cachem
          * refuses it (never another record) and logs index and reason. */
@@ -273,20 +285,23 @@ static int example_handler(request_rec *r)
         return OK;
     }
 
+    /* Copy what is needed under the lock; write to the client after
+     * unlocking (a slow client must not keep every process waiting). */
     if (ap_cachem_lock() != APR_SUCCESS)
         return HTTP_SERVICE_UNAVAILABLE;
     h = hits_locked();
-    ap_rprintf(r, "hits %" APR_UINT64_T_FMT "\n", h ? h->hits : (apr_uint64_t)0);
+    text = apr_psprintf(r->pool, "hits %" APR_UINT64_T_FMT "\n", h ? h->hits : (apr_uint64_t)0);
     while ((i = ap_cachem_get_id(AP_CACHEM_INVALID_ID, i)) != AP_CACHEM_INVALID_INDEX) {
         apr_size_t len = 0;
         child_rec *c = ap_cachem_get(i, &len);
         if (is_child_rec(c, len)) {
-            ap_rprintf(r, "child %" APR_UINT64_T_FMT " requests %" APR_UINT64_T_FMT "\n",
-                       c->pid, c->requests);
+            text = apr_psprintf(r->pool, "%schild %" APR_UINT64_T_FMT " requests %"
+                                APR_UINT64_T_FMT "\n", text, c->pid, c->requests);
             children++;
         }
     }
     ap_cachem_unlock();
+    ap_rputs(text, r);
     ap_rprintf(r, "children %d\n", children);
     ap_rprintf(r, "owner %u " EXAMPLE_OWNER "\nowner %u " CHURN_OWNER "\n", example_owner,
                churn_owner);
@@ -319,7 +334,7 @@ static const command_rec example_cmds[] = {
     AP_INIT_FLAG("CachemExampleCount", set_count, NULL, RSRC_CONF,
                  "count every request in the shared hit counter (default On)"),
     AP_INIT_FLAG("CachemExampleTestURLs", set_test_urls, NULL, RSRC_CONF,
-                 "test only: enable ?lock-sleep=N and ?stale (default Off)"),
+                 "test only: enable ?lock-sleep=N, ?stale and ?leak-lock (default Off)"),
     {NULL}
 };
 

@@ -688,7 +688,7 @@ fn graceful_restart_and_stop(tag: &str, cachem: &str) {
     // A second restart, then a stop: nothing jumps into unloaded code.
     h.graceful();
     let _ = example(&h);
-    let reaper = h.reaper().expect("no reaper process after the restarts");
+    let reaper = h.reaper().unwrap_or_else(|| panic!("no reaper process after the restarts:\n{}", h.log()));
     assert_eq!(h.reapers().len(), 1, "the restarts left several reaper processes");
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert!(!alive(reaper), "the reaper process outlived the server");
@@ -741,6 +741,82 @@ fn stop_and_start_with_and_without_persist() {
     h.assert_no_crash();
 }
 
+#[test]
+fn a_request_that_returns_holding_the_lock_does_not_hang_the_server() {
+    for mpm in [Mpm::Prefork, Mpm::Event] {
+        let h = Httpd::start("leak", mpm, &format!("{NAMED}CachemExampleTestURLs On\n"));
+        let (before, _) = example(&h);
+        let r = get_timeout(h.port, "/cachem?leak-lock", Duration::from_secs(10)).expect("leak-lock");
+        assert_eq!(r.status, 200);
+        for _ in 0..8 {
+            let r = get_timeout(h.port, "/index.html", Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{mpm:?}: a request after the leak hung: {e}\n{}", h.log()));
+            assert_eq!(r.status, 200);
+        }
+        let (after, _) = example(&h);
+        assert_eq!(after, before + 10, "{mpm:?}: lost updates");
+        assert!(h.log().contains("ended holding the cache lock"), "{mpm:?}: not logged\n{}", h.log());
+        drop(h);
+    }
+}
+
+#[test]
+fn a_restart_that_changes_the_region_carries_the_live_records_over() {
+    let mut h = Httpd::configure(
+        "carry",
+        Mpm::Prefork,
+        &format!("{NAMED}CACHEMPersist cache.snapshot\nMaxConnectionsPerChild 0\n"),
+    );
+    h.launch();
+    let _ = load(h.port, 5, 1);
+    assert!(h.stop(), "unclean stop:\n{}", h.log());
+    // A snapshot from this stop exists; the next run counts further.
+    h.launch();
+    let _ = load(h.port, 20, 2);
+    let (live, _) = example(&h);
+    let conf =
+        std::fs::read_to_string(&h.conf).unwrap().replace("CACHEM cache.shm 1M", "CACHEM cache.shm 2M");
+    std::fs::write(&h.conf, conf).unwrap();
+    h.graceful();
+    let (after, _) = example(&h);
+    assert_eq!(after, live + 2, "the live records were not carried over:\n{}", h.log());
+    assert_eq!(stat_json(&h.run_dir(), "cache.shm")["size"], 2 << 20);
+    assert!(!h.run_dir().join("mod_cachem-restart.snapshot").exists());
+    assert!(h.stop());
+    h.assert_no_crash();
+}
+
+#[test]
+fn owners_named_like_status_keys_do_not_confuse_server_status() {
+    let h = Httpd::start("keys", Mpm::Prefork, NAMED);
+    let run = h.run_dir();
+    for owner in ["pids", "records", "bytes"] {
+        let out = cachem_cli(&[
+            "--dir",
+            run.to_str().unwrap(),
+            "put",
+            "cache.shm",
+            "--owner",
+            owner,
+            "twelve bytes",
+        ]);
+        assert!(out.status.success(), "cachem put: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let a = status_auto(h.port);
+    let j = stat_json(&run, "cache.shm");
+    for o in j["owners"].as_array().unwrap() {
+        let name = o["name"].as_str().unwrap_or("");
+        if ["pids", "records", "bytes"].contains(&name) {
+            let line = &a[&format!("CachemOwner{}", o["id"])];
+            assert_eq!(line, &format!("{name} 1 {}", o["bytes"]), "{a:?}");
+        }
+    }
+    assert!(a.keys().any(|k| k.starts_with("CachemPid")), "the per-process lines vanished: {a:?}");
+    let html = get_ok(h.port, "/server-status").body;
+    assert!(html.contains("<h3>Processes ("), "{html}");
+    assert!(html.contains("alive"), "the process table is empty: {html}");
+}
+
 fn threaded_no_lost_update(mpm: Mpm) {
     // No recycling here: a threaded child that reaches
     // MaxConnectionsPerChild may reset connections it accepted as it exits,
@@ -788,6 +864,8 @@ fn bad_directive_values_fail_the_config_test() {
         ("CACHEM cache.shm 1001", "CACHEM"),
         ("CACHEM cache.shm 1024", "CACHEM"),
         ("CACHEM cache.shm lots", "CACHEM"),
+        ("CACHEM cache.shm 17179869185G", "CACHEM"),
+        ("CACHEM cache.shm 18014398509481988K", "CACHEM"),
         ("CACHEM cache.shm", "CACHEM"),
         ("CACHEMlockFile relative.lock", "CACHEMlockFile"),
         ("CACHEMDBM ids", "CACHEMDBM"),
