@@ -209,17 +209,22 @@ fn worker_writer() {
     while !should_stop(&dir, started) {
         let mut g = r.lock().unwrap();
         let ids: Vec<(RecordId, u32)> = g.iter().map(|(m, _)| (m.id, m.len)).collect();
-        for _ in 0..8 {
+        for _ in 0..1 {
             seq += 1;
-            let op = rng.below(10);
-            if (op < 4 && ids.len() < 1500) || ids.is_empty() {
-                let rec = make_record(pid, seq, 16 + rng.below(300) as usize, &mut rng);
+            // One change per lock, so readers meet light changes (which
+            // leave the version even) on their own. Mostly inserts, updates
+            // in place and removes; few explicit compactions, so that most
+            // Deferred compactions are the ones a remove starts when it
+            // passes the dead-byte bound.
+            let op = rng.below(50);
+            if (op < 20 && ids.len() < 1500) || ids.is_empty() {
+                let rec = make_record(pid, seq, 16 + rng.below(600) as usize, &mut rng);
                 match g.insert(OwnerId(1), &rec) {
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::Full => {}
                     Err(e) => panic!("insert: {e}"),
                 }
-            } else if op < 7 {
+            } else if op < 32 {
                 let (id, len) = ids[rng.below(ids.len() as u64) as usize];
                 let rec = make_record(pid, seq, len as usize, &mut rng);
                 if let Some(b) = g.get_mut(id) {
@@ -227,14 +232,14 @@ fn worker_writer() {
                         b.copy_from_slice(&rec);
                     }
                 }
-            } else if op < 9 {
+            } else if op < 49 {
                 let (id, _) = ids[rng.below(ids.len() as u64) as usize];
                 match g.remove(id) {
                     Ok(()) => {}
                     Err(e) if e.kind() == ErrorKind::Stale => {}
                     Err(e) => panic!("remove: {e}"),
                 }
-            } else {
+            } else if rng.below(20) == 0 {
                 g.compact().unwrap();
             }
         }
