@@ -1109,3 +1109,62 @@ fn an_unmarked_block_without_its_entry_is_corrupt_not_compacted_away() {
     let e = l.compact_now().unwrap_err();
     assert_eq!(e.corrupt_field(), Some("bptr.o_beg"), "{e}");
 }
+
+/// The "light" predicates the optimistic readers rely on: when they say an
+/// insert or a remove will not compact, it does not (no block moves while
+/// the version stays even). Random inserts and removes that fill a small
+/// Deferred region, so inserts that need dead room and removes that pass
+/// the dead-byte bound both happen.
+#[test]
+fn light_predicates_never_miss_a_compaction() {
+    let mut img = Img::with(8192, Compaction::Deferred);
+    let mut l = img.l();
+    let mut ids: Vec<RecordId> = Vec::new();
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let (mut light_inserts, mut light_removes, mut heavy) = (0, 0, 0);
+    for _ in 0..4000 {
+        let before = l.counters().compactions;
+        if rnd() % 3 != 0 || ids.is_empty() {
+            let len = (rnd() % 200) as usize;
+            let would = l.insert_would_compact(len);
+            match l.insert(A, tag(1), &vec![1u8; len]) {
+                Ok(id) => ids.push(id),
+                Err(e) => assert_eq!(e.kind(), crate::ErrorKind::Full),
+            }
+            let compacted = l.counters().compactions != before;
+            assert!(would || !compacted, "an insert said light compacted");
+            if would {
+                heavy += 1;
+            } else {
+                light_inserts += 1;
+            }
+        } else {
+            let id = ids.swap_remove((rnd() % ids.len() as u64) as usize);
+            let would = l.remove_would_compact(id);
+            l.remove(id).unwrap();
+            let compacted = l.counters().compactions != before;
+            assert!(would || !compacted, "a remove said light compacted");
+            if would {
+                heavy += 1;
+            } else {
+                light_removes += 1;
+            }
+        }
+    }
+    l.verify().unwrap();
+    assert!(
+        light_inserts > 100 && light_removes > 100 && heavy > 10,
+        "{light_inserts} {light_removes} {heavy}"
+    );
+    // Eager removes always compact: never light.
+    let mut img = Img::new(4096);
+    let mut l = img.l();
+    let id = l.insert(A, tag(1), b"x").unwrap();
+    assert!(l.remove_would_compact(id));
+}
