@@ -18,8 +18,9 @@ all: test
 demo:
 	$(CARGO) run --quiet --release --bin cachem -- demo
 
-## The README's test command (and .ci/run): format, lints, every test.
-test: fmt-check clippy header-check unit
+## The README's test command (and .ci/run): format, lints, every test, the
+## install test of the Debian packages last.
+test: fmt-check clippy header-check unit deb-test
 
 fmt-check:
 	$(CARGO) fmt --all --check
