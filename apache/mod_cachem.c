@@ -179,25 +179,16 @@ static const char *set_cachem(cmd_parms *cmd, void *dummy, const char *path, con
     return NULL;
 }
 
-static const char *set_lock_file(cmd_parms *cmd, void *dummy, const char *arg)
+/* CACHEMlockFile and CACHEMDBM: an absolute path, stored in the field of
+ * cachem_cfg at the offset the directive's table entry gives. */
+static const char *set_abs_path(cmd_parms *cmd, void *dummy, const char *arg)
 {
     cachem_cfg *c = server_cfg(cmd->server);
     const char *err = global_only(cmd);
     (void)dummy;
     if (err || (err = check_path(cmd, arg, 1)))
         return err;
-    c->lock_file = arg;
-    return NULL;
-}
-
-static const char *set_dbm(cmd_parms *cmd, void *dummy, const char *arg)
-{
-    cachem_cfg *c = server_cfg(cmd->server);
-    const char *err = global_only(cmd);
-    (void)dummy;
-    if (err || (err = check_path(cmd, arg, 1)))
-        return err;
-    c->dbm = arg;
+    *(const char **)((char *)c + (apr_size_t)cmd->info) = arg;
     return NULL;
 }
 
@@ -301,9 +292,9 @@ static const command_rec cachem_cmds[] = {
     AP_INIT_TAKE2("CACHEM", set_cachem, NULL, RSRC_CONF,
                   "CACHEM path|NULL size|NULL: the region (NULL path = anonymous; "
                   "NULL size = 256K; size a multiple of 8, at least a page)"),
-    AP_INIT_TAKE1("CACHEMlockFile", set_lock_file, NULL, RSRC_CONF,
+    AP_INIT_TAKE1("CACHEMlockFile", set_abs_path, (void *)APR_OFFSETOF(cachem_cfg, lock_file), RSRC_CONF,
                   "absolute path of the global lockfile (default <region>.lock)"),
-    AP_INIT_TAKE1("CACHEMDBM", set_dbm, NULL, RSRC_CONF,
+    AP_INIT_TAKE1("CACHEMDBM", set_abs_path, (void *)APR_OFFSETOF(cachem_cfg, dbm), RSRC_CONF,
                   "absolute path of the owner-id store (default <region>.ids)"),
     AP_INIT_TAKE1("CACHEMPersist", set_persist, NULL, RSRC_CONF,
                   "snapshot file: saved at a clean stop, restored at start (default off)"),

@@ -817,6 +817,25 @@ fn owners_named_like_status_keys_do_not_confuse_server_status() {
     assert!(html.contains("alive"), "the process table is empty: {html}");
 }
 
+#[test]
+fn the_lockfile_and_id_store_directives_are_honoured() {
+    let dir = TempDir::new("apache-paths");
+    let lock = dir.path().join("my.lock");
+    let ids = dir.path().join("my.ids");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let h = Httpd::start(
+        "paths",
+        Mpm::Prefork,
+        &format!("{NAMED}CACHEMlockFile {}\nCACHEMDBM {}\n", lock.display(), ids.display()),
+    );
+    let (hits, _) = example(&h);
+    assert!(hits >= 1);
+    assert!(lock.exists(), "CACHEMlockFile ignored:\n{}", h.log());
+    assert!(ids.is_dir(), "CACHEMDBM ignored:\n{}", h.log());
+    assert!(std::fs::read_dir(&ids).unwrap().count() > 0, "the id store at CACHEMDBM is empty");
+    assert!(!h.run_dir().join("cache.shm.ids").exists(), "the default id store was used");
+}
+
 fn threaded_no_lost_update(mpm: Mpm) {
     // No recycling here: a threaded child that reaches
     // MaxConnectionsPerChild may reset connections it accepted as it exits,
