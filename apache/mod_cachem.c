@@ -476,38 +476,36 @@ static void *mod_cachem_get(ap_cachem_index_t index, apr_size_t *len)
     return ptr;
 }
 
-static ap_cachem_index_t mod_cachem_get_id(ap_cachem_id_t id, ap_cachem_index_t after)
+/* cachem_get_id and cachem_get_pid: the next record of an owner (of this
+ * process, for get_pid) after `after`, or AP_CACHEM_INVALID_INDEX. */
+static ap_cachem_index_t next_index(const char *what,
+                                    cachem_error_t (*next)(cachem_t *, cachem_id_t, cachem_index_t,
+                                                           cachem_index_t *),
+                                    ap_cachem_id_t id, ap_cachem_index_t after)
 {
     cachem_index_t out = CACHEM_INVALID_INDEX;
     cachem_error_t e;
     if (!g_cache) {
-        not_ready("cachem_get_id");
+        not_ready(what);
         return AP_CACHEM_INVALID_INDEX;
     }
-    e = cachem_get_id(g_cache, id, after, &out);
+    e = next(g_cache, id, after, &out);
     if (e != CACHEM_OK) {
-        fail(e, APLOG_ERR, "cachem_get_id(owner %u, after index 0x%" APR_UINT64_T_HEX_FMT ")",
-             id, after);
+        fail(e, APLOG_ERR, "%s(owner %u, after index 0x%" APR_UINT64_T_HEX_FMT ")", what, id,
+             after);
         return AP_CACHEM_INVALID_INDEX;
     }
     return (ap_cachem_index_t)out;
 }
 
+static ap_cachem_index_t mod_cachem_get_id(ap_cachem_id_t id, ap_cachem_index_t after)
+{
+    return next_index("cachem_get_id", cachem_get_id, id, after);
+}
+
 static ap_cachem_index_t mod_cachem_get_pid(ap_cachem_id_t id, ap_cachem_index_t after)
 {
-    cachem_index_t out = CACHEM_INVALID_INDEX;
-    cachem_error_t e;
-    if (!g_cache) {
-        not_ready("cachem_get_pid");
-        return AP_CACHEM_INVALID_INDEX;
-    }
-    e = cachem_get_pid(g_cache, id, after, &out);
-    if (e != CACHEM_OK) {
-        fail(e, APLOG_ERR, "cachem_get_pid(owner %u, after index 0x%" APR_UINT64_T_HEX_FMT ")",
-             id, after);
-        return AP_CACHEM_INVALID_INDEX;
-    }
-    return (ap_cachem_index_t)out;
+    return next_index("cachem_get_pid", cachem_get_pid, id, after);
 }
 
 static apr_status_t mod_cachem_delete(ap_cachem_index_t index, int flags)

@@ -103,11 +103,10 @@ impl std::ops::Deref for Use {
     type Target = Handle;
     #[inline]
     fn deref(&self) -> &Handle {
-        // SAFETY: `lookup` counted this `Use` in the slot's `users` after
-        // checking the generation, and `unregister` frees the handle only
-        // after seeing `users` at zero with the generation already bumped
-        // (module docs); so the box stays allocated, and is only ever read
-        // through shared references, for as long as this `Use` lives.
+        // The box stays allocated, read only through shared references,
+        // while this `Use` is counted in `users` (module docs).
+        // SAFETY: `lookup` counted this `Use` after checking the generation;
+        // `unregister` frees only at `users == 0` with the generation bumped.
         unsafe { self.handle.as_ref() }
     }
 }
@@ -257,12 +256,11 @@ pub(crate) fn lock(user: Use) -> Result<(), Fail> {
         // SAFETY: the guard borrows `user.cache`, which lives in the handle's
         // box; the box never moves, and is not freed while `user` lives (see
         // `Use`). The `Held` built here owns `user` and drops the guard
-        // before it (`Drop for Held`). The `'static` guard never leaves
-        // `Held`: callers only see it through `&mut` borrows no longer than
-        // a borrow of the list, and nothing derived from it with the
-        // `'static` lifetime (`Guard::region`, `Guard::layout`) is kept. The
-        // guard is `!Send` and the list thread-local, so the thread that
-        // locked is the one that unlocks.
+        // before it (`Drop for Held`). The guard is `!Send` and the list
+        // thread-local, so the thread that locked is the one that unlocks.
+        // SAFETY: the `'static` guard never leaves `Held`: callers see it only
+        // through `&mut` borrows no longer than a borrow of the list, and
+        // nothing `'static` derived from it (`region`, `layout`) is kept.
         let guard: Guard<'static> = unsafe { std::mem::transmute::<Guard<'_>, Guard<'static>>(guard) };
         held.push(Held { guard: ManuallyDrop::new(guard), user });
         Ok(())

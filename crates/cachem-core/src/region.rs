@@ -672,11 +672,10 @@ impl Region {
                 return Err(Error::Io { op: "lock", path: self.display_path(), source: e })
             }
         };
-        // SAFETY: we hold the region lock, so no cooperating process reads
-        // or writes these bytes until the guard unlocks; the slice covers the
-        // mapping without its trailer (the mutex, which waiting threads
-        // write), and the mapping outlives the guard (it borrows self). The
-        // mapping is longer than the trailer (checked at attach/create).
+        // The slice leaves out the trailer (the mutex, which waiting threads
+        // write); the mapping is longer than it (checked at attach/create).
+        // SAFETY: we hold the region lock, so no cooperating process touches
+        // these bytes until the guard unlocks; the mapping outlives the guard.
         let buf = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len() - TRAILER_SIZE) };
         let layout = match Layout::reopen(buf) {
             Ok(l) => l,

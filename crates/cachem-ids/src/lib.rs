@@ -210,6 +210,9 @@ pub struct IdRegistry {
     /// memo is cleared when the table is found missing (dropped after
     /// [`KEPT_GENERATIONS`] newer generations came).
     memo: Mutex<HashMap<String, OwnerId>>,
+    /// Registry cycles run so far by this handle (a memoised answer runs
+    /// none), so callers can tell whether the store's files may have changed.
+    cycles: std::sync::atomic::AtomicU64,
 }
 
 impl IdRegistry {
@@ -244,7 +247,15 @@ impl IdRegistry {
             lock_path: lock_file.as_ref().to_path_buf(),
             generation,
             memo: Mutex::new(HashMap::new()),
+            cycles: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many lock + sled cycles this registry has run (answers from the
+    /// memo run none): sled may have written files in the store only when
+    /// this changed.
+    pub fn cycles(&self) -> u64 {
+        self.cycles.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The region generation this registry serves.
@@ -463,6 +474,7 @@ impl IdRegistry {
             })();
             wire::encode(&r)
         };
+        self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = cachem_core::sys::child::run_in_child(run, CYCLE_TIMEOUT)
             .map_err(|e| Error::Helper { lock: self.lock_path.clone(), reason: e.to_string() })?;
         let (fresh, out) = wire::decode::<Result<(bool, T)>>(&bytes).ok_or_else(|| Error::Helper {

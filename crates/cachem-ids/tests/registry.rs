@@ -19,7 +19,9 @@ fn ids_are_dense_from_one_and_survive_reopen_with_the_same_generation() -> TestR
     assert_eq!(reg.id("alpha")?, OwnerId(1));
     assert_eq!(reg.unique_id()?, OwnerId(2));
     assert_eq!(reg.id("beta")?, OwnerId(3));
+    let cycles = reg.cycles();
     assert_eq!(reg.id("alpha")?, OwnerId(1));
+    assert_eq!(reg.cycles(), cycles, "a memoised id ran a registry cycle");
     drop(reg);
 
     let again = open(dir.path(), 1)?;

@@ -293,7 +293,7 @@ pub mod handles {
 
     /// Counts one handle less; returns how many stay open in this process.
     /// Only for a handle this process opened (one inherited through `fork`
-    /// was never counted here: see [`count`]).
+    /// was never counted in this process).
     pub fn closed(generation: u64) -> usize {
         with(|m| match m.get_mut(&generation) {
             Some(n) if *n > 1 => {
@@ -305,11 +305,6 @@ pub mod handles {
                 0
             }
         })
-    }
-
-    /// Open handles of `generation` in this process.
-    pub fn count(generation: u64) -> usize {
-        with(|m| m.get(&generation).copied().unwrap_or(0))
     }
 }
 

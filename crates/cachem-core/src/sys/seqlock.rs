@@ -42,11 +42,10 @@ use std::sync::atomic::{compiler_fence, fence, AtomicU64, Ordering};
 /// The version word of `map`.
 fn version(map: &Mapping) -> &AtomicU64 {
     let off = version_offset(map.len() as u64) as usize;
-    // SAFETY: the mapping is at least one trailer long (checked at create
-    // and attach) and its length is a multiple of 8, so the word lies inside
-    // it, 8-aligned (the mapping is page-aligned). The version word is only
-    // ever accessed atomically (it is outside the engine's view), and the
-    // reference lives no longer than the borrow of `map`.
+    // The mapping is page-aligned, a multiple of 8 and at least one trailer
+    // long (checked at create and attach).
+    // SAFETY: so the word lies inside it, 8-aligned; it is only ever accessed
+    // atomically (outside the engine's view); the borrow of `map` bounds it.
     unsafe { AtomicU64::from_ptr(map.as_ptr().add(off).cast::<u64>()) }
 }
 
@@ -92,11 +91,10 @@ impl Words for MapWords<'_> {
         if off % 8 != 0 || len < 8 || off > len - 8 {
             return None;
         }
-        // SAFETY: `off + 8 <= len` and `off` is 8-aligned (checked above),
-        // the mapping is page-aligned, so the word is inside it and aligned.
-        // Only an atomic load is performed: no reference to the shared
-        // bytes is formed, and concurrent writes by other processes at worst
-        // make the value stale or torn, which the version check catches.
+        // Concurrent writes by other processes at worst make the value stale
+        // or torn, which the version check catches.
+        // SAFETY: `off + 8 <= len`, `off` 8-aligned (checked above), mapping
+        // page-aligned: the word is inside and aligned; only loaded atomically.
         let w = unsafe { AtomicU64::from_ptr(self.0.as_ptr().add(off as usize).cast::<u64>()) };
         Some(w.load(Ordering::Relaxed))
     }
