@@ -766,7 +766,9 @@ pub unsafe extern "C" fn cachem_read(
 /// in proportion to the owner's records, not to the region's. If `after`
 /// was deleted since it was returned, the walk goes on where it stood, so
 /// "delete, then ask for the next after the deleted index" works as well as
-/// "ask, then delete". Without the lock, takes and releases it around the
+/// "ask, then delete" (the delete leaves a note; if a new record took its
+/// slot and another delete came since, the walk starts over from the
+/// first, which may visit a record again). Without the lock, takes and releases it around the
 /// call (iterate under `cachem_lock` to see a consistent set).
 ///
 /// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL),

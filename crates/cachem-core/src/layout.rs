@@ -504,14 +504,16 @@ impl<'a> Layout<'a> {
     /// index, so it costs time in proportion to the records of the owner
     /// (and of owners sharing its bucket), not to the table.
     ///
-    /// Order: newest first (a recovery after a crash re-sorts the records
-    /// by slot). `after` is normally the id the previous call returned;
+    /// Order: newest first (a recovery keeps the order). `after` is normally the id the previous call returned;
     /// records inserted meanwhile come before it and are not visited. If
     /// `after` was removed since, the iteration goes on with the record
     /// that followed it, so both of the seed's loops work: fetch the next id
     /// and then remove the current one, or remove it and then ask for the
-    /// next after it. Any other `after` (another owner's record, an id
-    /// whose slot a new record took meanwhile) starts over from the first.
+    /// next after it. A record of another owner in the same owner bucket
+    /// (see `docs/format.md`) also gives its place in the bucket's chain;
+    /// any other `after` (a record of an owner in another bucket, an id
+    /// whose slot a new record took meanwhile, a made-up id) starts over
+    /// from the first.
     pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
         self.next_where(owner, after, |_| true)
     }
@@ -1294,6 +1296,7 @@ impl<'a> Layout<'a> {
         } else if h.journal.op != JOURNAL_NONE {
             return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
         }
+        let orders = self.chain_orders(st.n_bptr);
         let o_fr = self.hdr().o_fr;
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
@@ -1315,7 +1318,7 @@ impl<'a> Layout<'a> {
             }
         }
         self.rebuild_derived()?;
-        self.rebuild_chains()?;
+        self.rebuild_chains(&orders)?;
         self.rebuild_dead()?;
         Ok(rep)
     }

@@ -6,7 +6,7 @@
 //! `prev` fields (slot + 1, 0 = none); the header's `owner_heads` holds each
 //! chain's first entry. An insert pushes its entry at the front of the
 //! chain, so a chain runs from the newest record to the oldest (recovery
-//! rebuilds it in slot order). A remove unlinks the entry and leaves a
+//! rebuilds it in the same order). A remove unlinks the entry and leaves a
 //! *removal note* in the freed entry: the removed record's generation and
 //! the id of the record that followed it, so `next_of_owner` can go on from
 //! a record removed mid-iteration.
@@ -177,31 +177,85 @@ impl<'a> Layout<'a> {
         Some((succ.generation() != 0).then_some(succ))
     }
 
-    /// Rebuilds every chain from the entries' owners (recovery): each chain
-    /// in slot order.
-    pub(super) fn rebuild_chains(&mut self) -> Result<()> {
+    /// The order of each chain as far as it can be followed from its head
+    /// (taken by recovery before it changes any entry): slots, front first.
+    pub(super) fn chain_orders(&self, n_bptr: u32) -> Vec<Vec<u32>> {
+        let mut seen = vec![false; n_bptr as usize];
+        let mut out = vec![Vec::new(); OWNER_BUCKETS];
+        for (b, order) in out.iter_mut().enumerate() {
+            let mut link = self.hdr().owner_heads[b];
+            while link != 0 && link <= n_bptr && !seen[(link - 1) as usize] {
+                let e = self.bptr(link - 1);
+                if e.o_beg == 0 || bucket_of(e.owner) != b {
+                    break;
+                }
+                seen[(link - 1) as usize] = true;
+                order.push(link - 1);
+                link = e.next;
+            }
+        }
+        out
+    }
+
+    /// Rebuilds every chain from the entries' owners (recovery), keeping
+    /// the order `orders` found where it can: an entry found on no chain
+    /// goes back in front of its `next` (a remove killed mid-unlink), else
+    /// at the end.
+    pub(super) fn rebuild_chains(&mut self, orders: &[Vec<u32>]) -> Result<()> {
         let st = self.st()?;
-        let mut heads = [0u32; OWNER_BUCKETS];
+        let n = st.n_bptr as usize;
+        let mut placed = vec![false; n];
+        let mut lists: Vec<Vec<u32>> = vec![Vec::new(); OWNER_BUCKETS];
+        for (b, order) in orders.iter().enumerate() {
+            for &slot in order {
+                if (slot as usize) < n && !placed[slot as usize] {
+                    let e = self.bptr(slot);
+                    if e.o_beg != 0 && bucket_of(e.owner) == b {
+                        placed[slot as usize] = true;
+                        lists[b].push(slot);
+                    }
+                }
+            }
+        }
+        // Entries on no chain: before their `next` if that one is placed.
+        let mut before: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+        let mut tail: Vec<Vec<u32>> = vec![Vec::new(); OWNER_BUCKETS];
         for slot in (0..st.n_bptr).rev() {
-            let e = self.bptr_mut(slot);
-            if e.o_beg == 0 {
+            let e = *self.bptr(slot);
+            if e.o_beg == 0 || placed[slot as usize] {
                 continue;
             }
             let b = bucket_of(e.owner);
-            let next = heads[b];
-            e.next = next;
-            e.prev = 0;
-            if next != 0 {
-                self.bptr_mut(next - 1).prev = slot + 1;
+            let nx = e.next;
+            if nx != 0 && (nx as usize) <= n && placed[(nx - 1) as usize] && {
+                let ne = self.bptr(nx - 1);
+                bucket_of(ne.owner) == b
+            } {
+                before.entry(nx - 1).or_default().push(slot);
+            } else {
+                tail[b].push(slot);
             }
-            heads[b] = slot + 1;
+        }
+        for b in 0..OWNER_BUCKETS {
+            let mut full = Vec::with_capacity(lists[b].len() + tail[b].len());
+            for &slot in &lists[b] {
+                if let Some(v) = before.get(&slot) {
+                    full.extend_from_slice(v);
+                }
+                full.push(slot);
+            }
+            full.extend_from_slice(&tail[b]);
+            let mut prev = 0u32;
+            for (i, &slot) in full.iter().enumerate() {
+                let next = full.get(i + 1).map_or(0, |s| s + 1);
+                let e = self.bptr_mut(slot);
+                e.prev = prev;
+                e.next = next;
+                prev = slot + 1;
+            }
+            self.hdr_mut().owner_heads[b] = full.first().map_or(0, |s| s + 1);
         }
         let h = self.hdr_mut();
-        h.owner_heads = heads;
-        // The chains' order changed: the removal notes no longer say where
-        // an iteration stood. The entries' notes fail their bucket or
-        // generation checks or lead to a live record, which is harmless;
-        // the header's is dropped.
         h.last_removed = 0;
         h.last_removed_next = 0;
         Ok(())
@@ -266,13 +320,13 @@ impl<'a> Layout<'a> {
             }
             if slot < n_bptr {
                 let e = self.bptr(slot);
-                if e.o_beg != 0 {
-                    if e.gen == a.generation() && bucket_of(e.owner) == b {
-                        return Cursor { link: e.next, prev: slot + 1 };
-                    }
-                    break;
+                if e.o_beg != 0 && e.gen == a.generation() && bucket_of(e.owner) == b {
+                    return Cursor { link: e.next, prev: slot + 1 };
                 }
             }
+            // (A slot taken by a new record: the header's copy of the note
+            // may still know where `a` stood; note_of checks the entry's
+            // note only on an unused entry.)
             match self.note_of(n_bptr, b, a) {
                 None => break,
                 // It was the last of its chain.
