@@ -559,7 +559,7 @@ cachem_error_t cachem_read(cachem_t *c, cachem_index_t i, void *buf, size_t len,
 
 /**
  * The next record of `owner` after `after` (`CACHEM_INVALID_INDEX`: from
- * the start), newest first; `*out` = `CACHEM_INVALID_INDEX` when there is
+ * the start), in insertion order; `*out` = `CACHEM_INVALID_INDEX` when there is
  * none (mod_cachem's cachem_get_id). Follows the owner index: costs time
  * in proportion to the owner's records, not to the region's. If `after`
  * was deleted since it was returned, the walk goes on where it stood, so

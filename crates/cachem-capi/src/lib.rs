@@ -761,7 +761,7 @@ pub unsafe extern "C" fn cachem_read(
 }
 
 /// The next record of `owner` after `after` (`CACHEM_INVALID_INDEX`: from
-/// the start), newest first; `*out` = `CACHEM_INVALID_INDEX` when there is
+/// the start), in insertion order; `*out` = `CACHEM_INVALID_INDEX` when there is
 /// none (mod_cachem's cachem_get_id). Follows the owner index: costs time
 /// in proportion to the owner's records, not to the region's. If `after`
 /// was deleted since it was returned, the walk goes on where it stood, so

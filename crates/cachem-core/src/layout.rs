@@ -504,8 +504,11 @@ impl<'a> Layout<'a> {
     /// index, so it costs time in proportion to the records of the owner
     /// (and of owners sharing its bucket), not to the table.
     ///
-    /// Order: newest first (a recovery keeps the order). `after` is normally the id the previous call returned;
-    /// records inserted meanwhile come before it and are not visited. If
+    /// Order: insertion order, oldest first (a recovery keeps it), which
+    /// is the table's slot order as long as nothing was removed. `after` is
+    /// normally the id the previous call returned; records inserted
+    /// meanwhile join the end and are visited too (a loop that replaces
+    /// each record it visits must stop at its first replacement). If
     /// `after` was removed since, the iteration goes on with the record
     /// that followed it, so both of the seed's loops work: fetch the next id
     /// and then remove the current one, or remove it and then ask for the
@@ -606,8 +609,7 @@ impl<'a> Layout<'a> {
         }
         let free = st.o_bptop - st.o_fr;
         let bucket = bucket_of(owner.0);
-        self.check_head(st.n_bptr, bucket)?;
-        let chain_head = self.hdr().owner_heads[bucket];
+        let tail = self.check_ends(st.n_bptr, bucket)?;
 
         // 1. Take a table entry: the free list first, else grow the table.
         let (slot, gen, o_bptop) = if head != 0 {
@@ -664,18 +666,18 @@ impl<'a> Layout<'a> {
         hit("insert.after_block");
 
         // 3. Publish the entry: metadata first, then offset + gen in one
-        // store; then put it at the front of its owner chain.
+        // store; then append it to its owner chain.
         let e = self.bptr_mut(slot);
         e.owner = owner.0;
         e.pid = tag.pid;
         e.start_time = tag.start_time;
-        e.next = chain_head;
-        e.prev = 0;
+        e.next = 0;
+        e.prev = if tail == 0 { slot + 1 } else { tail };
         fence();
         self.set_loc(slot, st.o_fr as u32, gen);
         fence();
         hit("insert.after_publish");
-        self.link_front(slot, bucket);
+        self.link_back(slot, bucket, tail);
 
         // 4. Advance o_fr: the insert is done.
         self.hdr_mut().o_fr = st.o_fr + need;

@@ -221,7 +221,7 @@ fn seed_access_all_records_with_a_specific_id() {
         seen.push(l.get(r).unwrap()[0]);
         index = Some(r);
     }
-    assert_eq!(seen, vec![4, 2, 0], "newest first");
+    assert_eq!(seen, vec![0, 2, 4], "in insertion order");
     let via_iter: Vec<u8> = l.iter_owner(A).map(|(_, d)| d[0]).collect();
     assert_eq!(via_iter, seen);
 }
@@ -1263,8 +1263,7 @@ fn iterating_an_owner_visits_only_its_chain() {
     let before = steps();
     let got = ids_of(&l, A);
     let walked = steps() - before;
-    mine.reverse(); // newest first
-    assert_eq!(got, mine);
+    assert_eq!(got, mine, "in insertion order");
     assert!(walked <= 21, "walked {walked} entries for 10 records (+10 of the bucket's other owner)");
     let before = steps();
     assert_eq!(l.iter_owner(A).count(), 10);
@@ -1323,18 +1322,22 @@ fn removing_the_top_entry_mid_iteration_keeps_the_place() {
     let mut img = Img::new(8192);
     let mut l = img.l();
     let ids: Vec<_> = (0..6u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
-    let first = l.next_of_owner(A, None).unwrap();
-    assert_eq!(first, ids[5]);
-    l.remove(first).unwrap();
-    assert_eq!(l.status().unwrap().slots, 5, "the table shrank");
-    assert_eq!(l.next_of_owner(A, Some(first)), Some(ids[4]));
-    // Two removes back: the entry's note of the older one is used.
-    l.remove(ids[2]).unwrap();
-    l.remove(ids[1]).unwrap();
-    assert_eq!(l.next_of_owner(A, Some(ids[2])), Some(ids[0]), "hops over the removed successor");
-    assert_eq!(l.next_of_owner(A, Some(ids[0])), None);
+    // A newer record in a lower slot: the top entry (slot 5) is not last.
     l.remove(ids[0]).unwrap();
-    assert_eq!(l.next_of_owner(A, Some(ids[0])), None, "it was the last");
+    let newer = l.insert(A, tag(1), b"newer").unwrap();
+    assert_eq!(newer.slot(), 0);
+    assert_eq!(l.next_of_owner(A, Some(ids[4])), Some(ids[5]));
+    l.remove(ids[5]).unwrap();
+    assert_eq!(l.status().unwrap().slots, 5, "the table shrank");
+    assert_eq!(l.next_of_owner(A, Some(ids[5])), Some(newer));
+    // Two removes on: the entry's note of the older one is used.
+    l.remove(ids[2]).unwrap();
+    l.remove(ids[3]).unwrap();
+    assert_eq!(l.next_of_owner(A, Some(ids[2])), Some(ids[4]), "hops over the removed successor");
+    assert_eq!(l.next_of_owner(A, Some(newer)), None);
+    l.remove(newer).unwrap();
+    assert_eq!(l.next_of_owner(A, Some(newer)), None, "it was the last");
+    l.verify().unwrap();
 }
 
 #[test]
@@ -1345,14 +1348,14 @@ fn an_after_that_is_no_place_in_the_chain_starts_over() {
     let o = l.insert(O, tag(1), b"o").unwrap();
     // Another bucket's record, a made-up id, generation 0.
     for after in [o, RecordId::new(999, 5), RecordId::new(1, 0)] {
-        assert_eq!(l.next_of_owner(A, Some(after)), Some(a[2]), "{after}");
+        assert_eq!(l.next_of_owner(A, Some(after)), Some(a[0]), "{after}");
     }
     // A removed record whose slot a new record took: its note is gone.
     l.remove(a[1]).unwrap();
     let n = l.insert(O, tag(1), b"new").unwrap();
     assert_eq!(n.slot(), a[1].slot());
     l.remove(o).unwrap(); // the header's note is o's now
-    assert_eq!(l.next_of_owner(A, Some(a[1])), Some(a[2]));
+    assert_eq!(l.next_of_owner(A, Some(a[1])), Some(a[0]));
 }
 
 #[test]
@@ -1360,23 +1363,23 @@ fn a_cycle_in_an_owner_chain_ends_every_walk_and_is_reported() {
     let mut img = Img::new(8192);
     let mut l = img.l();
     let ids: Vec<_> = (0..4u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
-    // Chain: 3 -> 2 -> 1 -> 0. Link the last back to the second.
-    img.bptr(ids[0].slot()).next = ids[2].slot() + 1;
+    // Chain: 0 -> 1 -> 2 -> 3. Link the last back to the second.
+    img.bptr(ids[3].slot()).next = ids[1].slot() + 1;
     let mut l = img.l();
     let walked = ids_of(&l, A);
     assert!(walked.len() <= 4, "{walked:?}");
     assert!(l.iter_owner(A).count() <= 4);
     assert_eq!(l.verify().unwrap_err().corrupt_field(), Some("owner_heads"));
     // A remove whose neighbours disagree refuses before changing anything.
-    let e = l.remove(ids[0]).unwrap_err();
+    let e = l.remove(ids[3]).unwrap_err();
     assert_eq!(e.corrupt_field(), Some("bptr.prev"), "{e}");
     assert_eq!(l.purge(A, 1).unwrap_err().corrupt_field(), Some("owner_heads"));
-    assert_eq!(l.get(ids[0]).unwrap(), &[0]);
+    assert_eq!(l.get(ids[3]).unwrap(), &[3]);
     // Recovery rebuilds the chains (derived state), keeping the order it
     // can follow from the head.
     l.mark_recovery_required();
     l.recover().unwrap();
-    assert_eq!(ids_of(&l, A), ids.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(ids_of(&l, A), ids);
     l.remove(ids[2]).unwrap();
     assert_eq!(l.purge(A, 1).unwrap(), 3);
     l.verify().unwrap();
@@ -1446,7 +1449,7 @@ fn recovery_rebuilds_scrambled_chains() {
 /// resume() sees a live entry with another generation and restarts from the
 /// front, where the replacement now is. The loop never ends.
 #[test]
-fn replace_loop_remove_insert_next_ends() {
+fn replace_loop_visits_each_original_once_then_its_replacements() {
     for policy in [Compaction::Deferred, Compaction::Eager] {
         let mut img = Img::with(1 << 16, policy);
         let mut l = img.l();
@@ -1455,15 +1458,24 @@ fn replace_loop_remove_insert_next_ends() {
         }
         // Something of another owner above, so the table top is not A's.
         l.insert(O, tag(1), b"other").unwrap();
-        let mut cur = None;
-        let mut steps = 0;
+        // The replacements join the end of the chain (and the insert takes
+        // the removed record's slot): the loop stops at the first one.
+        let (mut cur, mut steps, mut first_new) = (None, 0, None);
         while let Some(id) = l.next_of_owner(A, cur) {
+            if Some(id) == first_new {
+                break;
+            }
             steps += 1;
-            assert!(steps <= 5, "{policy:?}: replace loop visits {steps} records of 5 (no end)");
+            assert!(steps <= 5, "{policy:?}: replace loop visits {steps} records of 5");
+            assert_ne!(l.get(id).unwrap(), b"replacement");
             l.remove(id).unwrap();
-            l.insert(A, tag(1), b"replacement").unwrap();
+            let n = l.insert(A, tag(1), b"replacement").unwrap();
+            assert_eq!(n.slot(), id.slot());
+            first_new.get_or_insert(n);
             cur = Some(id);
         }
+        assert_eq!(steps, 5, "{policy:?}: every original once, then the first replacement");
+        l.verify().unwrap();
     }
 }
 
@@ -1476,7 +1488,7 @@ fn iteration_across_recovery_does_not_skip_live_after() {
     let ids: Vec<_> = (0..5u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
     l.insert(O, tag(1), b"o").unwrap();
     let first = l.next_of_owner(A, None).unwrap();
-    assert_eq!(first, ids[4]);
+    assert_eq!(first, ids[0]);
     // Another process dies holding the lock: the next locker recovers.
     l.mark_recovery_required();
     l.recover().unwrap();
@@ -1497,24 +1509,22 @@ fn iteration_across_recovery_does_not_skip_removed_after() {
     let mut l = img.l();
     let ids: Vec<_> = (0..5u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
     l.insert(O, tag(1), b"o").unwrap();
-    // Visit 4, 3; remove 3 (note in entry 3: successor 2).
-    assert_eq!(l.next_of_owner(A, None), Some(ids[4]));
-    assert_eq!(l.next_of_owner(A, Some(ids[4])), Some(ids[3]));
-    l.remove(ids[3]).unwrap();
-    // Recovery keeps the chains' order, so entry 3's note still says where
+    // Visit 0, 1; remove 1 (note in entry 1: successor 2).
+    assert_eq!(l.next_of_owner(A, None), Some(ids[0]));
+    assert_eq!(l.next_of_owner(A, Some(ids[0])), Some(ids[1]));
+    l.remove(ids[1]).unwrap();
+    // Recovery keeps the chains' order, so entry 1's note still says where
     // the walk stood (the header's copy is cleared).
     l.mark_recovery_required();
     l.recover().unwrap();
-    let mut seen = vec![ids[4], ids[3]];
-    let mut cur = Some(ids[3]);
+    let mut seen = vec![ids[0], ids[1]];
+    let mut cur = Some(ids[1]);
     while let Some(id) = l.next_of_owner(A, cur) {
         assert!(seen.len() < 12);
         seen.push(id);
         cur = Some(id);
     }
-    for id in &ids[..3] {
-        assert!(seen.contains(id), "{id} was there throughout but not visited: {seen:?}");
-    }
+    assert_eq!(seen, ids, "each record there throughout, once, in order");
 }
 
 /// A record of another owner of the same bucket gives its place in the
@@ -1526,8 +1536,8 @@ fn after_of_same_bucket_other_owner_gives_its_place() {
     let old = l.insert(A, tag(1), b"old").unwrap();
     let b = l.insert(A2, tag(1), b"b").unwrap();
     let new = l.insert(A, tag(1), b"new").unwrap();
-    assert_eq!(l.next_of_owner(A, None), Some(new));
-    assert_eq!(l.next_of_owner(A, Some(b)), Some(old), "the records older than b");
+    assert_eq!(l.next_of_owner(A, None), Some(old));
+    assert_eq!(l.next_of_owner(A, Some(b)), Some(new), "the records newer than b");
 }
 
 /// Random link/note corruption: walks and removal loops never panic and end.
