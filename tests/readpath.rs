@@ -330,3 +330,31 @@ fn readers_never_see_torn_values_while_writers_churn_and_die() {
         "the optimistic path is the common one ({total_opt} vs {total_locked})"
     );
 }
+
+#[test]
+fn a_reap_or_purge_that_removes_nothing_leaves_readers_alone() {
+    // Eager: every remove compacts, so any removal makes the version odd.
+    let d = TempDir::new("rp-reap");
+    let r = Region::open("rp", &ropts(d.path(), Compaction::Eager)).unwrap();
+    let (a, mine) = {
+        let mut g = r.lock().unwrap();
+        (g.insert(OwnerId(1), b"kept record").unwrap(), g.insert(OwnerId(5), b"mine").unwrap())
+    };
+    let mut buf = [0u8; 32];
+    let me = std::process::id();
+    {
+        let mut g = r.lock().unwrap();
+        // Nothing to remove: the guard never turns the version odd.
+        assert_eq!(g.reap().unwrap().records, 0);
+        assert_eq!(g.purge(OwnerId(5), me + 1).unwrap(), 0);
+        assert_eq!(g.purge_process().unwrap().records, 0);
+        assert_eq!(g.retain(|_, _| true).unwrap().records, 0);
+        assert_eq!(g.remove_of_owner(OwnerId(9), |_, _| true).unwrap().records, 0);
+        assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 11);
+        // A purge that removes compacts: readers wait for the unlock.
+        assert_eq!(g.purge(OwnerId(5), me).unwrap(), 1);
+        assert!(r.get_optimistic(a, &mut buf, 2).is_none());
+    }
+    assert_eq!(r.get_optimistic(a, &mut buf, 1).unwrap().unwrap(), 11);
+    assert_eq!(r.get_optimistic(mine, &mut buf, 1).unwrap().unwrap_err().kind(), ErrorKind::Stale);
+}

@@ -765,7 +765,19 @@ impl<'a> Layout<'a> {
     /// Removes every record for which `keep` returns false, in one
     /// compaction pass. Each record is removed entirely or not at all even
     /// if the process dies midway (a batch can be cut short by a crash).
-    pub fn retain(&mut self, mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
+    pub fn retain(&mut self, keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
+        self.retain_then(keep, || {})
+    }
+
+    /// [`Layout::retain`], calling `before` once before the first change
+    /// (not at all when nothing is removed): the guard makes the readers'
+    /// version odd there, so a pass that removes nothing leaves readers
+    /// alone.
+    pub fn retain_then(
+        &mut self,
+        mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool,
+        before: impl FnOnce(),
+    ) -> Result<Removed> {
         let st = self.st()?;
         self.check_no_journal()?;
         let mut victims: Vec<(RecordId, u64, u64)> = Vec::new();
@@ -781,6 +793,9 @@ impl<'a> Layout<'a> {
                 victims.push((id, o, b.size));
             }
         }
+        if !victims.is_empty() {
+            before();
+        }
         self.remove_batch(&st, &victims)
     }
 
@@ -789,7 +804,18 @@ impl<'a> Layout<'a> {
     pub fn remove_of_owner(
         &mut self,
         owner: OwnerId,
+        pick: impl FnMut(&RecordMeta, &[u8]) -> bool,
+    ) -> Result<Removed> {
+        self.remove_of_owner_then(owner, pick, || {})
+    }
+
+    /// [`Layout::remove_of_owner`], calling `before` once before the first
+    /// change (see [`Layout::retain_then`]).
+    pub fn remove_of_owner_then(
+        &mut self,
+        owner: OwnerId,
         mut pick: impl FnMut(&RecordMeta, &[u8]) -> bool,
+        before: impl FnOnce(),
     ) -> Result<Removed> {
         let st = self.st()?;
         self.check_no_journal()?;
@@ -804,6 +830,9 @@ impl<'a> Layout<'a> {
             if pick(&meta_of(id, &e, bl.len), &self.buf[d..d + bl.len as usize]) {
                 victims.push((id, o, bl.size));
             }
+        }
+        if !victims.is_empty() {
+            before();
         }
         self.remove_batch(&st, &victims)
     }

@@ -954,6 +954,16 @@ fn random_u64() -> u64 {
     }
 }
 
+/// Makes the version odd unless this guard already did (`Guard::begin_write`
+/// for a caller that holds the guard's layout borrowed).
+#[inline(always)]
+fn mark_dirty(region: &Region, dirty: &mut bool) {
+    if !*dirty {
+        seqlock::begin_write(&region.map);
+        *dirty = true;
+    }
+}
+
 /// The region lock, held. The only door to record bytes: references to
 /// records borrow the guard, and mutations take `&mut self`.
 pub struct Guard<'r> {
@@ -992,10 +1002,7 @@ impl<'r> Guard<'r> {
     /// bytes) calls this first.
     #[inline(always)]
     fn begin_write(&mut self) {
-        if !self.dirty {
-            seqlock::begin_write(&self.region.map);
-            self.dirty = true;
-        }
+        mark_dirty(self.region, &mut self.dirty);
     }
 
     /// Whether taking this lock recovered the region.
@@ -1051,7 +1058,6 @@ impl<'r> Guard<'r> {
     /// /proc read per distinct process, one compaction. Does nothing (an
     /// empty report) if reaping is disabled for this region or process.
     pub fn reap(&mut self) -> Result<ReapReport> {
-        self.begin_write();
         if !self.region.reap {
             return Ok(ReapReport::default());
         }
@@ -1060,28 +1066,37 @@ impl<'r> Guard<'r> {
         // One pass: the liveness of each distinct (pid, start time) is read
         // from /proc the first time it is met, then remembered.
         let mut procs: HashMap<(u32, u64), Option<DeadProcess>, FastHash> = HashMap::default();
-        let removed = self.layout.retain(|m, _| {
-            if !(all || m.owner.is_process()) || (m.pid, m.start_time) == me {
-                return true;
-            }
-            let dead = procs.entry((m.pid, m.start_time)).or_insert_with(|| {
-                (!process::is_alive(m.pid, m.start_time)).then_some(DeadProcess {
-                    pid: m.pid,
-                    start_time: m.start_time,
-                    records: 0,
-                    bytes: 0,
-                })
-            });
-            match dead {
-                None => true,
-                Some(d) => {
-                    d.records += 1;
-                    d.bytes += crate::format::block_size(m.len as u64);
-                    false
+        // The scan only reads: the version turns odd only if a record goes
+        // (attach reaps, so a reap that finds nothing must not disturb the
+        // readers).
+        let (region, dirty) = (self.region, &mut self.dirty);
+        let removed = self.layout.retain_then(
+            |m, _| {
+                if !(all || m.owner.is_process()) || (m.pid, m.start_time) == me {
+                    return true;
                 }
-            }
-        })?;
-        self.layout.count_reaped(removed.records as u64);
+                let dead = procs.entry((m.pid, m.start_time)).or_insert_with(|| {
+                    (!process::is_alive(m.pid, m.start_time)).then_some(DeadProcess {
+                        pid: m.pid,
+                        start_time: m.start_time,
+                        records: 0,
+                        bytes: 0,
+                    })
+                });
+                match dead {
+                    None => true,
+                    Some(d) => {
+                        d.records += 1;
+                        d.bytes += crate::format::block_size(m.len as u64);
+                        false
+                    }
+                }
+            },
+            || mark_dirty(region, dirty),
+        )?;
+        if removed.records > 0 {
+            self.layout.count_reaped(removed.records as u64);
+        }
         let mut dead: Vec<DeadProcess> = procs.into_values().flatten().collect();
         dead.sort_by_key(|d| (d.pid, d.start_time));
         Ok(ReapReport { dead, records: removed.records, bytes: removed.bytes })
@@ -1090,9 +1105,13 @@ impl<'r> Guard<'r> {
     /// Removes this process's process-scoped records (what happens when the
     /// process's last `Cache` handle is dropped).
     pub fn purge_process(&mut self) -> Result<Removed> {
-        self.begin_write();
         let me = process::me();
-        self.layout.remove_of_owner(OwnerId::PROCESS, |m, _| (m.pid, m.start_time) == me)
+        let (region, dirty) = (self.region, &mut self.dirty);
+        self.layout.remove_of_owner_then(
+            OwnerId::PROCESS,
+            |m, _| (m.pid, m.start_time) == me,
+            || mark_dirty(region, dirty),
+        )
     }
 
     /// Inserts `value`'s bytes.
@@ -1178,21 +1197,22 @@ impl<'r> Guard<'r> {
         owner: OwnerId,
         pick: impl FnMut(&RecordMeta, &[u8]) -> bool,
     ) -> Result<Removed> {
-        self.begin_write();
-        self.layout.remove_of_owner(owner, pick)
+        let (region, dirty) = (self.region, &mut self.dirty);
+        self.layout.remove_of_owner_then(owner, pick, || mark_dirty(region, dirty))
     }
 
     /// Removes every record of `owner` inserted by `pid`. mod_cachem's
     /// `cachem_delete_pid`.
     pub fn purge(&mut self, owner: OwnerId, pid: u32) -> Result<usize> {
-        self.begin_write();
-        self.layout.purge(owner, pid)
+        let (region, dirty) = (self.region, &mut self.dirty);
+        let r = self.layout.remove_of_owner_then(owner, |m, _| m.pid == pid, || mark_dirty(region, dirty));
+        Ok(r?.records)
     }
 
     /// Removes every record for which `keep` returns false, in one pass.
     pub fn retain(&mut self, keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
-        self.begin_write();
-        self.layout.retain(keep)
+        let (region, dirty) = (self.region, &mut self.dirty);
+        self.layout.retain_then(keep, || mark_dirty(region, dirty))
     }
 
     /// Closes every hole left by removes in one compaction (`Deferred`
