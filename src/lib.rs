@@ -468,6 +468,17 @@ impl Cache {
         self.region.read_pod(id)
     }
 
+    /// A snapshot of one owner's records: each record's id and a copy of
+    /// its bytes, newest first, copied under one short lock (through the
+    /// owner index, so the lock is held in proportion to the owner's
+    /// records). Work on the copies without holding the lock; an id may be
+    /// stale by the time it is used.
+    pub fn iter_owner_copied(&self, owner: OwnerId) -> Result<std::vec::IntoIter<(RecordId, Vec<u8>)>> {
+        let g = self.lock()?;
+        let records: Vec<(RecordId, Vec<u8>)> = g.iter_owner(owner).map(|(id, d)| (id, d.to_vec())).collect();
+        Ok(records.into_iter())
+    }
+
     /// What the reap at [`Cache::open`] removed.
     pub fn open_reap(&self) -> &ReapReport {
         &self.open_reap

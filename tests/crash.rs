@@ -46,7 +46,8 @@ fn worker_op() {
     let mut g = r.lock().unwrap();
     match std::env::var("CACHEM_TEST_OP").unwrap().as_str() {
         "insert" => {
-            g.insert(OwnerId(9), &[0xEE; 300]).unwrap();
+            // Owner 23 shares owner 1's bucket: the insert links a chain.
+            g.insert(OwnerId(23), &[0xEE; 300]).unwrap();
         }
         "remove" => {
             let id: RecordId = std::env::var("CACHEM_TEST_ID").unwrap().parse().unwrap();
@@ -76,10 +77,10 @@ fn points_of(policy: Compaction, op: &str) -> Vec<&'static str> {
     };
     match (policy, op) {
         (_, "insert") => pre(&["insert."]),
-        (Compaction::Eager, "remove" | "purge") => [pre(&["remove."]), compact(false)].concat(),
+        (Compaction::Eager, "remove" | "purge") => [pre(&["chain.", "remove."]), compact(false)].concat(),
         (Compaction::Eager, _) => vec![],
-        (Compaction::Deferred, "remove") => pre(&["defer."]),
-        (Compaction::Deferred, "purge") => [pre(&["defer."]), compact(true)].concat(),
+        (Compaction::Deferred, "remove") => pre(&["chain.", "defer."]),
+        (Compaction::Deferred, "purge") => [pre(&["chain.", "defer."]), compact(true)].concat(),
         (Compaction::Deferred, _) => compact(true),
     }
 }
@@ -97,7 +98,7 @@ fn every_fault_point_kill_recovers_to_before_or_after() {
             }
         }
     }
-    assert_eq!(cases, 38);
+    assert_eq!(cases, 50);
     assert_eq!(covered.len(), POINTS.len(), "every fault point is exercised");
 }
 
@@ -153,7 +154,7 @@ fn fault_case(policy: Compaction, op: &str, point: &str) {
         assert!(got.iter().filter(|(id, _)| before.contains_key(id)).all(|(id, v)| before[id] == *v));
         match extra.as_slice() {
             [] => false,
-            [(_, (9, bytes))] if bytes == &vec![0xEE; 300] => true,
+            [(_, (23, bytes))] if bytes == &vec![0xEE; 300] => true,
             other => panic!("{op} at {point}: unexpected records {other:?}"),
         }
     } else if got == after {
@@ -169,10 +170,13 @@ fn fault_case(policy: Compaction, op: &str, point: &str) {
         assert!(got == before, "{policy:?} {op} at {point}: neither before nor after");
         false
     };
-    // Killed before publishing (insert) or before the entry was cleared
-    // (eager remove), the operation did not happen; after that it
-    // completes (a deferred remove completes once its block is marked).
-    let expect_done = !(point.starts_with("insert.") || point == "remove.after_journal");
+    // Killed before `o_fr` moved (insert: while publishing or linking its
+    // owner chain) or before the entry was cleared (a remove unlinking its
+    // chain entry, an eager remove journaling), the operation did not
+    // happen; after that it completes (a deferred remove completes once
+    // its block is marked).
+    let expect_done =
+        !(point.starts_with("insert.") || point.starts_with("chain.") || point == "remove.after_journal");
     assert_eq!(done, expect_done, "{policy:?} {op} at {point}");
     let st = r.lock().unwrap().status().unwrap();
     assert_eq!(st.counters.recoveries, 1);
@@ -192,12 +196,14 @@ fn worker_torture() {
     let stop = Path::new(&dir).join("stop");
     let r = Region::open("torture", &RegionOptions { dir: Some(dir.clone().into()), ..Default::default() })
         .unwrap();
-    let owner = OwnerId(100 + slot);
+    // Every worker's owner is in the same owner bucket: they all share
+    // one chain of the owner index, which kills land in the middle of.
+    let owner = OwnerId(100 + slot * cachem::format::OWNER_BUCKETS as u32);
     let pid = std::process::id();
     let mut rng = Rng::seeded();
     let mut mine: BTreeMap<RecordId, Vec<u8>> = BTreeMap::new();
     // Take over the slot: drop whatever a killed predecessor left.
-    r.lock().unwrap().retain(|m, _| m.owner != owner).unwrap();
+    r.lock().unwrap().remove_of_owner(owner, |_, _| true).unwrap();
     say("ready");
     let mut seq = 0u32;
     let mut ops = 0u64;
@@ -230,6 +236,25 @@ fn worker_torture() {
                             mine.remove(&old);
                         }
                     }
+                }
+                7 => {
+                    // The seed's loop over the owner index, removing every
+                    // third record after asking for the next.
+                    let before: Vec<RecordId> = mine.keys().copied().collect();
+                    let (mut cur, mut seen, mut n) = (None, BTreeMap::new(), 0);
+                    while let Some(id) = g.next_of_owner(owner, cur) {
+                        n += 1;
+                        assert!(n <= before.len(), "next_of_owner visits more than the owner's records");
+                        seen.insert(id, g.get(id).unwrap().to_vec());
+                        if n % 3 == 0 {
+                            g.remove(id).unwrap();
+                            mine.remove(&id);
+                        }
+                        cur = Some(id);
+                    }
+                    assert!(seen.iter().all(|(id, d)| mine.get(id).is_none_or(|m| m == d)));
+                    assert_eq!(seen.len(), n, "each record once");
+                    assert!(seen.keys().eq(before.iter()), "every record of the owner");
                 }
                 _ => {
                     if let Some(id) = pick(&mine, rng.next()) {

@@ -68,7 +68,7 @@ fn main() {
     let mut p = vec![0x02, 0x0c, 96, 0, 8];
     p.extend_from_slice(&(4096u64 + 512 * 2 - 20).to_ne_bytes());
     seeds.push(("overlay_o_bptop_unaligned", p));
-    // Table entry 0's next_free (from the end: size-1-71 = size-64-32 + 24,
+    // Table entry 0's next (from the end: size-1-71 = size-64-32 + 24,
     // the table ends at the 64-byte lock trailer) pointing at itself, and
     // free_head (offset 112) = 1: a free-list cycle.
     seeds.push(("overlay_free_list_cycle", vec![0x00, 0x07, 71, 0x80, 4, 1, 0, 0, 0, 112, 0, 4, 1, 0, 0, 0]));
@@ -91,6 +91,19 @@ fn main() {
     let mut b = valid(4096);
     hdr(&mut b).format_version = 1;
     seeds.push(("format_version_1", b));
+    let mut b = valid(4096);
+    hdr(&mut b).format_version = 2;
+    seeds.push(("format_version_2", b));
+    // Format v3, the owner index. Bucket 0's chain is slot 3 -> slot 0;
+    // entry 0's `next` (offset 24) linked back to slot 3: a cycle.
+    let mut b = valid(4096);
+    let at = bptr_offset(4096, 0) as usize + 24;
+    b[at..at + 4].copy_from_slice(&4u32.to_ne_bytes());
+    seeds.push(("owner_chain_cycle", b));
+    // Bucket 1's head naming the free entry 1.
+    let mut b = valid(4096);
+    hdr(&mut b).owner_heads[1] = 2;
+    seeds.push(("owner_head_unused_entry", b));
     // 14 records, 5 removed (dead), a remove killed after marking its block.
     seeds.push(("overlay_deferred_crash_after_mark", vec![0x80, 0x1e]));
     seeds.push(("overlay_deferred_crash_after_mark_2", vec![0x83, 0xbd]));

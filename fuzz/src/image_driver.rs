@@ -226,8 +226,11 @@ fn reads(l: &Layout, ids: &[RecordId]) -> Option<Snap> {
     for (owner, pid) in owners.chain([(OwnerId(0), 0)]) {
         let it: Vec<RecordId> = l.iter_owner(owner).map(|(id, _)| id).collect();
         let (mut nx, mut cur) = (Vec::new(), None);
+        // The owner index is followed, never trusted: on any image the loop
+        // ends, within the table's size, without visiting a record twice.
         while let Some(id) = l.next_of_owner(owner, cur) {
-            assert!(cur.is_none_or(|c: RecordId| c.slot() < id.slot()), "next_of_owner went back");
+            assert!(!nx.contains(&id), "next_of_owner visited {id} twice");
+            assert!(nx.len() < 1 << 20, "next_of_owner does not end");
             nx.push(id);
             cur = Some(id);
         }

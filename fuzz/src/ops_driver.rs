@@ -198,6 +198,8 @@ fn step(l: &mut Layout, m: &mut Model, op: Op) {
                 .map(|(id, _)| *id)
                 .collect();
             want.sort_by_key(|id| id.slot());
+            // The owner index runs newest first: compare the sets, and
+            // iter_owner with next_of_owner in their shared order.
             let (mut got, mut cur) = (Vec::new(), None);
             while let Some(id) = match pid {
                 Some(p) => l.next_of_owner_pid(OwnerId(owner), p, cur),
@@ -207,12 +209,14 @@ fn step(l: &mut Layout, m: &mut Model, op: Op) {
                 cur = Some(id);
                 assert!(got.len() <= want.len(), "next_of_owner returns too many");
             }
+            let in_order = got.clone();
+            got.sort_by_key(|id| id.slot());
             assert_eq!(got, want, "next_of_owner");
             if pid.is_none() {
                 let it: Vec<(RecordId, Vec<u8>)> =
                     l.iter_owner(OwnerId(owner)).map(|(id, d)| (id, d.to_vec())).collect();
                 let want: Vec<(RecordId, Vec<u8>)> =
-                    want.iter().map(|id| (*id, m.live[id].data.clone())).collect();
+                    in_order.iter().map(|id| (*id, m.live[id].data.clone())).collect();
                 assert_eq!(it, want, "iter_owner");
             }
         }

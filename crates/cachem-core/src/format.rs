@@ -31,8 +31,19 @@ pub const MAGIC: [u8; 8] = *b"CACHEM\x00\x01";
 /// Read back as `0x0403_0201` on a machine of the other byte order.
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// Version of this layout. Bumped on any incompatible change. Version 2
-/// added the compaction policy, dead blocks and the lock trailer.
-pub const FORMAT_VERSION: u32 = 2;
+/// added the compaction policy, dead blocks and the lock trailer; version 3
+/// the owner index (per-bucket chains through the table entries).
+pub const FORMAT_VERSION: u32 = 3;
+/// Owner buckets of the owner index: a record of owner `o` is on the chain
+/// of bucket `o % OWNER_BUCKETS`. Owner ids from the registry are small
+/// consecutive numbers, so up to this many owners never share a chain.
+pub const OWNER_BUCKETS: usize = 22;
+/// `Bptr::prev` of an unused entry whose `pid` and `start_time` hold a
+/// removal note (the removed record's generation and the record that
+/// followed it on its chain): lets `next_of_owner` continue after a record
+/// removed mid-iteration. Never a valid `prev` of a used entry (slot + 1 is
+/// below 2^27).
+pub const REMOVED_NOTE: u32 = u32::MAX;
 /// Size of [`Header`] in bytes; also where the block section starts.
 pub const HEADER_SIZE: usize = 384;
 /// Size of [`Bptr`] (one block-pointer table entry).
@@ -172,7 +183,16 @@ pub struct Header {
     /// Offset of the lowest dead block, 0 when there is none (derived). A
     /// compaction starts there.
     pub dead_lo: u64,
-    pub _reserved1: [u64; 13],
+    /// The owner index: head of each owner bucket's chain (slot + 1 of its
+    /// first entry, 0 = empty). Derived: recovery rebuilds the chains.
+    pub owner_heads: [u32; OWNER_BUCKETS],
+    /// The last record removed (`RecordId` as u64, 0 = none) and the record
+    /// that followed it on its chain (0 = it was the last): the removal
+    /// note of the latest remove, kept here too because a remove of the
+    /// top table entry drops the entry and its note. Derived (a hint:
+    /// checked before use, cleared by recovery).
+    pub last_removed: u64,
+    pub last_removed_next: u64,
 }
 
 /// One block-pointer table entry. Slot `i` lives at
@@ -189,9 +209,14 @@ pub struct Bptr {
     pub pid: u32,
     /// Start time of `pid` (clock ticks since boot), 0 if unknown.
     pub start_time: u64,
-    /// Free-list link of an unused entry: next free slot + 1, 0 = end.
-    pub next_free: u32,
-    pub flags: u32,
+    /// An unused entry: the free-list link (next free slot + 1, 0 = end).
+    /// A used entry: the next entry of its owner bucket's chain (slot + 1,
+    /// 0 = end). Derived.
+    pub next: u32,
+    /// A used entry: the previous entry of its chain (slot + 1, 0 = it is
+    /// the head). An unused entry: [`REMOVED_NOTE`] if it holds a removal
+    /// note, else 0. Derived.
+    pub prev: u32,
 }
 
 /// The 8 bytes in front of every record's data.
@@ -236,7 +261,9 @@ const _: () = {
     assert!(offset_of!(Header, last_gen) == 256);
     assert!(offset_of!(Header, dead_bytes) == 264);
     assert!(offset_of!(Header, dead_lo) == 272);
-    assert!(offset_of!(Header, _reserved1) == 280);
+    assert!(offset_of!(Header, owner_heads) == 280);
+    assert!(offset_of!(Header, last_removed) == 368);
+    assert!(offset_of!(Header, last_removed_next) == 376);
     assert!(offset_of!(Journal, start) == 8);
     assert!(offset_of!(Journal, mv_done) == 72);
     assert!(offset_of!(Counters, compactions) == 40);
@@ -246,8 +273,8 @@ const _: () = {
     assert!(offset_of!(Bptr, owner) == 8);
     assert!(offset_of!(Bptr, pid) == 12);
     assert!(offset_of!(Bptr, start_time) == 16);
-    assert!(offset_of!(Bptr, next_free) == 24);
-    assert!(offset_of!(Bptr, flags) == 28);
+    assert!(offset_of!(Bptr, next) == 24);
+    assert!(offset_of!(Bptr, prev) == 28);
     assert!(offset_of!(BlockHeader, slot) == 0);
     assert!(offset_of!(BlockHeader, len) == 4);
     assert!(HEADER_SIZE % ALIGN == 0 && BPTR_SIZE % ALIGN == 0 && TRAILER_SIZE % ALIGN == 0);

@@ -502,25 +502,40 @@ impl<'a> Layout<'a> {
         bytemuck::try_from_bytes_mut(bytes).map_err(|_| pod_err::<T>(id, len))
     }
 
-    /// The next record of `owner` after `after` (in slot order), or the
-    /// first one when `after` is `None`. mod_cachem's `cachem_get_id`.
+    /// The next record of `owner` after `after`, or the first one when
+    /// `after` is `None`. mod_cachem's `cachem_get_id`. Follows the owner
+    /// index, so it costs time in proportion to the records of the owner
+    /// (and of owners sharing its bucket), not to the table.
+    ///
+    /// Order: newest first (a recovery after a crash re-sorts the records
+    /// by slot). `after` is normally the id the previous call returned;
+    /// records inserted meanwhile come before it and are not visited. If
+    /// `after` was removed since, the iteration goes on with the record
+    /// that followed it, so both of the seed's loops work: fetch the next id
+    /// and then remove the current one, or remove it and then ask for the
+    /// next after it. Any other `after` (another owner's record, an id
+    /// whose slot a new record took meanwhile) starts over from the first.
     pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
-        self.next_where(after, |e| e.owner == owner.0)
+        self.next_where(owner, after, |_| true)
     }
 
-    /// The next record of `owner` inserted by `pid`. mod_cachem's
-    /// `cachem_get_pid`.
+    /// The next record of `owner` inserted by `pid`, in the order of
+    /// [`Layout::next_of_owner`]. mod_cachem's `cachem_get_pid`.
     pub fn next_of_owner_pid(&self, owner: OwnerId, pid: u32, after: Option<RecordId>) -> Option<RecordId> {
-        self.next_where(after, |e| e.owner == owner.0 && e.pid == pid)
+        self.next_where(owner, after, |e| e.pid == pid)
     }
 
-    fn next_where(&self, after: Option<RecordId>, mut f: impl FnMut(&Bptr) -> bool) -> Option<RecordId> {
+    fn next_where(
+        &self,
+        owner: OwnerId,
+        after: Option<RecordId>,
+        f: impl FnMut(&Bptr) -> bool,
+    ) -> Option<RecordId> {
         let st = self.st().ok()?;
-        let from = after.map_or(0, |r| r.slot().saturating_add(1));
-        (from..st.n_bptr).find_map(|slot| {
-            let e = self.bptr(slot);
-            (e.o_beg != 0 && f(e)).then(|| RecordId::new(slot, e.gen))
-        })
+        let b = bucket_of(owner.0);
+        let at = self.resume(st.n_bptr, b, after);
+        let found = self.chain_find(st.n_bptr, b, at, owner.0, f).ok()??;
+        Some(RecordId::new(found.0, found.1.gen))
     }
 
     /// Every record, in slot order, with its metadata and bytes. Entries that
@@ -540,9 +555,30 @@ impl<'a> Layout<'a> {
         })
     }
 
-    /// The records of one owner, in slot order.
+    /// The records of one owner, in the order of
+    /// [`Layout::next_of_owner`], through the owner index. Stops early at an
+    /// entry that fails its checks (`verify` reports it).
     pub fn iter_owner(&self, owner: OwnerId) -> impl Iterator<Item = (RecordId, &[u8])> + '_ {
-        self.iter().filter(move |(m, _)| m.owner == owner).map(|(m, d)| (m.id, d))
+        self.iter_owner_meta(owner).map(|(m, d)| (m.id, d))
+    }
+
+    /// [`Layout::iter_owner`] with each record's metadata.
+    pub fn iter_owner_meta(&self, owner: OwnerId) -> impl Iterator<Item = (RecordMeta, &[u8])> + '_ {
+        let st = self.st().ok();
+        let b = bucket_of(owner.0);
+        let mut at = st.as_ref().map(|st| self.resume(st.n_bptr, b, None));
+        std::iter::from_fn(move || {
+            let st = st.as_ref()?;
+            let (slot, _, next) = self.chain_find(st.n_bptr, b, at?, owner.0, |_| true).ok()??;
+            at = Some(next);
+            let id = RecordId::new(slot, self.bptr(slot).gen);
+            let Ok((e, o, bl)) = self.resolve(st, id) else {
+                at = None;
+                return None;
+            };
+            let d = (o + BH) as usize;
+            Some((meta_of(id, &e, bl.len), &self.buf[d..d + bl.len as usize]))
+        })
     }
 
     // ----- insert ---------------------------------------------------------
@@ -570,6 +606,9 @@ impl<'a> Layout<'a> {
             st = self.st()?;
         }
         let free = st.o_bptop - st.o_fr;
+        let bucket = bucket_of(owner.0);
+        self.check_head(st.n_bptr, bucket)?;
+        let chain_head = self.hdr().owner_heads[bucket];
 
         // 1. Take a table entry: the free list first, else grow the table.
         let (slot, gen, o_bptop) = if head != 0 {
@@ -587,16 +626,13 @@ impl<'a> Layout<'a> {
                     format!("entry {slot} is on the free list but in use"),
                 ));
             }
-            if e.next_free > st.n_bptr {
-                return Err(Error::corrupt(
-                    "bptr.next_free",
-                    format!("entry {slot} links to {}", e.next_free),
-                ));
+            if e.next > st.n_bptr {
+                return Err(Error::corrupt("bptr.next", format!("free entry {slot} links to {}", e.next)));
             }
             if need > free {
                 return Err(Error::Full { needed: need, free });
             }
-            self.hdr_mut().free_head = e.next_free;
+            self.hdr_mut().free_head = e.next;
             (slot, e.gen, st.o_bptop)
         } else {
             if need + B > free {
@@ -607,7 +643,7 @@ impl<'a> Layout<'a> {
             let o_bptop = st.o_bptop - B;
             let off = o_bptop as usize;
             let e: &mut Bptr = bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE]);
-            *e = Bptr { o_beg: 0, gen, owner: 0, pid: 0, start_time: 0, next_free: 0, flags: 0 };
+            *e = Bptr { o_beg: 0, gen, owner: 0, pid: 0, start_time: 0, next: 0, prev: 0 };
             fence();
             let h = self.hdr_mut();
             h.o_bptop = o_bptop;
@@ -628,17 +664,19 @@ impl<'a> Layout<'a> {
         fence();
         hit("insert.after_block");
 
-        // 3. Publish the entry: metadata first, then offset + gen in one store.
+        // 3. Publish the entry: metadata first, then offset + gen in one
+        // store; then put it at the front of its owner chain.
         let e = self.bptr_mut(slot);
         e.owner = owner.0;
         e.pid = tag.pid;
         e.start_time = tag.start_time;
-        e.next_free = 0;
-        e.flags = 0;
+        e.next = chain_head;
+        e.prev = 0;
         fence();
         self.set_loc(slot, st.o_fr as u32, gen);
         fence();
         hit("insert.after_publish");
+        self.link_front(slot, bucket);
 
         // 4. Advance o_fr: the insert is done.
         self.hdr_mut().o_fr = st.o_fr + need;
@@ -700,8 +738,11 @@ impl<'a> Layout<'a> {
         let st = self.st()?;
         self.check_no_journal()?;
         let (_, o, b) = self.resolve(&st, id)?;
+        self.check_links(st.n_bptr, id.slot())?;
+        let succ = self.unlink(id.slot());
         if self.compaction() == Compaction::Deferred {
             self.kill_block(id.slot(), o, b.size);
+            self.note_removed(id, succ);
             self.release_slot(id.slot())?;
             return self.compact_if_due();
         }
@@ -711,6 +752,7 @@ impl<'a> Layout<'a> {
         self.set_loc(id.slot(), 0, gen);
         fence();
         hit("remove.after_clear");
+        self.note_removed(id, succ);
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         let h = self.hdr_mut();
@@ -725,8 +767,7 @@ impl<'a> Layout<'a> {
     pub fn retain(&mut self, mut keep: impl FnMut(&RecordMeta, &[u8]) -> bool) -> Result<Removed> {
         let st = self.st()?;
         self.check_no_journal()?;
-        let mut victims: Vec<(u32, u64, u64)> = Vec::new();
-        let (mut lo, mut hi, mut bytes) = (u64::MAX, 0u64, 0u64);
+        let mut victims: Vec<(RecordId, u64, u64)> = Vec::new();
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
             if e.o_beg == 0 {
@@ -736,18 +777,56 @@ impl<'a> Layout<'a> {
             let (e, o, b) = self.resolve(&st, id)?;
             let d = (o + BH) as usize;
             if !keep(&meta_of(id, &e, b.len), &self.buf[d..d + b.len as usize]) {
-                victims.push((slot, o, b.size));
-                lo = lo.min(o);
-                hi = hi.max(o + b.size);
-                bytes += b.size;
+                victims.push((id, o, b.size));
             }
         }
+        self.remove_batch(&st, &victims)
+    }
+
+    /// Removes the records of `owner` for which `pick` returns true, in one
+    /// pass like [`Layout::retain`], visiting only that owner's chain.
+    pub fn remove_of_owner(
+        &mut self,
+        owner: OwnerId,
+        mut pick: impl FnMut(&RecordMeta, &[u8]) -> bool,
+    ) -> Result<Removed> {
+        let st = self.st()?;
+        self.check_no_journal()?;
+        let b = bucket_of(owner.0);
+        let mut at = self.resume(st.n_bptr, b, None);
+        let mut victims: Vec<(RecordId, u64, u64)> = Vec::new();
+        while let Some((slot, e, next)) = self.chain_find(st.n_bptr, b, at, owner.0, |_| true)? {
+            at = next;
+            let id = RecordId::new(slot, e.gen);
+            let (e, o, bl) = self.resolve(&st, id)?;
+            let d = (o + BH) as usize;
+            if pick(&meta_of(id, &e, bl.len), &self.buf[d..d + bl.len as usize]) {
+                victims.push((id, o, bl.size));
+            }
+        }
+        self.remove_batch(&st, &victims)
+    }
+
+    /// Removes the resolved records `victims` (id, block offset, block
+    /// size; each once) in one compaction pass.
+    fn remove_batch(&mut self, st: &St, victims: &[(RecordId, u64, u64)]) -> Result<Removed> {
         if victims.is_empty() {
             return Ok(Removed::default());
         }
+        let (mut lo, mut hi, mut bytes) = (u64::MAX, 0u64, 0u64);
+        for &(id, o, size) in victims {
+            self.check_links(st.n_bptr, id.slot())?;
+            lo = lo.min(o);
+            hi = hi.max(o + size);
+            bytes += size;
+        }
+        // Unlinking one victim keeps its neighbours' links consistent, so
+        // the checks above still hold for the next one.
+        let succs: Vec<Option<RecordId>> = victims.iter().map(|&(id, _, _)| self.unlink(id.slot())).collect();
         if self.compaction() == Compaction::Deferred {
-            for &(slot, o, size) in &victims {
-                self.kill_block(slot, o, size);
+            for (&(id, o, size), &succ) in victims.iter().zip(&succs) {
+                self.kill_block(id.slot(), o, size);
+                self.note_removed(id, succ);
             }
             self.rebuild_derived()?;
             self.compact_if_due()?;
@@ -755,12 +834,15 @@ impl<'a> Layout<'a> {
         }
         self.start_journal(lo, st.o_fr, hi);
         hit("remove.after_journal");
-        for &(slot, _, _) in &victims {
+        for &(id, _, _) in victims {
             let gen = self.take_gen();
-            self.set_loc(slot, 0, gen);
+            self.set_loc(id.slot(), 0, gen);
         }
         fence();
         hit("remove.after_clear");
+        for (&(id, _, _), &succ) in victims.iter().zip(&succs) {
+            self.note_removed(id, succ);
+        }
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         let h = self.hdr_mut();
@@ -772,7 +854,7 @@ impl<'a> Layout<'a> {
     /// Removes every record of `owner` inserted by `pid` and returns how
     /// many. mod_cachem's `cachem_delete_pid`.
     pub fn purge(&mut self, owner: OwnerId, pid: u32) -> Result<usize> {
-        Ok(self.retain(|m, _| !(m.owner == owner && m.pid == pid))?.records)
+        Ok(self.remove_of_owner(owner, |m, _| m.pid == pid)?.records)
     }
 
     /// Adds `n` to the reaped-records counter (the reaper's bookkeeping).
@@ -924,7 +1006,7 @@ impl<'a> Layout<'a> {
             return self.rebuild_derived();
         }
         let head = h.free_head;
-        self.bptr_mut(slot).next_free = head;
+        self.bptr_mut(slot).next = head;
         fence();
         self.hdr_mut().free_head = slot + 1;
         Ok(())
@@ -1162,7 +1244,7 @@ impl<'a> Layout<'a> {
         for (i, e) in table.iter_mut().enumerate() {
             let slot = n - 1 - i as u32;
             if e.o_beg == 0 {
-                e.next_free = head;
+                e.next = head;
                 head = slot + 1;
             } else {
                 used += 1;
@@ -1236,6 +1318,7 @@ impl<'a> Layout<'a> {
             }
         }
         self.rebuild_derived()?;
+        self.rebuild_chains()?;
         self.rebuild_dead()?;
         Ok(rep)
     }
@@ -1329,11 +1412,8 @@ impl<'a> Layout<'a> {
                         format!("entry {slot} points to {o} whose block names slot {}", b.slot),
                     ));
                 }
-            } else if e.next_free > st.n_bptr {
-                return Err(Error::corrupt(
-                    "bptr.next_free",
-                    format!("entry {slot} links to {}", e.next_free),
-                ));
+            } else if e.next > st.n_bptr {
+                return Err(Error::corrupt("bptr.next", format!("free entry {slot} links to {}", e.next)));
             }
         }
         if used != records {
@@ -1376,7 +1456,7 @@ impl<'a> Layout<'a> {
             if seen > free_slots {
                 return Err(Error::corrupt("free_head", "the free list has a cycle or too many entries"));
             }
-            link = e.next_free;
+            link = e.next;
         }
         if seen != free_slots {
             return Err(Error::corrupt(
@@ -1384,6 +1464,7 @@ impl<'a> Layout<'a> {
                 format!("{seen} entries on the free list, {free_slots} unused"),
             ));
         }
+        self.verify_chains(st.n_bptr, used)?;
         Ok(VerifyReport {
             records,
             slots: st.n_bptr,
@@ -1594,6 +1675,10 @@ fn pod_err<T>(id: RecordId, actual: usize) -> Error {
         align_ok: std::mem::align_of::<T>() <= ALIGN,
     }
 }
+
+#[path = "owner_index.rs"]
+mod owner_index;
+use owner_index::bucket_of;
 
 #[cfg(test)]
 #[path = "layout_tests.rs"]

@@ -221,7 +221,7 @@ fn seed_access_all_records_with_a_specific_id() {
         seen.push(l.get(r).unwrap()[0]);
         index = Some(r);
     }
-    assert_eq!(seen, vec![0, 2, 4]);
+    assert_eq!(seen, vec![4, 2, 0], "newest first");
     let via_iter: Vec<u8> = l.iter_owner(A).map(|(_, d)| d[0]).collect();
     assert_eq!(via_iter, seen);
 }
@@ -376,19 +376,21 @@ fn corrupt_foreign_byte_order() {
 #[test]
 fn corrupt_future_version() {
     let mut img = populated();
-    img.hdr().format_version = 3;
+    img.hdr().format_version = 4;
     let e = Layout::open(img.bytes()).map(|_| ()).unwrap_err();
-    assert!(matches!(e, Error::Version { found: 3, supported: 2 }), "{e}");
+    assert!(matches!(e, Error::Version { found: 4, supported: 3 }), "{e}");
 }
 
 #[test]
-fn version_1_images_are_refused_with_what_to_do() {
-    let mut img = populated();
-    img.hdr().format_version = 1;
-    let e = Layout::open(img.bytes()).map(|_| ()).unwrap_err();
-    assert!(matches!(e, Error::Version { found: 1, supported: 2 }), "{e}");
-    let msg = e.to_string();
-    assert!(msg.contains("destroy") && msg.contains("re-create"), "{msg}");
+fn older_images_are_refused_with_what_to_do() {
+    for old in [1, 2] {
+        let mut img = populated();
+        img.hdr().format_version = old;
+        let e = Layout::open(img.bytes()).map(|_| ()).unwrap_err();
+        assert!(matches!(e, Error::Version { found, supported: 3 } if found == old), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("destroy") && msg.contains("re-create"), "{msg}");
+    }
 }
 
 #[test]
@@ -447,12 +449,12 @@ fn corrupt_n_bptr_mismatch() {
 fn corrupt_free_list_cycle() {
     let mut img = populated();
     let mut l = img.l();
-    let a = l.next_of_owner(A, None).unwrap();
+    let a = l.iter().find(|(m, _)| m.owner == A).unwrap().0.id; // slot order: the lowest
     l.remove(a).unwrap(); // two free entries now: 1 and 0
     let head = img.hdr().free_head;
     let first = head - 1;
-    let second = img.bptr(first).next_free - 1;
-    img.bptr(second).next_free = head; // second -> first -> second ...
+    let second = img.bptr(first).next - 1;
+    img.bptr(second).next = head; // second -> first -> second ...
     expect_corrupt(&mut img, "free_head");
 }
 
@@ -704,21 +706,41 @@ fn every_fault_point_recovers_to_before_or_after() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Insert { owner: u32, pid: u32, len: usize, byte: u8 },
+    Insert {
+        owner: u32,
+        pid: u32,
+        len: usize,
+        byte: u8,
+    },
     Remove(usize),
     GetMut(usize, u8),
-    Purge { owner: u32, pid: u32 },
+    Purge {
+        owner: u32,
+        pid: u32,
+    },
     RetainLen(usize),
     Stale(usize),
     Compact,
+    /// Walks an owner with `next_of_owner`, removing every `every`-th
+    /// record it visits: before asking for the next (`ask_first`) or after
+    /// (asking with the removed id).
+    IterRemove {
+        owner: u32,
+        every: usize,
+        ask_first: bool,
+    },
 }
+
+/// Owners of the model: 0 and 26 share owner bucket 0, 1 and 27 bucket 1.
+const MODEL_OWNERS: [u32; 6] = [0, 1, 2, 3, 26, 27];
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        5 => (0..4u32, 1..4u32, 0..120usize, any::<u8>()).prop_map(|(owner, pid, len, byte)| Op::Insert { owner, pid, len, byte }),
+        5 => (0..6usize, 1..4u32, 0..120usize, any::<u8>()).prop_map(|(o, pid, len, byte)| Op::Insert { owner: MODEL_OWNERS[o], pid, len, byte }),
         3 => any::<usize>().prop_map(Op::Remove),
         2 => (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Op::GetMut(i, b)),
-        1 => (0..4u32, 1..4u32).prop_map(|(owner, pid)| Op::Purge { owner, pid }),
+        1 => (0..6usize, 1..4u32).prop_map(|(o, pid)| Op::Purge { owner: MODEL_OWNERS[o], pid }),
+        1 => (0..6usize, 1..4usize, any::<bool>()).prop_map(|(o, every, ask_first)| Op::IterRemove { owner: MODEL_OWNERS[o], every, ask_first }),
         1 => (0..120usize).prop_map(Op::RetainLen),
         1 => any::<usize>().prop_map(Op::Stale),
         1 => Just(Op::Compact),
@@ -795,6 +817,38 @@ proptest! {
                     prop_assert!(l.get(id).is_none());
                     prop_assert!(matches!(l.remove(id), Err(Error::Stale(_))));
                 },
+                Op::IterRemove { owner, every, ask_first } => {
+                    let mut want: Vec<RecordId> = model.iter().filter(|(_, r)| r.0 == owner).map(|(id, _)| *id).collect();
+                    want.sort();
+                    let (mut seen, mut cur) = (Vec::new(), None);
+                    while let Some(id) = l.next_of_owner(OwnerId(owner), cur) {
+                        prop_assert!(seen.len() < want.len(), "visits more than the owner's records");
+                        seen.push(id);
+                        let remove = seen.len() % every == 0;
+                        if remove && ask_first {
+                            let next = l.next_of_owner(OwnerId(owner), Some(id));
+                            l.remove(id).unwrap();
+                            model.remove(&id);
+                            dead.push(id);
+                            // The id asked for before the remove is the one asked after.
+                            prop_assert_eq!(l.next_of_owner(OwnerId(owner), Some(id)), next);
+                        } else if remove {
+                            l.remove(id).unwrap();
+                            model.remove(&id);
+                            dead.push(id);
+                        }
+                        cur = Some(id);
+                    }
+                    seen.sort();
+                    prop_assert_eq!(seen, want, "each record of the owner exactly once");
+                }
+            }
+            for owner in MODEL_OWNERS {
+                let mut want: Vec<RecordId> = model.iter().filter(|(_, r)| r.0 == owner).map(|(id, _)| *id).collect();
+                want.sort();
+                let mut got: Vec<RecordId> = l.iter_owner(OwnerId(owner)).map(|(id, _)| id).collect();
+                got.sort();
+                prop_assert_eq!(got, want, "iter_owner({})", owner);
             }
             let rep = l.verify().unwrap();
             prop_assert_eq!(rep.records as usize, model.len());
@@ -1167,4 +1221,218 @@ fn light_predicates_never_miss_a_compaction() {
     let mut l = img.l();
     let id = l.insert(A, tag(1), b"x").unwrap();
     assert!(l.remove_would_compact(id));
+}
+
+// ----- owner index ---------------------------------------------------------
+
+/// Owner `A` and one that shares its bucket.
+const A2: OwnerId = OwnerId(A.0 + OWNER_BUCKETS as u32);
+
+fn steps() -> u64 {
+    owner_index::STEPS.with(|s| s.get())
+}
+
+fn ids_of(l: &Layout<'_>, owner: OwnerId) -> Vec<RecordId> {
+    let (mut v, mut cur) = (Vec::new(), None);
+    while let Some(id) = l.next_of_owner(owner, cur) {
+        assert!(v.len() < 100_000, "next_of_owner does not end");
+        v.push(id);
+        cur = Some(id);
+    }
+    v
+}
+
+#[test]
+fn iterating_an_owner_visits_only_its_chain() {
+    // 10 records of A among 3,000 of other owners (one of them in A's
+    // bucket): the walk examines A's bucket only.
+    let mut img = Img::new(1 << 20);
+    let mut l = img.l();
+    let mut mine = vec![];
+    for i in 0..3010u32 {
+        let owner = match i % 301 {
+            0 => A,
+            1 => A2,
+            _ => OwnerId(100 + i % 5),
+        };
+        let id = l.insert(owner, tag(1), &i.to_ne_bytes()).unwrap();
+        if owner == A {
+            mine.push(id);
+        }
+    }
+    let before = steps();
+    let got = ids_of(&l, A);
+    let walked = steps() - before;
+    mine.reverse(); // newest first
+    assert_eq!(got, mine);
+    assert!(walked <= 21, "walked {walked} entries for 10 records (+10 of the bucket's other owner)");
+    let before = steps();
+    assert_eq!(l.iter_owner(A).count(), 10);
+    assert_eq!(l.next_of_owner_pid(A, 2, None), None);
+    assert!(steps() - before <= 42);
+    // An owner with no record walks nothing at all.
+    let before = steps();
+    assert_eq!(l.next_of_owner(OwnerId(3), None), None);
+    assert_eq!(steps(), before);
+    l.verify().unwrap();
+}
+
+#[test]
+fn every_removal_loop_visits_each_record_once() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        // (remove before asking for the next one, remove every k-th)
+        for (ask_first, every) in [(true, 1), (false, 1), (true, 2), (false, 2), (false, 3)] {
+            let mut img = Img::with(1 << 16, policy);
+            let mut l = img.l();
+            for i in 0..90u32 {
+                let owner = [A, O, A2][i as usize % 3];
+                l.insert(owner, tag(1), &i.to_ne_bytes()).unwrap();
+            }
+            let all = ids_of(&l, A);
+            let (mut seen, mut cur, mut removed) = (vec![], None, vec![]);
+            while let Some(id) = l.next_of_owner(A, cur) {
+                assert!(seen.len() < all.len(), "{policy:?} {ask_first} {every}: visits too many");
+                seen.push(id);
+                if seen.len() % every == 0 {
+                    let next = ask_first.then(|| l.next_of_owner(A, Some(id)));
+                    l.remove(id).unwrap();
+                    removed.push(id);
+                    if let Some(next) = next {
+                        assert_eq!(
+                            l.next_of_owner(A, Some(id)),
+                            next,
+                            "the removed id goes on where it stood"
+                        );
+                    }
+                }
+                cur = Some(id);
+            }
+            assert_eq!(seen, all, "{policy:?} {ask_first} {every}");
+            let left: Vec<_> = all.iter().filter(|id| !removed.contains(id)).copied().collect();
+            assert_eq!(ids_of(&l, A), left);
+            assert_eq!(l.iter_owner(A2).count(), 30, "the bucket's other owner is untouched");
+            l.verify().unwrap();
+        }
+    }
+}
+
+#[test]
+fn removing_the_top_entry_mid_iteration_keeps_the_place() {
+    // The top entry is dropped with its note when the table shrinks: the
+    // header's copy of the last note keeps the place.
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..6u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+    let first = l.next_of_owner(A, None).unwrap();
+    assert_eq!(first, ids[5]);
+    l.remove(first).unwrap();
+    assert_eq!(l.status().unwrap().slots, 5, "the table shrank");
+    assert_eq!(l.next_of_owner(A, Some(first)), Some(ids[4]));
+    // Two removes back: the entry's note of the older one is used.
+    l.remove(ids[2]).unwrap();
+    l.remove(ids[1]).unwrap();
+    assert_eq!(l.next_of_owner(A, Some(ids[2])), Some(ids[0]), "hops over the removed successor");
+    assert_eq!(l.next_of_owner(A, Some(ids[0])), None);
+    l.remove(ids[0]).unwrap();
+    assert_eq!(l.next_of_owner(A, Some(ids[0])), None, "it was the last");
+}
+
+#[test]
+fn an_after_that_is_no_place_in_the_chain_starts_over() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let a: Vec<_> = (0..3u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+    let o = l.insert(O, tag(1), b"o").unwrap();
+    // Another bucket's record, a made-up id, generation 0.
+    for after in [o, RecordId::new(999, 5), RecordId::new(1, 0)] {
+        assert_eq!(l.next_of_owner(A, Some(after)), Some(a[2]), "{after}");
+    }
+    // A removed record whose slot a new record took: its note is gone.
+    l.remove(a[1]).unwrap();
+    let n = l.insert(O, tag(1), b"new").unwrap();
+    assert_eq!(n.slot(), a[1].slot());
+    l.remove(o).unwrap(); // the header's note is o's now
+    assert_eq!(l.next_of_owner(A, Some(a[1])), Some(a[2]));
+}
+
+#[test]
+fn a_cycle_in_an_owner_chain_ends_every_walk_and_is_reported() {
+    let mut img = Img::new(8192);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..4u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+    // Chain: 3 -> 2 -> 1 -> 0. Link the last back to the second.
+    img.bptr(ids[0].slot()).next = ids[2].slot() + 1;
+    let mut l = img.l();
+    let walked = ids_of(&l, A);
+    assert!(walked.len() <= 4, "{walked:?}");
+    assert!(l.iter_owner(A).count() <= 4);
+    assert_eq!(l.verify().unwrap_err().corrupt_field(), Some("owner_heads"));
+    // A remove whose neighbours disagree refuses before changing anything.
+    let e = l.remove(ids[0]).unwrap_err();
+    assert_eq!(e.corrupt_field(), Some("bptr.prev"), "{e}");
+    assert_eq!(l.purge(A, 1).unwrap_err().corrupt_field(), Some("owner_heads"));
+    assert_eq!(l.get(ids[0]).unwrap(), &[0]);
+    // Recovery rebuilds the chains (derived state), in slot order.
+    l.mark_recovery_required();
+    l.recover().unwrap();
+    assert_eq!(ids_of(&l, A), ids);
+    l.remove(ids[2]).unwrap();
+    assert_eq!(l.purge(A, 1).unwrap(), 3);
+    l.verify().unwrap();
+}
+
+#[test]
+fn a_bad_chain_head_fails_an_insert_before_it_changes_anything() {
+    let mut img = populated();
+    let before = img.0.clone();
+    img.hdr().owner_heads[bucket_of(A.0)] = 1000;
+    let mut l = Layout::reopen(img.view()).unwrap();
+    assert_eq!(l.insert(A, tag(1), b"x").unwrap_err().corrupt_field(), Some("owner_heads"));
+    assert_eq!(l.next_of_owner(A, None), None);
+    img.hdr().owner_heads[bucket_of(A.0)] = before_head(&before);
+    assert_eq!(img.0, before, "nothing changed");
+}
+
+fn before_head(image: &[u64]) -> u32 {
+    let h: &Header = bytemuck::from_bytes(&bytemuck::cast_slice::<u64, u8>(image)[..HEADER_SIZE]);
+    h.owner_heads[bucket_of(A.0)]
+}
+
+#[test]
+fn recovery_rebuilds_scrambled_chains() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        let mut img = Img::with(1 << 16, policy);
+        let mut l = img.l();
+        for i in 0..200u32 {
+            let id = l.insert(OwnerId(i % 30), tag(1), &i.to_ne_bytes()).unwrap();
+            if i % 7 == 0 {
+                l.remove(id).unwrap();
+            }
+        }
+        let want: Vec<Vec<RecordId>> = (0..30)
+            .map(|o| {
+                let mut v = ids_of(&l, OwnerId(o));
+                v.sort();
+                v
+            })
+            .collect();
+        // Scramble every link: heads, next and prev.
+        for b in 0..OWNER_BUCKETS {
+            img.hdr().owner_heads[b] = (b as u32 * 7) % 50;
+        }
+        let n = img.l().status().unwrap().slots;
+        for slot in 0..n {
+            let e = img.bptr(slot);
+            (e.next, e.prev) = (slot % 11, slot % 5);
+        }
+        let mut l = img.l();
+        assert!(l.verify().is_err());
+        l.mark_recovery_required();
+        l.recover().unwrap();
+        for o in 0..30 {
+            let got = ids_of(&l, OwnerId(o));
+            assert!(got.windows(2).all(|w| w[0].slot() < w[1].slot()), "slot order after a rebuild");
+            assert_eq!(got, want[o as usize]);
+        }
+    }
 }

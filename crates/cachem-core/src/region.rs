@@ -1170,7 +1170,7 @@ impl<'r> Guard<'r> {
     pub fn purge_process(&mut self) -> Result<Removed> {
         self.begin_write();
         let me = process::me();
-        self.layout.retain(|m, _| !(m.owner.is_process() && (m.pid, m.start_time) == me))
+        self.layout.remove_of_owner(OwnerId::PROCESS, |m, _| (m.pid, m.start_time) == me)
     }
 
     /// Inserts `value`'s bytes.
@@ -1223,7 +1223,10 @@ impl<'r> Guard<'r> {
         self.layout.remove(id)
     }
 
-    /// The next record of `owner` after `after`. mod_cachem's `cachem_get_id`.
+    /// The next record of `owner` after `after` (newest first; see
+    /// [`Layout::next_of_owner`] for a removal mid-iteration and other
+    /// `after`s). mod_cachem's `cachem_get_id`. Costs time in proportion to
+    /// the owner's records, through the owner index.
     pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
         self.layout.next_of_owner(owner, after)
     }
@@ -1238,9 +1241,25 @@ impl<'r> Guard<'r> {
         self.layout.iter()
     }
 
-    /// The records of one owner.
+    /// The records of one owner, newest first, through the owner index.
     pub fn iter_owner(&self, owner: OwnerId) -> impl Iterator<Item = (RecordId, &[u8])> + '_ {
         self.layout.iter_owner(owner)
+    }
+
+    /// The records of one owner with their metadata, newest first.
+    pub fn iter_owner_meta(&self, owner: OwnerId) -> impl Iterator<Item = (RecordMeta, &[u8])> + '_ {
+        self.layout.iter_owner_meta(owner)
+    }
+
+    /// Removes the records of `owner` for which `pick` returns true, in one
+    /// pass over that owner's records only.
+    pub fn remove_of_owner(
+        &mut self,
+        owner: OwnerId,
+        pick: impl FnMut(&RecordMeta, &[u8]) -> bool,
+    ) -> Result<Removed> {
+        self.begin_write();
+        self.layout.remove_of_owner(owner, pick)
     }
 
     /// Removes every record of `owner` inserted by `pid`. mod_cachem's
