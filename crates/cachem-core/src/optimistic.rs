@@ -12,7 +12,8 @@
 //! through [`Words`], which loads aligned 8-byte words (atomically, for a
 //! mapping: `sys::seqlock`). Every value it loads may be torn or stale, so
 //! every offset and length is bounds-checked before it is used, and a load
-//! outside the image is refused by [`Words::word`] itself: whatever the
+//! outside the image is refused by [`Words::word`] and
+//! [`Words::copy_words`] themselves: whatever the
 //! bytes, a reader never reads outside the region and never panics. A
 //! snapshot that is not plainly good (a journal pending, any check failing)
 //! is not judged here: the caller falls back to the lock, which recovers or
@@ -53,6 +54,9 @@ pub trait Words {
     /// checks the range once ([`crate::sys::seqlock::MapWords`]).
     #[inline(always)]
     fn copy_words(&self, off: u64, dst: &mut [u8]) -> Option<()> {
+        if off % 8 != 0 || off > self.image_len() {
+            return None;
+        }
         let (whole, tail) = dst.split_at_mut(dst.len() & !7);
         // Whole words: one constant-size store each (no memcpy call per word).
         for (k, chunk) in whole.chunks_exact_mut(8).enumerate() {

@@ -144,3 +144,34 @@ impl Words for MapWords<'_> {
         version(self.0).load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optimistic::SliceWords;
+
+    /// The mapping's one-range copy agrees with the word-by-word default
+    /// (the same bytes, the same refusals) for every offset and length
+    /// around the start and the end of the mapping.
+    #[test]
+    fn copy_words_matches_the_word_by_word_copy() {
+        let map = Mapping::anonymous(4096).unwrap();
+        let img: Vec<u8> = (0..4096u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        // SAFETY: fresh anonymous memory of 4096 bytes, used by nobody else;
+        // the source is a distinct heap buffer of the same length.
+        unsafe { std::ptr::copy_nonoverlapping(img.as_ptr(), map.as_ptr(), img.len()) };
+        let (m, s) = (MapWords(&map), SliceWords(&img));
+        let offs = (0..40u64).chain(4000..4104).chain([u64::MAX - 7, u64::MAX]);
+        for off in offs {
+            for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100] {
+                let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+                let (ra, rb) = (m.copy_words(off, &mut a), s.copy_words(off, &mut b));
+                assert_eq!(ra, rb, "off {off} len {len}");
+                if ra.is_some() {
+                    assert_eq!(a, b, "off {off} len {len}");
+                    assert_eq!(a, img[off as usize..off as usize + len], "off {off} len {len}");
+                }
+            }
+        }
+    }
+}
