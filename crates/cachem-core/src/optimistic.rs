@@ -173,10 +173,7 @@ pub fn read<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8], tries: u32) 
 /// good, let the lock decide. Only meaningful if the version did not change.
 #[inline(always)]
 fn snapshot<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Step {
-    let Some(s) = snapshot_opt(w, id, dst) else {
-        return Step::Fallback;
-    };
-    s
+    snapshot_opt(w, id, dst).unwrap_or(Step::Fallback)
 }
 
 #[inline(always)]
