@@ -94,6 +94,7 @@ bench: bench-apache
 	CACHEM_BENCH_CMD="make bench" $(CARGO) run --release -p cachem-bench
 	$(CARGO) bench -p cachem-core --bench engine -- --noplot
 	$(CARGO) bench -p cachem-core --bench region -- --noplot
+	$(CARGO) bench -p cachem-core --bench owners -- --noplot
 	$(CARGO) bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5 --noplot
 	$(CARGO) bench -p cachem-capi --bench abi
 

@@ -471,7 +471,7 @@ impl Cache {
     }
 
     /// A snapshot of one owner's records: each record's id and a copy of
-    /// its bytes, newest first, copied under one short lock (through the
+    /// its bytes, in insertion order, copied under one short lock (through the
     /// owner index, so the lock is held in proportion to the owner's
     /// records). Work on the copies without holding the lock; an id may be
     /// stale by the time it is used.

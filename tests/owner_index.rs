@@ -28,10 +28,9 @@ fn iter_owner_copied_is_a_snapshot_of_one_owner() {
             }
         }
     }
-    mine.reverse(); // newest first
     let copy: Vec<(RecordId, Vec<u8>)> = cache.iter_owner_copied(a).unwrap().collect();
     assert_eq!(copy, mine);
-    // The copy does not change with the region, and holds no lock.
+    // In insertion order. The copy does not change with the region, and holds no lock.
     let mut g = cache.lock().unwrap();
     g.remove(mine[0].0).unwrap();
     drop(g);

@@ -94,11 +94,11 @@ fn main() {
     let mut b = valid(4096);
     hdr(&mut b).format_version = 2;
     seeds.push(("format_version_2", b));
-    // Format v3, the owner index. Bucket 0's chain is slot 3 -> slot 0;
-    // entry 0's `next` (offset 24) linked back to slot 3: a cycle.
+    // Format v3, the owner index. Bucket 0's chain is slot 0 -> slot 3;
+    // entry 3's `next` (offset 24) linked back to slot 0: a cycle.
     let mut b = valid(4096);
-    let at = bptr_offset(4096, 0) as usize + 24;
-    b[at..at + 4].copy_from_slice(&4u32.to_ne_bytes());
+    let at = bptr_offset(4096, 3) as usize + 24;
+    b[at..at + 4].copy_from_slice(&1u32.to_ne_bytes());
     seeds.push(("owner_chain_cycle", b));
     // Bucket 1's head naming the free entry 1.
     let mut b = valid(4096);

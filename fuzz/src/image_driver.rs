@@ -130,6 +130,12 @@ fn crash_remove(b: &mut [u8], seed: u8) -> Option<RecordId> {
     let bh: BlockHeader = *bytemuck::from_bytes(&b[o as usize..o as usize + 8]);
     let (src, len) = (o + block_size(bh.len as u64), h.o_fr - o - block_size(bh.len as u64));
     let done = (((seed as u64 >> 2) & 3) * (src - o)).min(len);
+    if h.compaction == COMPACTION_DEFERRED {
+        // A Deferred region only journals a compaction over blocks its
+        // removes marked dead: an unmarked, unreferenced block there is a
+        // state no process leaves (recovery rightly calls it Corrupt).
+        b[o as usize..o as usize + 4].copy_from_slice(&DEAD_SLOT.to_ne_bytes());
+    }
     let mut j = Journal {
         op: JOURNAL_COMPACT,
         _pad: 0,

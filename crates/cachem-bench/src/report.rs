@@ -418,7 +418,7 @@ pub fn markdown(
     let _ = writeln!(
         w,
         "  - cachem: `Cache::lock()` + op + unlock for every op, on a 256 MiB region in /dev/shm, \
-         format v2. \"deferred\" (the default policy): a remove marks its block dead, one compaction \
+         format v3. \"deferred\" (the default policy): a remove marks its block dead, one compaction \
          closes every hole when an insert does not fit or dead bytes pass half of the block \
          section. \"eager\": every remove compacts at once (format v1's only behaviour); its \
          remove 100k and remove 1M are skipped (quadratic: ~27 s and hours). \

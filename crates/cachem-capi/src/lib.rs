@@ -761,9 +761,15 @@ pub unsafe extern "C" fn cachem_read(
 }
 
 /// The next record of `owner` after `after` (`CACHEM_INVALID_INDEX`: from
-/// the start), in table order; `*out` = `CACHEM_INVALID_INDEX` when there is
-/// none (mod_cachem's cachem_get_id). Without the lock, takes and releases
-/// it around the call (iterate under `cachem_lock` to see a consistent set).
+/// the start), in insertion order; `*out` = `CACHEM_INVALID_INDEX` when there is
+/// none (mod_cachem's cachem_get_id). Follows the owner index: costs time
+/// in proportion to the owner's records, not to the region's. If `after`
+/// was deleted since it was returned, the walk goes on where it stood, so
+/// "delete, then ask for the next after the deleted index" works as well as
+/// "ask, then delete" (the delete leaves a note; if a new record took its
+/// slot and another delete came since, the walk starts over from the
+/// first, which may visit a record again). Without the lock, takes and releases it around the
+/// call (iterate under `cachem_lock` to see a consistent set).
 ///
 /// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL),
 /// `CACHEM_E_MISUSE`, lock errors.

@@ -210,12 +210,12 @@ pub struct Bptr {
     /// Start time of `pid` (clock ticks since boot), 0 if unknown.
     pub start_time: u64,
     /// An unused entry: the free-list link (next free slot + 1, 0 = end).
-    /// A used entry: the next entry of its owner bucket's chain (slot + 1,
-    /// 0 = end). Derived.
+    /// A used entry: the next (newer) entry of its owner bucket's chain
+    /// (slot + 1, 0 = it is the tail). Derived.
     pub next: u32,
-    /// A used entry: the previous entry of its chain (slot + 1, 0 = it is
-    /// the head). An unused entry: [`REMOVED_NOTE`] if it holds a removal
-    /// note, else 0. Derived.
+    /// A used entry: the previous (older) entry of its chain, slot + 1; the
+    /// head's names the tail (itself when alone). An unused entry:
+    /// [`REMOVED_NOTE`] if it holds a removal note. Derived.
     pub prev: u32,
 }
 

@@ -507,14 +507,19 @@ impl<'a> Layout<'a> {
     /// index, so it costs time in proportion to the records of the owner
     /// (and of owners sharing its bucket), not to the table.
     ///
-    /// Order: newest first (a recovery after a crash re-sorts the records
-    /// by slot). `after` is normally the id the previous call returned;
-    /// records inserted meanwhile come before it and are not visited. If
+    /// Order: insertion order, oldest first (a recovery keeps it), which
+    /// is the table's slot order as long as nothing was removed. `after` is
+    /// normally the id the previous call returned; records inserted
+    /// meanwhile join the end and are visited too (a loop that replaces
+    /// each record it visits must stop at its first replacement). If
     /// `after` was removed since, the iteration goes on with the record
     /// that followed it, so both of the seed's loops work: fetch the next id
     /// and then remove the current one, or remove it and then ask for the
-    /// next after it. Any other `after` (another owner's record, an id
-    /// whose slot a new record took meanwhile) starts over from the first.
+    /// next after it. A record of another owner in the same owner bucket
+    /// (see `docs/format.md`) also gives its place in the bucket's chain;
+    /// any other `after` (a record of an owner in another bucket, an id
+    /// whose slot a new record took meanwhile, a made-up id) starts over
+    /// from the first.
     pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
         self.next_where(owner, after, |_| true)
     }
@@ -607,8 +612,7 @@ impl<'a> Layout<'a> {
         }
         let free = st.o_bptop - st.o_fr;
         let bucket = bucket_of(owner.0);
-        self.check_head(st.n_bptr, bucket)?;
-        let chain_head = self.hdr().owner_heads[bucket];
+        let tail = self.check_ends(st.n_bptr, bucket)?;
 
         // 1. Take a table entry: the free list first, else grow the table.
         let (slot, gen, o_bptop) = if head != 0 {
@@ -665,18 +669,18 @@ impl<'a> Layout<'a> {
         hit("insert.after_block");
 
         // 3. Publish the entry: metadata first, then offset + gen in one
-        // store; then put it at the front of its owner chain.
+        // store; then append it to its owner chain.
         let e = self.bptr_mut(slot);
         e.owner = owner.0;
         e.pid = tag.pid;
         e.start_time = tag.start_time;
-        e.next = chain_head;
-        e.prev = 0;
+        e.next = 0;
+        e.prev = if tail == 0 { slot + 1 } else { tail };
         fence();
         self.set_loc(slot, st.o_fr as u32, gen);
         fence();
         hit("insert.after_publish");
-        self.link_front(slot, bucket);
+        self.link_back(slot, bucket, tail);
 
         // 4. Advance o_fr: the insert is done.
         self.hdr_mut().o_fr = st.o_fr + need;
@@ -1297,6 +1301,7 @@ impl<'a> Layout<'a> {
         } else if h.journal.op != JOURNAL_NONE {
             return Err(Error::corrupt("journal.op", format!("unknown operation {}", h.journal.op)));
         }
+        let orders = self.chain_orders(st.n_bptr);
         let o_fr = self.hdr().o_fr;
         for slot in 0..st.n_bptr {
             let e = *self.bptr(slot);
@@ -1318,7 +1323,7 @@ impl<'a> Layout<'a> {
             }
         }
         self.rebuild_derived()?;
-        self.rebuild_chains()?;
+        self.rebuild_chains(&orders)?;
         self.rebuild_dead()?;
         Ok(rep)
     }

@@ -1223,7 +1223,7 @@ impl<'r> Guard<'r> {
         self.layout.remove(id)
     }
 
-    /// The next record of `owner` after `after` (newest first; see
+    /// The next record of `owner` after `after` (in insertion order; see
     /// [`Layout::next_of_owner`] for a removal mid-iteration and other
     /// `after`s). mod_cachem's `cachem_get_id`. Costs time in proportion to
     /// the owner's records, through the owner index.
@@ -1241,12 +1241,12 @@ impl<'r> Guard<'r> {
         self.layout.iter()
     }
 
-    /// The records of one owner, newest first, through the owner index.
+    /// The records of one owner, in insertion order, through the owner index.
     pub fn iter_owner(&self, owner: OwnerId) -> impl Iterator<Item = (RecordId, &[u8])> + '_ {
         self.layout.iter_owner(owner)
     }
 
-    /// The records of one owner with their metadata, newest first.
+    /// The records of one owner with their metadata, in insertion order.
     pub fn iter_owner_meta(&self, owner: OwnerId) -> impl Iterator<Item = (RecordMeta, &[u8])> + '_ {
         self.layout.iter_owner_meta(owner)
     }
