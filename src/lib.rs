@@ -438,6 +438,7 @@ impl Cache {
     }
 
     /// Takes the region lock (recovering first if a holder died).
+    #[inline]
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.region.lock()
     }
@@ -451,6 +452,7 @@ impl Cache {
     /// the lock when no writer is at work (an optimistic read; see
     /// [`Region::get_into`]). `Stale` if the record is gone,
     /// `BufferTooSmall` (with its length) if it does not fit.
+    #[inline]
     pub fn get_into(&self, id: RecordId, buf: &mut [u8]) -> Result<usize> {
         self.region.get_into(id, buf)
     }

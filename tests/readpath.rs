@@ -133,6 +133,150 @@ fn a_writer_killed_mid_change_costs_readers_one_recovery() {
     assert_eq!(r.get_optimistic(id, &mut buf, 1).unwrap().unwrap(), n);
 }
 
+// ----- nothing is remembered between two locks ---------------------------
+
+/// Worker: attaches, inserts `CACHEM_TEST_N` records of 16 bytes (light
+/// inserts: the version stays even) and prints their ids, then, once the
+/// file `go` exists, removes the first one (a light Deferred remove) and
+/// exits.
+#[test]
+fn worker_grow() {
+    if !is_worker() {
+        return;
+    }
+    let r = attach(&std::env::var("CACHEM_TEST_DIR").unwrap());
+    let n: u32 = std::env::var("CACHEM_TEST_N").unwrap().parse().unwrap();
+    let mut g = r.lock().unwrap();
+    let ids: Vec<String> =
+        (0..n).map(|i| g.insert(OwnerId(9), &[i as u8; 16]).unwrap().to_string()).collect();
+    drop(g);
+    say(ids.join(" "));
+    // The parent checks the new records, then creates `go`.
+    let go = Path::new(&std::env::var("CACHEM_TEST_DIR").unwrap()).join("go");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !go.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    r.lock().unwrap().remove(ids[0].parse().unwrap()).unwrap();
+}
+
+/// Another process grows the table and the block section between two locks
+/// of this one (without changing the version: light inserts), then removes
+/// a record: both the lock path and the optimistic path see the new
+/// geometry at once (records in slots past the old table, and past the old
+/// end of the block section), and the removal.
+#[test]
+fn a_geometry_change_by_another_process_is_seen_by_the_next_lock() {
+    let d = TempDir::new("rp-geom");
+    let r = Region::open("rp", &ropts(d.path(), Compaction::Deferred)).unwrap();
+    let first = r.lock().unwrap().insert(OwnerId(1), b"first").unwrap();
+    let before = r.lock().unwrap().status().unwrap();
+    let mut buf = [0u8; 32];
+    assert_eq!(r.get_into(first, &mut buf).unwrap(), 5);
+    let mut w = spawn_worker(
+        "worker_grow",
+        &[("CACHEM_TEST_DIR", d.path().display().to_string()), ("CACHEM_TEST_N", "200".into())],
+    );
+    let line = read_line_timeout(&mut w, Duration::from_secs(30));
+    let ids: Vec<RecordId> = line.split(' ').map(|s| s.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 200);
+    {
+        let g = r.lock().unwrap();
+        let now = g.status().unwrap();
+        assert!(now.slots >= before.slots + 200 && now.o_fr > before.o_fr, "{before:?} -> {now:?}");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(g.get(*id).unwrap(), &[i as u8; 16], "locked get of {id}");
+        }
+    }
+    // The version did not change, the geometry did: the optimistic path
+    // reads it afresh too.
+    let last = *ids.last().unwrap();
+    assert_eq!(r.get_optimistic(last, &mut buf, 1).unwrap().unwrap(), 16);
+    assert_eq!(buf[..16], [199u8; 16]);
+    std::fs::write(d.path().join("go"), b"").unwrap();
+    assert!(wait_timeout(&mut w, Duration::from_secs(30)).success());
+    assert_eq!(r.lock().unwrap().try_get(ids[0]).unwrap_err().kind(), ErrorKind::Stale);
+    assert_eq!(r.get_into(ids[0], &mut buf).unwrap_err().kind(), ErrorKind::Stale);
+    assert_eq!(r.get_into(ids[1], &mut buf).unwrap(), 16);
+}
+
+/// Damage written into the region file between two locks of a process
+/// that already validated the region (at open and at every earlier lock)
+/// is reported as `Corrupt` naming the field, by the lock path and by
+/// `get_into` (whose optimistic path hands such a snapshot to the lock),
+/// never read through; with the bytes restored, reads work again. A
+/// recovery flag set between two locks sends the next lock through
+/// recovery.
+#[test]
+fn damage_between_two_locks_is_reported_not_read_through() {
+    use cachem::format::{bptr_offset, Header, FLAG_RECOVERY_REQUIRED};
+    use std::mem::offset_of;
+    use std::os::unix::fs::FileExt;
+    let d = TempDir::new("rp-damage");
+    let r = Region::open("rp", &ropts(d.path(), Compaction::Deferred)).unwrap();
+    let ids: Vec<RecordId> = {
+        let mut g = r.lock().unwrap();
+        (0..10u8).map(|i| g.insert(OwnerId(1), &[i; 24]).unwrap()).collect()
+    };
+    let id = ids[3];
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(d.path().join("rp")).unwrap();
+    let read_u64 = |off: u64| {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, off).unwrap();
+        u64::from_ne_bytes(b)
+    };
+    let size = r.size();
+    let entry = bptr_offset(size, id.slot());
+    let o_beg = read_u64(entry) as u32 as u64;
+    let o_fr = read_u64(offset_of!(Header, o_fr) as u64);
+    let o_bptop = read_u64(offset_of!(Header, o_bptop) as u64);
+    let n_word = read_u64(offset_of!(Header, n_bptr) as u64);
+    let flags_at = offset_of!(Header, flags) as u64;
+    let flags_word = read_u64(flags_at & !7);
+    let flags_shift = 8 * (flags_at % 8) as u32;
+    let block = read_u64(o_beg);
+    // (offset, damaged word, field named in the error)
+    let damage: [(u64, u64, &str); 6] = [
+        (offset_of!(Header, o_fr) as u64, size + 8, "o_fr"),
+        (offset_of!(Header, o_fr) as u64, o_fr + 4, "o_fr"),
+        (offset_of!(Header, o_bptop) as u64, o_fr - 8, "o_bptop"),
+        (offset_of!(Header, n_bptr) as u64, n_word + 1, "n_bptr"),
+        (entry, (read_u64(entry) & !0xffff_ffff) | o_fr, "block"),
+        (o_beg, block ^ 1, "block.slot"),
+    ];
+    let mut buf = [0u8; 64];
+    for (off, bad, field) in damage {
+        let good = read_u64(off);
+        // A lock and a read just before: whatever they validated is stale.
+        assert_eq!(r.lock().unwrap().get(id).unwrap(), &[3u8; 24]);
+        assert_eq!(r.get_into(id, &mut buf).unwrap(), 24);
+        file.write_all_at(&bad.to_ne_bytes(), off).unwrap();
+        let e = r.lock().unwrap().try_get(id).unwrap_err();
+        assert!(matches!(&e, cachem::Error::Corrupt { field: f, .. } if *f == field), "{field}: locked {e}");
+        let e = r.get_into(id, &mut buf).unwrap_err();
+        assert!(
+            matches!(&e, cachem::Error::Corrupt { field: f, .. } if *f == field),
+            "{field}: get_into {e}"
+        );
+        file.write_all_at(&good.to_ne_bytes(), off).unwrap();
+        assert_eq!(r.get_into(id, &mut buf).unwrap(), 24);
+        assert_eq!(&buf[..24], &[3u8; 24]);
+    }
+    assert_eq!(read_u64(offset_of!(Header, o_bptop) as u64), o_bptop);
+    // The recovery flag set behind the process's back: the next lock
+    // recovers (and clears it), reads go on.
+    let flagged = flags_word | ((FLAG_RECOVERY_REQUIRED as u64) << flags_shift);
+    file.write_all_at(&flagged.to_ne_bytes(), flags_at & !7).unwrap();
+    assert!(r.get_optimistic(id, &mut buf, 1).is_none(), "the flag sends readers to the lock");
+    let g = r.lock().unwrap();
+    assert!(g.recovered());
+    assert_eq!(g.get(id).unwrap(), &[3u8; 24]);
+    drop(g);
+    assert!(!r.lock().unwrap().recovered());
+    assert_eq!(r.get_optimistic(id, &mut buf, 1).unwrap().unwrap(), 24);
+    r.lock().unwrap().verify().unwrap();
+}
+
 // ----- torture (failpoints) ------------------------------------------------
 
 /// A worker's end: the stop file exists, or its directory is gone (the

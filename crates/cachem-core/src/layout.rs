@@ -318,12 +318,16 @@ impl<'a> Layout<'a> {
     /// Operations read only the compaction policy among the immutable fields
     /// (sizes come from the buffer's length), so a lie here costs
     /// correctness of results, not memory safety.
+    #[inline]
     pub fn reopen(view: &'a mut [u8]) -> Result<Self> {
         let full = view.len() as u64 + TRAILER_SIZE as u64;
-        if view.len() < HEADER_SIZE || full > MAX_REGION_SIZE || view.len() % ALIGN != 0 {
-            return Err(Error::corrupt("region_size", format!("{full} bytes")));
+        if view.len() < HEADER_SIZE
+            || full > MAX_REGION_SIZE
+            || view.len() % ALIGN != 0
+            || view.as_ptr() as usize % ALIGN != 0
+        {
+            return Err(bad_view(view));
         }
-        check_align(view)?;
         Ok(Layout { buf: view })
     }
 
@@ -380,23 +384,24 @@ impl<'a> Layout<'a> {
         *word = bytemuck::cast::<[u32; 2], u64>([o_beg, gen]);
     }
 
-    /// Reads and checks the mutable geometry.
-    #[inline]
+    /// Reads and checks the mutable geometry. Every call re-reads and
+    /// re-checks it: these fields change without the version word changing
+    /// (light inserts and removes), so nothing about them is remembered
+    /// between operations. The checks are a handful of compares; building
+    /// the error is kept out of line (`bad_geometry`).
+    #[inline(always)]
     fn st(&self) -> Result<St> {
         let h = self.hdr();
         let size = self.size();
         let (o_fr, o_bptop, n_bptr) = (h.o_fr, h.o_bptop, h.n_bptr);
-        if o_fr < H || o_fr > size || o_fr % 8 != 0 {
-            return Err(Error::corrupt("o_fr", format!("{o_fr} is outside [{H}, {size}] or unaligned")));
-        }
-        if o_bptop < o_fr || o_bptop > size {
-            return Err(Error::corrupt("o_bptop", format!("{o_bptop} is outside [o_fr={o_fr}, {size}]")));
-        }
-        if (size - o_bptop) != n_bptr as u64 * B {
-            return Err(Error::corrupt(
-                "n_bptr",
-                format!("{n_bptr} entries do not fill the table from o_bptop={o_bptop} to {size}"),
-            ));
+        if o_fr < H
+            || o_fr > size
+            || o_fr % 8 != 0
+            || o_bptop < o_fr
+            || o_bptop > size
+            || (size - o_bptop) != n_bptr as u64 * B
+        {
+            return Err(bad_geometry(o_fr, o_bptop, n_bptr, size));
         }
         Ok(St { o_fr, o_bptop, n_bptr })
     }
@@ -416,7 +421,7 @@ impl<'a> Layout<'a> {
     }
 
     /// Resolves a record id to (entry, block offset, block), or `Stale`.
-    #[inline]
+    #[inline(always)]
     fn resolve(&self, st: &St, id: RecordId) -> Result<(Bptr, u64, Blk)> {
         let slot = id.slot();
         if slot >= st.n_bptr {
@@ -429,10 +434,7 @@ impl<'a> Layout<'a> {
         let o = e.o_beg as u64;
         let b = self.block(o, st.o_fr)?;
         if b.slot != slot {
-            return Err(Error::corrupt(
-                "block.slot",
-                format!("entry {slot} points to block at {o} whose back-pointer is {}", b.slot),
-            ));
+            return Err(bad_back_pointer(slot, o, b.slot));
         }
         Ok((e, o, b))
     }
@@ -450,6 +452,7 @@ impl<'a> Layout<'a> {
     // ----- reads ----------------------------------------------------------
 
     /// The record's bytes, or `Stale` / `Corrupt`.
+    #[inline(always)]
     pub fn try_get(&self, id: RecordId) -> Result<&[u8]> {
         let st = self.st()?;
         let (_, o, b) = self.resolve(&st, id)?;
@@ -1508,6 +1511,7 @@ impl<'a> Layout<'a> {
     }
 
     /// True if an interrupted compaction is recorded.
+    #[inline]
     pub fn recovery_required(&self) -> bool {
         let h = self.hdr();
         h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0
@@ -1610,6 +1614,37 @@ impl<'a> Layout<'a> {
             recovery_required: self.recovery_required(),
         })
     }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_view(view: &[u8]) -> Error {
+    let full = view.len() as u64 + TRAILER_SIZE as u64;
+    if view.len() < HEADER_SIZE || full > MAX_REGION_SIZE || view.len() % ALIGN != 0 {
+        return Error::corrupt("region_size", format!("{full} bytes"));
+    }
+    Error::corrupt("buffer", "region buffer is not 8-byte aligned")
+}
+
+#[cold]
+#[inline(never)]
+fn bad_geometry(o_fr: u64, o_bptop: u64, n_bptr: u32, size: u64) -> Error {
+    if o_fr < H || o_fr > size || o_fr % 8 != 0 {
+        Error::corrupt("o_fr", format!("{o_fr} is outside [{H}, {size}] or unaligned"))
+    } else if o_bptop < o_fr || o_bptop > size {
+        Error::corrupt("o_bptop", format!("{o_bptop} is outside [o_fr={o_fr}, {size}]"))
+    } else {
+        Error::corrupt(
+            "n_bptr",
+            format!("{n_bptr} entries do not fill the table from o_bptop={o_bptop} to {size}"),
+        )
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn bad_back_pointer(slot: u32, o: u64, back: u32) -> Error {
+    Error::corrupt("block.slot", format!("entry {slot} points to block at {o} whose back-pointer is {back}"))
 }
 
 #[cold]

@@ -12,7 +12,8 @@
 //! through [`Words`], which loads aligned 8-byte words (atomically, for a
 //! mapping: `sys::seqlock`). Every value it loads may be torn or stale, so
 //! every offset and length is bounds-checked before it is used, and a load
-//! outside the image is refused by [`Words::word`] itself: whatever the
+//! outside the image is refused by [`Words::word`] and
+//! [`Words::copy_words`] themselves: whatever the
 //! bytes, a reader never reads outside the region and never panics. A
 //! snapshot that is not plainly good (a journal pending, any check failing)
 //! is not judged here: the caller falls back to the lock, which recovers or
@@ -46,6 +47,27 @@ pub trait Words {
     /// Loads the version word after a snapshot (after an acquire fence, so
     /// every load of the snapshot happens before it).
     fn version_end(&self) -> u64;
+    /// Copies `dst.len()` bytes from the image at `off` into `dst`, loading
+    /// whole aligned words (`pad8(dst.len())` bytes from `off`), or `None`
+    /// (with `dst` partly written) if `off` is unaligned or those words are
+    /// not all inside the image. The default loads word by word; a mapping
+    /// checks the range once ([`crate::sys::seqlock::MapWords`]).
+    #[inline(always)]
+    fn copy_words(&self, off: u64, dst: &mut [u8]) -> Option<()> {
+        if off % 8 != 0 || off > self.image_len() {
+            return None;
+        }
+        let (whole, tail) = dst.split_at_mut(dst.len() & !7);
+        // Whole words: one constant-size store each (no memcpy call per word).
+        for (k, chunk) in whole.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&self.word(off + 8 * k as u64)?.to_ne_bytes());
+        }
+        if !tail.is_empty() {
+            let bytes = self.word(off + whole.len() as u64)?.to_ne_bytes();
+            tail.copy_from_slice(&bytes[..tail.len()]);
+        }
+        Some(())
+    }
 }
 
 /// What one attempt found.
@@ -74,32 +96,66 @@ fn u32_at<W: Words + ?Sized>(w: &W, off: usize) -> Option<u32> {
     Some(halves[(off >> 2) & 1])
 }
 
+/// What one attempt found, small enough to travel in registers (the
+/// public [`Outcome`] carries an [`Error`], which is returned through
+/// memory: on the hot path that store and reload cost more than the checks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Copied, this many bytes.
+    Copied(usize),
+    Stale,
+    /// The record has this many bytes, more than the buffer holds.
+    TooSmall(usize),
+    Busy,
+    Changed,
+    Fallback,
+}
+
+/// The result a finished step stands for (`Copied`, `Stale`, `TooSmall`).
+#[inline(always)]
+fn finished(s: Step, id: RecordId, cap: usize) -> Option<Result<usize>> {
+    match s {
+        Step::Copied(n) => Some(Ok(n)),
+        Step::Stale => Some(Err(Error::Stale(id))),
+        Step::TooSmall(len) => Some(Err(Error::BufferTooSmall { id, len, capacity: cap })),
+        Step::Busy | Step::Changed | Step::Fallback => None,
+    }
+}
+
 /// One attempt to copy record `id` into `dst`.
 #[inline]
 pub fn attempt<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Outcome {
+    let cap = dst.len();
+    match step(w, id, dst) {
+        Step::Busy => Outcome::Busy,
+        Step::Changed => Outcome::Changed,
+        s => finished(s, id, cap).map_or(Outcome::Fallback, Outcome::Done),
+    }
+}
+
+#[inline(always)]
+fn step<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Step {
     let v1 = w.version_begin();
     if v1 & 1 != 0 {
-        return Outcome::Busy;
+        return Step::Busy;
     }
     let r = snapshot(w, id, dst);
     let v2 = w.version_end();
     if v1 != v2 {
-        return Outcome::Changed;
+        return Step::Changed;
     }
-    match r {
-        Some(r) => Outcome::Done(r),
-        None => Outcome::Fallback,
-    }
+    r
 }
 
 /// Up to `tries` attempts; `None` when the caller must take the lock (a
 /// writer kept the version odd or changing, or the snapshot needs the lock).
+#[inline]
 pub fn read<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8], tries: u32) -> Option<Result<usize>> {
+    let cap = dst.len();
     for i in 0..tries {
-        match attempt(w, id, dst) {
-            Outcome::Done(r) => return Some(r),
-            Outcome::Fallback => return None,
-            Outcome::Busy | Outcome::Changed => {
+        match step(w, id, dst) {
+            Step::Fallback => return None,
+            Step::Busy | Step::Changed => {
                 // Back off a little more each time; a writer holds the
                 // version odd for one mutation (a compaction may take long:
                 // then the lock is the better wait).
@@ -107,15 +163,21 @@ pub fn read<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8], tries: u32) 
                     std::hint::spin_loop();
                 }
             }
+            s => return finished(s, id, cap),
         }
     }
     None
 }
 
-/// Reads the record from the image as it is now. `None`: not plainly good,
-/// let the lock decide. Only meaningful if the version did not change.
+/// Reads the record from the image as it is now. `Fallback`: not plainly
+/// good, let the lock decide. Only meaningful if the version did not change.
 #[inline(always)]
-fn snapshot<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Option<Result<usize>> {
+fn snapshot<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Step {
+    snapshot_opt(w, id, dst).unwrap_or(Step::Fallback)
+}
+
+#[inline(always)]
+fn snapshot_opt<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Option<Step> {
     let size = w.image_len();
     if size % 8 != 0 || size < H + TRAILER_SIZE as u64 {
         return None;
@@ -137,12 +199,12 @@ fn snapshot<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Option<Re
     }
     let slot = id.slot();
     if slot >= n_bptr {
-        return Some(Err(Error::Stale(id)));
+        return Some(Step::Stale);
     }
     // slot < n_bptr, so the entry lies in [o_bptop, view).
     let [o_beg, gen]: [u32; 2] = bytemuck::cast(w.word(bptr_offset(size, slot))?);
     if o_beg == 0 || gen != id.generation() {
-        return Some(Err(Error::Stale(id)));
+        return Some(Step::Stale);
     }
     let o = o_beg as u64;
     if o < H || o % 8 != 0 || o > o_fr || o_fr - o < BH {
@@ -154,20 +216,11 @@ fn snapshot<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Option<Re
     }
     let n = len as usize;
     if n > dst.len() {
-        return Some(Err(Error::BufferTooSmall { id, len: n, capacity: dst.len() }));
+        return Some(Step::TooSmall(n));
     }
     // The data is padded to 8 inside the block, which lies below o_fr.
-    let data = o + BH;
-    let (whole, tail) = dst[..n].split_at_mut(n & !7);
-    // Whole words: one constant-size store each (no memcpy call per word).
-    for (k, chunk) in whole.chunks_exact_mut(8).enumerate() {
-        chunk.copy_from_slice(&w.word(data + 8 * k as u64)?.to_ne_bytes());
-    }
-    if !tail.is_empty() {
-        let bytes = w.word(data + (n & !7) as u64)?.to_ne_bytes();
-        tail.copy_from_slice(&bytes[..tail.len()]);
-    }
-    Some(Ok(n))
+    w.copy_words(o + BH, &mut dst[..n])?;
+    Some(Step::Copied(n))
 }
 
 /// An image in plain memory (tests, tools): words read directly, the

@@ -642,6 +642,7 @@ impl Region {
         Ok(())
     }
 
+    #[inline(always)]
     fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
         // The mutex is the trailer, the last bytes of the mapping.
         self.map.as_ptr().wrapping_add(mutex_offset(self.map.len() as u64) as usize).cast()
@@ -650,15 +651,91 @@ impl Region {
     /// Takes the region lock. If its previous owner died holding it, or a
     /// journal is pending, the region is recovered first (counted in the
     /// header's recoveries counter and logged).
+    #[inline(always)]
     pub fn lock(&self) -> Result<Guard<'_>> {
         self.lock_inner()
     }
 
+    /// The lock, split so the common case (a clean lock, no journal
+    /// pending) is a few inlined instructions around the mutex calls, and
+    /// everything else (errors, recovery, logging) is out of line in
+    /// [`Region::lock_slow`]. The checks are the same on both paths. The
+    /// guard is built in one place only: a guard that came back from a
+    /// call through memory cost more than all the checks (the result is
+    /// written as small stores and read back as wide loads, which the CPU
+    /// cannot forward).
+    #[inline(always)]
     fn lock_inner(&self) -> Result<Guard<'_>> {
         let m = self.mutex_ptr();
         // SAFETY: the mutex was initialised at creation (or re-armed on
         // attach) and stays mapped as long as `self`.
         let state = unsafe { mutex::lock(m) };
+        let clean = matches!(state, Ok(mutex::Locked::Clean)) && {
+            // SAFETY: `mutex::lock` succeeded, so this thread holds the
+            // lock; the view ends with this block.
+            let view = unsafe { self.view() };
+            Layout::reopen(view).is_ok_and(|l| !l.recovery_required())
+        };
+        let recovered = if clean { false } else { self.lock_slow(m, state)? };
+        // SAFETY: we hold the lock (the slow path returns `Ok` only with it
+        // held); the view lives in the guard, which unlocks when dropped.
+        let layout = match Layout::reopen(unsafe { self.view() }) {
+            Ok(l) => l,
+            // The slow path checked the same view (its length is the
+            // mapping's, which never changes): not reached.
+            Err(e) => return Err(self.unlock_after(m, false, e)),
+        };
+        // An odd version (left by recovery in the slow path, or by a writer
+        // that died mid-change, or bytes from elsewhere) is made even by
+        // this guard when it unlocks.
+        let dirty = seqlock::load(&self.map) & 1 != 0;
+        Ok(Guard { region: self, layout, recovered, dirty, _not_send: PhantomData })
+    }
+
+    /// The engine's view of the mapping: everything but the trailer (the
+    /// mutex, which waiting threads write; the mapping is longer than it,
+    /// checked at attach/create).
+    ///
+    /// # Safety
+    /// The calling thread must hold the region lock, and the slice must not
+    /// outlive it (so no cooperating process touches these bytes while it
+    /// lives), nor overlap another live reference into the mapping.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)] // the lock, not `&mut self`, makes it exclusive
+    unsafe fn view(&self) -> &mut [u8] {
+        // SAFETY: the caller holds the lock; the mapping outlives `self`'s
+        // borrow; the length stays inside the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len() - TRAILER_SIZE) }
+    }
+
+    /// Releases the lock after a failure under it (making it consistent
+    /// first if it came back owner-dead) and returns the error.
+    #[cold]
+    #[inline(never)]
+    fn unlock_after(&self, m: *mut libc::pthread_mutex_t, owner_died: bool, e: Error) -> Error {
+        // SAFETY: the callers hold the lock.
+        unsafe {
+            if owner_died {
+                let _ = mutex::make_consistent(m);
+            }
+            let _ = mutex::unlock(m);
+        }
+        e
+    }
+
+    /// The rest of [`Region::lock_inner`]: a lock that failed, a dead
+    /// owner, a view that does not check, a journal pending. `state` is
+    /// what `mutex::lock` returned; when it is `Ok` this thread holds the
+    /// lock. Returns `Ok(recovered)` with the lock held and the region
+    /// recovered (the caller builds the guard), or an error with the lock
+    /// released.
+    #[cold]
+    #[inline(never)]
+    fn lock_slow(
+        &self,
+        m: *mut libc::pthread_mutex_t,
+        state: std::result::Result<mutex::Locked, mutex::LockError>,
+    ) -> Result<bool> {
         let owner_died = match state {
             Ok(mutex::Locked::Clean) => false,
             Ok(mutex::Locked::OwnerDied) => true,
@@ -672,23 +749,10 @@ impl Region {
                 return Err(Error::Io { op: "lock", path: self.display_path(), source: e })
             }
         };
-        // The slice leaves out the trailer (the mutex, which waiting threads
-        // write); the mapping is longer than it (checked at attach/create).
-        // SAFETY: we hold the region lock, so no cooperating process touches
-        // these bytes until the guard unlocks; the mapping outlives the guard.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len() - TRAILER_SIZE) };
-        let layout = match Layout::reopen(buf) {
+        // SAFETY: we hold the region lock (taken above).
+        let layout = match Layout::reopen(unsafe { self.view() }) {
             Ok(l) => l,
-            Err(e) => {
-                // SAFETY: we hold the lock (taken above).
-                unsafe {
-                    if owner_died {
-                        let _ = mutex::make_consistent(m);
-                    }
-                    let _ = mutex::unlock(m);
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(self.unlock_after(m, owner_died, e)),
         };
         // An odd version here means the last writer died mid-change (its
         // lock came back with EOWNERDEAD) or the image is from another boot:
@@ -725,7 +789,13 @@ impl Region {
                 }
             }
         }
-        Ok(g)
+        // Keep the lock for the caller's guard. Whether it must make the
+        // version even again is read back from the version word: it is odd
+        // exactly when this guard is dirty (it started odd, or this guard
+        // made it odd).
+        let recovered = g.recovered;
+        std::mem::forget(g);
+        Ok(recovered)
     }
 
     fn display_path(&self) -> PathBuf {
@@ -802,6 +872,7 @@ impl Region {
 
     /// Only the optimistic part of [`Region::get_into`]: `None` when the
     /// caller would have to take the lock (after `tries` attempts).
+    #[inline]
     pub fn get_optimistic(&self, id: RecordId, buf: &mut [u8], tries: u32) -> Option<Result<usize>> {
         crate::optimistic::read(&seqlock::MapWords(&self.map), id, buf, tries)
     }
@@ -978,6 +1049,7 @@ pub struct Guard<'r> {
 }
 
 impl Drop for Guard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A panic may have abandoned a mutation midway: make the next
@@ -990,9 +1062,15 @@ impl Drop for Guard<'_> {
         }
         // SAFETY: this guard's existence means this thread holds the lock.
         if let Err(e) = unsafe { mutex::unlock(self.region.mutex_ptr()) } {
-            tracing::error!("unlocking region failed: {e}");
+            unlock_failed(e);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unlock_failed(e: io::Error) {
+    tracing::error!("unlocking region failed: {e}");
 }
 
 impl<'r> Guard<'r> {
@@ -1120,11 +1198,13 @@ impl<'r> Guard<'r> {
     }
 
     /// The record's bytes, or None if the id is stale. mod_cachem's `cachem_get`.
+    #[inline]
     pub fn get(&self, id: RecordId) -> Option<&[u8]> {
         self.layout.get(id)
     }
 
     /// The record's bytes, or `Stale` / `Corrupt`.
+    #[inline]
     pub fn try_get(&self, id: RecordId) -> Result<&[u8]> {
         self.layout.try_get(id)
     }

@@ -62,11 +62,13 @@ impl Mapping {
     }
 
     /// Start of the mapping (page-aligned).
+    #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }

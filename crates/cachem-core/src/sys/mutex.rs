@@ -57,6 +57,7 @@ pub unsafe fn init(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
 /// # Safety
 /// `m` must point to a mutex initialised by [`init`] in memory that stays
 /// mapped until the matching [`unlock`].
+#[inline]
 pub unsafe fn lock(m: *mut libc::pthread_mutex_t) -> Result<Locked, LockError> {
     // SAFETY: per the caller's contract.
     match unsafe { libc::pthread_mutex_lock(m) } {
@@ -81,11 +82,13 @@ pub unsafe fn make_consistent(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
 ///
 /// # Safety
 /// The calling thread must hold the mutex at `m`.
+#[inline]
 pub unsafe fn unlock(m: *mut libc::pthread_mutex_t) -> io::Result<()> {
     // SAFETY: per the caller's contract.
     check(unsafe { libc::pthread_mutex_unlock(m) })
 }
 
+#[inline]
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
