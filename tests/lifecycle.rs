@@ -115,7 +115,7 @@ fn pid_reuse_is_told_apart_by_start_time() {
     let start1 = cachem::sys::process::start_time(1).expect("/proc/1/stat");
     let (real, forged) = {
         let mut g = cache.lock().unwrap();
-        let l = g.layout();
+        let mut l = g.layout();
         let real = l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 }, b"init's").unwrap();
         let forged =
             l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 + 777 }, b"old pid 1").unwrap();

@@ -269,7 +269,7 @@ fn reap(c: &mut Criterion, dir: &std::path::Path) {
     let fill = |r: &Region| {
         let mut g = r.lock().unwrap();
         g.retain(|_, _| false).unwrap();
-        let l = g.layout();
+        let mut l = g.layout();
         for i in 0..100_000usize {
             let tag = if i % 2 == 0 { live[i / 2 % 50] } else { dead[i / 2 % 50] };
             l.insert(OwnerId::PROCESS, tag, &REC).unwrap();

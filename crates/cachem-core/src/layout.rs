@@ -331,6 +331,12 @@ impl<'a> Layout<'a> {
         Ok(Layout { buf: view })
     }
 
+    /// The same engine over the same bytes, borrowed from this one (so it
+    /// cannot outlive it).
+    pub fn reborrow(&mut self) -> Layout<'_> {
+        Layout { buf: &mut *self.buf }
+    }
+
     // ----- raw access ---------------------------------------------------
 
     /// End of the engine's view: where the table ends and the trailer
@@ -513,13 +519,21 @@ impl<'a> Layout<'a> {
     /// meanwhile join the end and are visited too (a loop that replaces
     /// each record it visits must stop at its first replacement). If
     /// `after` was removed since, the iteration goes on with the record
-    /// that followed it, so both of the seed's loops work: fetch the next id
-    /// and then remove the current one, or remove it and then ask for the
-    /// next after it. A record of another owner in the same owner bucket
-    /// (see `docs/format.md`) also gives its place in the bucket's chain;
-    /// any other `after` (a record of an owner in another bucket, an id
-    /// whose slot a new record took meanwhile, a made-up id) starts over
-    /// from the first.
+    /// that followed it (the remove left a note), so both of the seed's
+    /// loops work: fetch the next id and then remove the current one, or
+    /// remove it and then ask for the next after it. A record of another
+    /// owner in the same owner bucket (see `docs/format.md`) also gives its
+    /// place in the bucket's chain.
+    ///
+    /// It starts over from the first (and may then visit a record again)
+    /// when the removed `after`'s note is gone: a new record took its slot
+    /// *and* another remove came since (the header keeps only the latest
+    /// note), or it held the table's top entry (dropped with its note) and
+    /// another remove came since, or a recovery ran and its entry was reused
+    /// or dropped; and for an `after` of an owner in another bucket or a
+    /// made-up id. A loop that starts from `None` and passes back what it
+    /// got ends on any image; after a removal on a corrupt image (a chain
+    /// that `verify` rejects) it may not.
     pub fn next_of_owner(&self, owner: OwnerId, after: Option<RecordId>) -> Option<RecordId> {
         self.next_where(owner, after, |_| true)
     }
@@ -854,10 +868,12 @@ impl<'a> Layout<'a> {
             bytes += size;
         }
         // Unlinking one victim keeps its neighbours' links consistent, so
-        // the checks above still hold for the next one.
-        let succs: Vec<Option<RecordId>> = victims.iter().map(|&(id, _, _)| self.unlink(id.slot())).collect();
+        // the checks above still hold for the next one. Each victim is
+        // unlinked just before it is cleared: a kill leaves at most one
+        // live entry off its chain, which recovery puts back in place.
         if self.compaction() == Compaction::Deferred {
-            for (&(id, o, size), &succ) in victims.iter().zip(&succs) {
+            for &(id, o, size) in victims {
+                let succ = self.unlink(id.slot());
                 self.kill_block(id.slot(), o, size);
                 self.note_removed(id, succ);
             }
@@ -868,14 +884,14 @@ impl<'a> Layout<'a> {
         self.start_journal(lo, st.o_fr, hi);
         hit("remove.after_journal");
         for &(id, _, _) in victims {
+            let succ = self.unlink(id.slot());
             let gen = self.take_gen();
             self.set_loc(id.slot(), 0, gen);
+            fence();
+            self.note_removed(id, succ);
         }
         fence();
         hit("remove.after_clear");
-        for (&(id, _, _), &succ) in victims.iter().zip(&succs) {
-            self.note_removed(id, succ);
-        }
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         let h = self.hdr_mut();

@@ -1720,3 +1720,206 @@ fn random_iteration_never_skips() {
     eprintln!("dups: {dups}, fails: {}", fails.len());
     assert!(fails.is_empty(), "{:?}", &fails[..fails.len().min(5)]);
 }
+
+// ----- owner index: a second review's reproductions -----------------------
+
+/// A batch remove of two ADJACENT chain entries killed after the first
+/// unlink: recovery must keep the survivors in insertion order.
+#[test]
+fn batch_adjacent_victims_crash_keeps_order() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        for (point, nth) in [("chain.mid_unlink", 2), ("chain.after_unlink", 1), ("chain.after_unlink", 2)] {
+            let mut img = Img::with(1 << 16, policy);
+            let mut l = img.l();
+            let ids: Vec<_> = (0..6u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+            l.insert(O, tag(1), b"o").unwrap();
+            sim::arm(point, nth);
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                l.remove_of_owner(A, |_, d| d[0] == 2 || d[0] == 3)
+            }));
+            assert!(!sim::disarm() && res.is_err());
+            let mut l = img.l();
+            l.recover().unwrap();
+            l.verify().unwrap();
+            // Victims removed before the kill are gone, the rest kept their
+            // places.
+            let want: Vec<_> = ids.iter().filter(|id| l.get(**id).is_some()).copied().collect();
+            assert!(want.len() >= 5 && [0, 1, 4, 5].iter().all(|&i| want.contains(&ids[i])));
+            assert_eq!(ids_of(&l, A), want, "{policy:?} {point}#{nth}: order after recovery");
+        }
+    }
+}
+
+/// Same, at the tail: the last two entries (slot order = chain order).
+#[test]
+fn batch_adjacent_tail_victims_crash_keeps_order() {
+    let mut img = Img::new(1 << 16);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..4u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+    l.insert(O, tag(1), b"o").unwrap();
+    sim::arm("chain.after_unlink", 2);
+    let res =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.remove_of_owner(A, |_, d| d[0] >= 2)));
+    assert!(!sim::disarm() && res.is_err());
+    let mut l = img.l();
+    l.recover().unwrap();
+    l.verify().unwrap();
+    let want: Vec<_> = ids.iter().filter(|id| l.get(**id).is_some()).copied().collect();
+    assert_eq!(ids_of(&l, A), want);
+}
+
+#[test]
+fn iteration_across_batch_crash_goes_on() {
+    let mut img = Img::new(1 << 16);
+    let mut l = img.l();
+    let ids: Vec<_> = (0..6u8).map(|i| l.insert(A, tag(1), &[i]).unwrap()).collect();
+    l.insert(O, tag(1), b"o").unwrap();
+    sim::arm("chain.mid_unlink", 2);
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        l.remove_of_owner(A, |_, d| d[0] == 2 || d[0] == 3)
+    }));
+    assert!(!sim::disarm() && res.is_err());
+    let mut l = img.l();
+    l.recover().unwrap();
+    // The kill came in the second victim's unlink: the first is removed,
+    // the second kept. A reader that had reached the first goes on.
+    assert!(l.get(ids[2]).is_none() && l.get(ids[3]).is_some());
+    assert_eq!(l.next_of_owner(A, Some(ids[2])), Some(ids[3]), "records 3,4,5 skipped");
+    assert_eq!(ids_of(&l, A), [0, 1, 3, 4, 5].map(|i| ids[i]));
+}
+
+/// Random link/note garbage: no operation panics (debug: overflow checks),
+/// every walk ends.
+#[test]
+fn random_chain_garbage_never_panics() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..3000 {
+        let policy = if round % 2 == 0 { Compaction::Eager } else { Compaction::Deferred };
+        let mut img = Img::with(1 << 14, policy);
+        let mut l = img.l();
+        let mut ids = vec![];
+        for i in 0..30u32 {
+            ids.push(l.insert(OwnerId(7 + 22 * (i % 3)), tag(i % 2), &[i as u8; 5]).unwrap());
+        }
+        for k in 0..6 {
+            let _ = l.remove(ids[(k * 5 + round) % 30]);
+        }
+        let n = l.status().unwrap().slots;
+        // Garbage: small values mostly, sometimes anything.
+        let small = |r: u64| if r % 4 == 0 { r as u32 } else { (r % (n as u64 + 3)) as u32 };
+        for _ in 0..(1 + rnd() % 6) {
+            let r = rnd();
+            let slot = (r % n as u64) as u32;
+            match (r >> 32) % 7 {
+                0 => img.bptr(slot).next = small(rnd()),
+                1 => img.bptr(slot).prev = small(rnd()),
+                2 => img.hdr().owner_heads[bucket_of(7)] = small(rnd()),
+                3 => img.bptr(slot).start_time = rnd() % 2 * (((rnd() % 40) << 32) | (rnd() % 40)),
+                4 => img.bptr(slot).prev = REMOVED_NOTE,
+                5 => img.hdr().last_removed_next = ((rnd() % 64) << 32) | (rnd() % 40),
+                _ => img.bptr(slot).owner = 7 + 22 * (rnd() % 3) as u32,
+            }
+        }
+        let mut l = img.l();
+        for o in [7u32, 29, 51] {
+            for start in ids.iter().map(|&i| Some(i)).chain([None]) {
+                let mut cur = start;
+                let mut k = 0;
+                while let Some(id) = l.next_of_owner(OwnerId(o), cur) {
+                    cur = Some(id);
+                    k += 1;
+                    assert!(k < 200, "round {round}: next_of_owner loop from {start:?} does not end");
+                }
+            }
+            assert!(l.iter_owner(OwnerId(o)).take(1000).count() < 1000);
+        }
+        let _ = l.verify();
+        let r = rnd() as usize;
+        match r % 4 {
+            0 => {
+                let _ = l.remove(ids[r / 4 % 30]);
+            }
+            1 => {
+                let _ = l.purge(OwnerId(7), 1);
+            }
+            2 => {
+                let _ = l.insert(OwnerId(29), tag(1), b"x");
+            }
+            _ => {
+                let _ = l.retain(|m, _| m.pid == 0);
+            }
+        }
+        let _ = l.verify();
+        l.mark_recovery_required();
+        if l.recover().is_ok() {
+            l.verify().unwrap();
+        }
+    }
+}
+
+/// Every fault point, every op on A's chain: after recovery the survivors
+/// of A keep their order (a new record, if the insert survived, is last).
+#[test]
+fn every_fault_point_keeps_chain_order() {
+    type Op = Box<dyn Fn(&mut Layout<'_>, &[RecordId]) -> Result<()>>;
+    let ops: Vec<(&str, Op)> = vec![
+        ("insert", Box::new(|l, _| l.insert(A, tag(3), &[9; 20]).map(|_| ()))),
+        ("remove-head", Box::new(|l, ids| l.remove(ids[0]))),
+        ("remove-tail", Box::new(|l, ids| l.remove(ids[ids.len() - 1]))),
+        ("remove-mid", Box::new(|l, ids| l.remove(ids[3]))),
+        (
+            "purge-adjacent",
+            Box::new(|l, _| l.remove_of_owner(A, |_, d| d[0] % 4 == 1 || d[0] % 4 == 2).map(|_| ())),
+        ),
+        ("retain-adjacent", Box::new(|l, _| l.retain(|m, d| m.owner != A || d[0] < 5).map(|_| ()))),
+        ("purge-all", Box::new(|l, _| l.purge(A, 1).map(|_| ()))),
+    ];
+    let mut bad = vec![];
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        for (name, op) in &ops {
+            for point in POINTS {
+                for nth in 1..=4 {
+                    let mut img = Img::with(1 << 16, policy);
+                    let mut l = img.l();
+                    let mut ids = vec![];
+                    for i in 0..10u8 {
+                        ids.push(l.insert(A, tag(1), &[i]).unwrap());
+                        l.insert(O, tag(1), &[i]).unwrap();
+                    }
+                    // Break slot order: free two and refill.
+                    l.remove(ids[1]).unwrap();
+                    l.remove(ids[4]).unwrap();
+                    ids.remove(4);
+                    ids.remove(1);
+                    for i in 10..12u8 {
+                        ids.push(l.insert(A, tag(1), &[i]).unwrap());
+                    }
+                    assert_eq!(ids_of(&l, A), ids);
+                    sim::arm(point, nth);
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut l, &ids)));
+                    if sim::disarm() {
+                        continue;
+                    }
+                    assert!(res.is_err());
+                    let mut l = img.l();
+                    l.recover().unwrap();
+                    l.verify().unwrap();
+                    let got = ids_of(&l, A);
+                    let old: Vec<_> = got.iter().filter(|id| ids.contains(id)).copied().collect();
+                    let want: Vec<_> = ids.iter().filter(|id| got.contains(id)).copied().collect();
+                    let new_last = got.iter().skip(old.len()).all(|id| !ids.contains(id));
+                    if old != want || !new_last {
+                        bad.push(format!("{policy:?} {name} {point}#{nth}: {got:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{} cases out of order:\n{}", bad.len(), bad.join("\n"));
+}

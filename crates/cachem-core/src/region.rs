@@ -761,13 +761,20 @@ impl Region {
         let mut g = Guard { region: self, layout, recovered: false, dirty, _not_send: PhantomData };
         if owner_died || g.layout.recovery_required() {
             g.begin_write();
-            let r = g.layout.recover();
             if owner_died {
-                g.layout.count_recovery();
+                // The flag first: once the lock is consistent again, a
+                // recovery that panics or is killed must still be redone by
+                // the next locker (which then gets a clean lock). Consistent
+                // before recovering, so that a panic in the recovery unlocks
+                // a usable mutex, not one that is unrecoverable for good.
+                g.layout.mark_recovery_required();
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
                 // SAFETY: we hold the lock, obtained with EOWNERDEAD.
                 unsafe { mutex::make_consistent(m) }
                     .map_err(io_err("mark lock consistent", &self.display_path()))?;
+                g.layout.count_recovery();
             }
+            let r = g.layout.recover();
             match &r {
                 Ok(rep) => tracing::warn!(
                     path = %self.display_path().display(),
@@ -1098,10 +1105,23 @@ impl<'r> Guard<'r> {
         self.region.max_record_len()
     }
 
-    /// The engine, for operations not wrapped here (tests, tools).
-    pub fn layout(&mut self) -> &mut Layout<'r> {
+    /// The engine, for operations not wrapped here (tests, tools): a view
+    /// that borrows this guard, so it cannot outlive the lock.
+    ///
+    /// It is a fresh view each time, not the guard's own engine, so nothing
+    /// can be swapped out of the guard and kept after the unlock:
+    ///
+    /// ```compile_fail,E0505
+    /// # fn keep(r: &cachem_core::Region) {
+    /// let mut g = r.lock().unwrap();
+    /// let l = g.layout();
+    /// drop(g); // unlocks: the view may not live on
+    /// l.records();
+    /// # }
+    /// ```
+    pub fn layout(&mut self) -> Layout<'_> {
         self.begin_write();
-        &mut self.layout
+        self.layout.reborrow()
     }
 
     /// Inserts a record owned by `owner`, stamped with this process's pid
