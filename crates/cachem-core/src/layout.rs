@@ -760,7 +760,7 @@ impl<'a> Layout<'a> {
         let succ = self.unlink(id.slot());
         if self.compaction() == Compaction::Deferred {
             self.kill_block(id.slot(), o, b.size);
-            self.note_removed(id, succ);
+            self.note_removed(id, succ, true);
             self.release_slot(id.slot())?;
             return self.compact_if_due();
         }
@@ -770,7 +770,7 @@ impl<'a> Layout<'a> {
         self.set_loc(id.slot(), 0, gen);
         fence();
         hit("remove.after_clear");
-        self.note_removed(id, succ);
+        self.note_removed(id, succ, true);
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         let h = self.hdr_mut();
@@ -872,10 +872,10 @@ impl<'a> Layout<'a> {
         // unlinked just before it is cleared: a kill leaves at most one
         // live entry off its chain, which recovery puts back in place.
         if self.compaction() == Compaction::Deferred {
-            for &(id, o, size) in victims {
+            for (i, &(id, o, size)) in victims.iter().enumerate() {
                 let succ = self.unlink(id.slot());
                 self.kill_block(id.slot(), o, size);
-                self.note_removed(id, succ);
+                self.note_removed(id, succ, i + 1 == victims.len());
             }
             self.rebuild_derived()?;
             self.compact_if_due()?;
@@ -883,12 +883,12 @@ impl<'a> Layout<'a> {
         }
         self.start_journal(lo, st.o_fr, hi);
         hit("remove.after_journal");
-        for &(id, _, _) in victims {
+        for (i, &(id, _, _)) in victims.iter().enumerate() {
             let succ = self.unlink(id.slot());
             let gen = self.take_gen();
             self.set_loc(id.slot(), 0, gen);
             fence();
-            self.note_removed(id, succ);
+            self.note_removed(id, succ, i + 1 == victims.len());
         }
         fence();
         hit("remove.after_clear");

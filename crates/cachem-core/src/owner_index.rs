@@ -161,13 +161,18 @@ impl<'a> Layout<'a> {
     /// Leaves a removal note in the entry of a record just removed (its
     /// entry already cleared): its generation and the record that followed
     /// it. The marker is written last, so a half-written note is no note.
-    pub(super) fn note_removed(&mut self, id: RecordId, succ: Option<RecordId>) {
+    /// `in_header`: also as the header's copy (a batch writes it for its
+    /// last victim only: the header keeps one note anyway).
+    pub(super) fn note_removed(&mut self, id: RecordId, succ: Option<RecordId>, in_header: bool) {
         let next = succ.map_or(0, RecordId::to_u64);
         let e = self.bptr_mut(id.slot());
         e.pid = id.generation();
         e.start_time = next;
         fence();
         e.prev = REMOVED_NOTE;
+        if !in_header {
+            return;
+        }
         // The header's copy: cleared first, so a kill never pairs one
         // remove's id with another's successor.
         let h = self.hdr_mut();
