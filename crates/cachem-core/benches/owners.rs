@@ -4,15 +4,9 @@
 //! figures go to docs/benchmarks.md ("Owner iteration").
 
 use cachem_core::{Compaction, OwnerId, RecordId, Region, RegionOptions};
-use criterion::{Criterion, Throughput};
+use criterion::Throughput;
 use std::hint::black_box;
-use std::time::Duration;
-
-fn bench_dir() -> std::path::PathBuf {
-    let d = std::path::PathBuf::from(format!("/dev/shm/cachem-bench-owners-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
 
 /// The owner iterated: bucket 3. The other records are spread over owners
 /// of the other buckets (4..=21), so the walk meets only its own.
@@ -34,12 +28,8 @@ fn walk_bytes(r: &Region, owner: OwnerId) -> u64 {
 }
 
 fn main() {
-    let dir = bench_dir();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20)
-        .configure_from_args();
+    let dir = common::bench_dir("owners-");
+    let mut c = common::criterion();
     let mut g = c.benchmark_group("owners");
 
     // 1M records of 64 B, 10 of them MINE, inserted every 100,000th.

@@ -11,12 +11,6 @@ use common::{rng, OWNER, REC};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-fn bench_dir() -> std::path::PathBuf {
-    let d = std::path::PathBuf::from(format!("/dev/shm/cachem-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// An `Eager` region: the figures in docs/benchmarks.md for these benches
 /// are those of format v1, which always compacted. `Deferred` variants are
 /// named as such.
@@ -318,12 +312,8 @@ fn main() {
         println!("{}", contend(&r, mode, 3.0));
         return;
     }
-    let dir = bench_dir();
-    let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20)
-        .configure_from_args();
+    let dir = common::bench_dir("");
+    let mut c = common::criterion();
     locked(&mut c, &dir);
     reap(&mut c, &dir);
     c.final_summary();
