@@ -165,6 +165,41 @@ int main(void) {
     OK(cachem_unlock(cache));
     CHECK(n == KIDS);
 
+    /* The order of a walk, and a removal in the middle of one: records of
+       an id come back in the order they were added, and "delete the current
+       record, then ask for the one after it" visits every record once. */
+    {
+        cachem_id_t oid;
+        unsigned seen = 0, kept = 0;
+        OK(cachem_id(cache, "order", &oid));
+        OK(cachem_lock(cache));
+        for (unsigned k = 0; k < 6; k++)
+            OK(cachem_add(cache, &k, sizeof k, oid, &index));
+        index = CACHEM_INVALID_INDEX;
+        while (cachem_get_id(cache, oid, index, &index) == CACHEM_OK && index != CACHEM_INVALID_INDEX) {
+            OK(cachem_get(cache, index, &ptr, &len));
+            CHECK(len == sizeof(unsigned) && *(unsigned *)ptr == seen);
+            if (seen % 2 == 0)
+                OK(cachem_delete(cache, index)); /* then ask for the one after it */
+            else
+                kept++;
+            CHECK(++seen <= 6);
+        }
+        CHECK(seen == 6 && kept == 3);
+        index = CACHEM_INVALID_INDEX;
+        seen = 0;
+        while (cachem_get_id(cache, oid, index, &index) == CACHEM_OK && index != CACHEM_INVALID_INDEX) {
+            OK(cachem_get(cache, index, &ptr, &len));
+            CHECK(*(unsigned *)ptr == 2 * seen + 1);
+            seen++;
+        }
+        CHECK(seen == 3);
+        while (cachem_get_id(cache, oid, CACHEM_INVALID_INDEX, &index) == CACHEM_OK &&
+               index != CACHEM_INVALID_INDEX)
+            OK(cachem_delete(cache, index));
+        OK(cachem_unlock(cache));
+    }
+
     /* DELETING ALL RECORDS WITH A SPECIFIC ID */
     index = CACHEM_INVALID_INDEX;
     OK(cachem_lock(cache));
