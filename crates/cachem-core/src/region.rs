@@ -692,16 +692,16 @@ impl Region {
         Ok(Guard { region: self, layout, recovered, dirty, _not_send: PhantomData })
     }
 
+    // `&mut` from `&self`: the lock, not `&mut self`, makes it exclusive.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
     /// The engine's view of the mapping: everything but the trailer (the
     /// mutex, which waiting threads write; the mapping is longer than it,
     /// checked at attach/create).
     ///
     /// # Safety
-    /// The calling thread must hold the region lock, and the slice must not
-    /// outlive it (so no cooperating process touches these bytes while it
-    /// lives), nor overlap another live reference into the mapping.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)] // the lock, not `&mut self`, makes it exclusive
+    /// The calling thread must hold the region lock; the slice must not
+    /// outlive it nor overlap another live reference into the mapping.
     unsafe fn view(&self) -> &mut [u8] {
         // SAFETY: the caller holds the lock; the mapping outlives `self`'s
         // borrow; the length stays inside the mapping.
