@@ -1,0 +1,533 @@
+//! Opening and closing regions: `open`/`open_path` (create or attach under
+//! the global lockfile), `create_file` (built in a temporary file and
+//! published by a hard link, so the path never holds a half-made region),
+//! `attach_file` (the header read through a raw copy and checked before the
+//! mapping is trusted; a lock from another boot re-armed), anonymous
+//! regions, `destroy`, and region name and runtime directory resolution.
+//! Crash argument for creation: see the module docs of `region` ("Create or
+//! attach") and `docs/design.md` ("Regions").
+
+use super::*;
+use crate::format::{mutex_offset, Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL};
+use crate::layout::FormatOptions;
+use fs2::FileExt;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+/// Gives `path` to `owner` (if any). Root only; a no-op when it already has
+/// that owner.
+pub fn chown_to(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.uid() == uid && m.gid() == gid => Ok(()),
+        _ => std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("chown", path)),
+    }
+}
+
+/// Resolves a region name to its file: an absolute path as given, a relative
+/// name inside the runtime directory.
+pub fn resolve_path(name: &str, dir: Option<&Path>) -> Result<PathBuf> {
+    let bad = |reason| Err(Error::BadName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("the name is empty");
+    }
+    if name.contains('\0') {
+        return bad("the name contains a NUL byte");
+    }
+    if name.ends_with('/') {
+        return bad("the name ends with '/'");
+    }
+    let p = Path::new(name);
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return bad("the name contains '..'");
+    }
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if name.contains('/') || name.starts_with('.') {
+        return bad("a relative name must be a plain file name (no '/', not starting with '.')");
+    }
+    Ok(runtime_dir(dir).join(name))
+}
+
+/// The runtime directory: `dir`, else `$CACHEM_DIR`, else [`DEFAULT_DIR`].
+pub fn runtime_dir(dir: Option<&Path>) -> PathBuf {
+    match dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("CACHEM_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_DIR.into()),
+    }
+}
+
+/// The default lockfile of a region file: `<region>.lock`.
+pub fn default_lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn with_path(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Corrupt { field, detail } => {
+            Error::Corrupt { field, detail: format!("{detail} (in {})", path.display()) }
+        }
+        e => e,
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Mode of a runtime directory for files of `mode`: rwx for the owner, and
+/// rwx for group / others that may read or write the files.
+pub fn dir_mode(mode: u32) -> u32 {
+    let mut m = 0o700;
+    if mode & 0o060 != 0 {
+        m |= 0o070;
+    }
+    if mode & 0o006 != 0 {
+        m |= 0o007;
+    }
+    m
+}
+
+/// Checks a size asked for at creation: a multiple of 8, at least one page.
+pub fn check_create_size(size: u64) -> Result<()> {
+    layout::check_size(size)?;
+    if size < page_size() {
+        return Err(Error::BadSize { size, reason: "must be at least one page" });
+    }
+    Ok(())
+}
+
+/// Holds the global lockfile while alive.
+struct GlobalLock(File);
+
+impl GlobalLock {
+    /// Opens (creating with exactly `mode` if missing) and flocks the
+    /// lockfile. A lockfile that someone unlinked or replaced while we waited
+    /// (destroy, a failed create) is not the lock others take any more: in
+    /// that case start over with the file now at the path.
+    fn take(path: &Path, mode: u32) -> Result<GlobalLock> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        loop {
+            let f = match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path) {
+                Ok(f) => {
+                    // The mode given at open is filtered by the umask; the
+                    // lockfile we made gets exactly `mode`, so a group
+                    // sharing the region can lock it too.
+                    let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+                    f
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    match OpenOptions::new().read(true).write(true).open(path) {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(Error::Io {
+                                op: "open lockfile",
+                                path: path.to_path_buf(),
+                                source: e,
+                            })
+                        }
+                    }
+                }
+                Err(e) => return Err(Error::Io { op: "open lockfile", path: path.to_path_buf(), source: e }),
+            };
+            FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
+            let ours = f.metadata().map_err(io_err("stat lockfile", path))?;
+            match fs::metadata(path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(GlobalLock(f)),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::Io { op: "stat lockfile", path: path.to_path_buf(), source: e }),
+            }
+        }
+    }
+}
+
+impl Drop for GlobalLock {
+    fn drop(&mut self) {
+        let _ = FileExt::unlock(&self.0);
+    }
+}
+
+impl Region {
+    /// Creates the named region or attaches to it. See [`RegionOptions`].
+    pub fn open(name: &str, opts: &RegionOptions) -> Result<Region> {
+        Self::open_path(resolve_path(name, opts.dir.as_deref())?, opts)
+    }
+
+    /// Creates the region file at `path` or attaches to it (`path` as
+    /// given; [`Region::open`] resolves a name first).
+    pub fn open_path(path: PathBuf, opts: &RegionOptions) -> Result<Region> {
+        opts.check_owner()?;
+        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        if !opts.create || opts.size.is_none() {
+            // Attach only: leave no directory or lockfile behind for a
+            // missing region.
+            match fs::metadata(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
+                Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
+            }
+        }
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode(opts.mode))
+                .create(&parent)
+                .map_err(io_err("create runtime directory", &parent))?;
+            // The mode is filtered by the umask; the directory cachem made
+            // gets exactly the mode the files need, and their owner.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&parent, fs::Permissions::from_mode(dir_mode(opts.mode)));
+            chown_to(&parent, opts.owner)?;
+        }
+        let lock_existed = lock_path.exists();
+        let global = GlobalLock::take(&lock_path, opts.mode)?;
+        if !lock_existed {
+            chown_to(&lock_path, opts.owner)?;
+        }
+        let mut created = false;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !opts.create {
+                    return Err(Error::NotFound { path });
+                }
+                let Some(size) = opts.size else {
+                    return Err(Error::NotFound { path });
+                };
+                created = true;
+                match Self::create_file(&path, size, opts) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // Leave nothing behind: the lockfile too, if this
+                        // call made it (publishing never replaces a region,
+                        // so a racer holding the old lockfile cannot harm one).
+                        if !lock_existed {
+                            let _ = fs::remove_file(&lock_path);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
+        };
+        let file_owner = if process::effective_ids().0 == 0 {
+            use std::os::unix::fs::MetadataExt;
+            if opts.owner.is_some() && !created {
+                chown_to(&path, opts.owner)?;
+            }
+            opts.owner.or_else(|| file.metadata().ok().map(|m| (m.uid(), m.gid())))
+        } else {
+            None
+        };
+        // Files made later for the region by root take the region's owner.
+        chown_to(&lock_path, file_owner)?;
+        let mut region = Self::attach_file(file, &path, opts).map_err(|e| with_path(e, &path))?;
+        region.report.created = created;
+        region.lock_path = Some(lock_path);
+        region.file_owner = file_owner;
+        // Release the lockfile before waiting for the region lock: a process
+        // holding the region lock may be waiting for the lockfile (an id
+        // registry call inside a guard), and waiting for each other in
+        // opposite orders would deadlock.
+        drop(global);
+        let g = region.lock_inner().map_err(|e| with_path(e, &path))?;
+        g.layout.verify().map_err(|e| with_path(e, &path))?;
+        let recovered = g.recovered;
+        drop(g);
+        region.report.recovered |= recovered;
+        Ok(region)
+    }
+
+    /// Builds a new region file in a temporary file beside `path` and renames
+    /// it into place. The caller holds the global lockfile.
+    fn create_file(path: &Path, size: u64, opts: &RegionOptions) -> Result<File> {
+        check_create_size(size)?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let prefix = format!(".{base}.tmp-");
+        // Temporaries of creators killed midway: creation runs only under the
+        // global lockfile, which we hold, so every one of them is stale.
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(opts.mode)
+            .open(&tmp)
+            .map_err(io_err("create region", &tmp))?;
+        let built = (|| {
+            // The mode is filtered by the umask at open; set it exactly.
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(opts.mode))
+                .map_err(io_err("chmod region", &tmp))?;
+            chown_to(&tmp, opts.owner)?;
+            crate::sys::file::allocate(&file, size).map_err(|e| {
+                let e = if e.raw_os_error() == Some(libc::ENOSPC) {
+                    io::Error::new(
+                        e.kind(),
+                        format!("no room for a {size}-byte region on this filesystem ({e})"),
+                    )
+                } else {
+                    e
+                };
+                Error::Io { op: "allocate region", path: path.to_path_buf(), source: e }
+            })?;
+            let map = Mapping::file(&file, size as usize, &tmp)?;
+            let mut options = 0;
+            if opts.reap_all_records_of_dead_processes {
+                options |= OPT_REAP_ALL;
+            }
+            if opts.no_reap {
+                options |= OPT_NO_REAP;
+            }
+            init_image(&map, options, opts.compaction)?;
+            // Publish without ever replacing an existing region.
+            fs::hard_link(&tmp, path).map_err(io_err("publish region", path))?;
+            fs::remove_file(&tmp).map_err(io_err("remove temporary", &tmp))
+        })();
+        if let Err(e) = built {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(file)
+    }
+
+    fn attach_file(file: File, path: &Path, opts: &RegionOptions) -> Result<Region> {
+        let len = file.metadata().map_err(io_err("stat region", path))?.len();
+        if len < HEADER_SIZE as u64 || len > MAX_REGION_SIZE {
+            return Err(Error::corrupt(
+                "region_size",
+                format!("the file has {len} bytes, which no region has"),
+            ));
+        }
+        let map = Mapping::file(&file, len as usize, path)?;
+        let h = read_header(&map);
+        let hdr = &h.0;
+        layout::check_header(hdr, len)?;
+        if let Some(req) = opts.size {
+            if req != len && !opts.attach_any_size {
+                return Err(Error::SizeMismatch { path: path.to_path_buf(), existing: len, requested: req });
+            }
+        }
+        if opts.reap_all_records_of_dead_processes && hdr.options & OPT_REAP_ALL == 0 {
+            return Err(Error::OptionMismatch {
+                path: path.to_path_buf(),
+                option: "reap_all_records_of_dead_processes",
+                detail: "the existing region was created reaping only process-scoped records".into(),
+            });
+        }
+        if hdr.mutex_size as usize != mutex::SIZE {
+            return Err(Error::ForeignAbi {
+                what: format!("pthread_mutex_t of {} bytes, here {}", hdr.mutex_size, mutex::SIZE),
+            });
+        }
+        let mut region = Region {
+            map,
+            path: Some(path.to_path_buf()),
+            lock_path: None,
+            generation: hdr.generation,
+            options: hdr.options,
+            pid_ns: hdr.pid_ns,
+            reap: hdr.options & OPT_NO_REAP == 0 && !opts.no_reap,
+            foreign_ns: false,
+            report: OpenReport::default(),
+            file_owner: None,
+        };
+        // Pids are meaningless across pid namespaces: refuse to reap there.
+        let ours = process::pid_namespace(None);
+        region.foreign_ns = hdr.pid_ns != 0 && ours != 0 && hdr.pid_ns != ours;
+        if region.reap && region.foreign_ns {
+            return Err(Error::PidNamespace {
+                path: path.to_path_buf(),
+                region_ns: hdr.pid_ns,
+                our_ns: ours,
+            });
+        }
+        // A lock word from another boot may be owned by a thread that is on
+        // no robust list: re-arm the mutex (no process of that boot is left)
+        // and recover. We hold the global lockfile, so no one else attaches.
+        // A stored boot id of zeros means "unknown" (the creator could not
+        // read it): never re-arm then, live processes may use the mutex.
+        let now = process::boot_id();
+        if now != [0; 16] && hdr.boot_id != [0; 16] && hdr.boot_id != now {
+            tracing::warn!(path = %path.display(), "region is from another boot: re-initialising its lock and recovering");
+            // SAFETY: the mutex bytes lie inside the mapping, 8-aligned; no
+            // process of the boot that used it exists any more.
+            unsafe { mutex::init(region.mutex_ptr()) }.map_err(io_err("initialise lock", path))?;
+            region.report.rearmed_after_reboot = true;
+            region.report.recovered = true;
+            let mut g = region.lock_inner()?;
+            g.begin_write();
+            g.layout.recover()?;
+            g.layout.count_recovery();
+            g.layout.set_boot_id(now);
+            drop(g);
+        }
+        // The mutable fields are validated under the region lock by the
+        // caller, after it released the global lockfile.
+        Ok(region)
+    }
+
+    /// Creates an anonymous region of `size` bytes, shared with children
+    /// forked after this call (the pre-fork server model).
+    pub fn anonymous(size: u64) -> Result<Region> {
+        Self::anonymous_with(size, &RegionOptions::default())
+    }
+
+    /// [`Region::anonymous`] with options: the reap policy
+    /// (`reap_all_records_of_dead_processes`, `no_reap`) and `owner` (kept
+    /// for the files made later for the region: its lockfile and id store).
+    /// Options that only make sense for a file (`attach_any_size`, attach
+    /// only) are refused, never ignored; `dir`, `lock_file` and `mode` are
+    /// for the caller's files (see `cachem::Cache`).
+    pub fn anonymous_with(size: u64, opts: &RegionOptions) -> Result<Region> {
+        let refuse = |option: &'static str| {
+            Err(Error::OptionMismatch {
+                path: PathBuf::from("<anonymous>"),
+                option,
+                detail: "an anonymous region is always created, never attached".into(),
+            })
+        };
+        if opts.attach_any_size {
+            return refuse("attach_any_size");
+        }
+        if !opts.create {
+            return refuse("attach_only");
+        }
+        if opts.size.is_some_and(|s| s != size) {
+            return Err(Error::BadSize { size, reason: "the options ask for another size" });
+        }
+        opts.check_owner()?;
+        check_create_size(size)?;
+        let mut options = 0;
+        if opts.reap_all_records_of_dead_processes {
+            options |= OPT_REAP_ALL;
+        }
+        if opts.no_reap {
+            options |= OPT_NO_REAP;
+        }
+        let map = Mapping::anonymous(size as usize)?;
+        let h = init_image(&map, options, opts.compaction)?;
+        Ok(Region {
+            map,
+            path: None,
+            lock_path: None,
+            generation: h.generation,
+            options,
+            pid_ns: h.pid_ns,
+            reap: options & OPT_NO_REAP == 0,
+            foreign_ns: false,
+            report: OpenReport { created: true, ..Default::default() },
+            file_owner: if process::effective_ids().0 == 0 { opts.owner } else { None },
+        })
+    }
+
+    /// Removes a named region's file and its lockfile. Processes still
+    /// attached keep their mapping until they drop it.
+    pub fn destroy(name: &str, opts: &RegionOptions) -> Result<()> {
+        Self::destroy_path(resolve_path(name, opts.dir.as_deref())?, opts)
+    }
+
+    /// [`Region::destroy`] of the file at `path` (as given).
+    pub fn destroy_path(path: PathBuf, opts: &RegionOptions) -> Result<()> {
+        let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
+            Err(e) => return Err(Error::Io { op: "destroy region", path, source: e }),
+            Ok(m) if !m.is_file() => {
+                return Err(Error::Io {
+                    op: "destroy region",
+                    path,
+                    source: io::Error::other("not a regular file; refusing to remove it"),
+                })
+            }
+            Ok(_) => {}
+        }
+        let global = GlobalLock::take(&lock_path, opts.mode)?;
+        fs::remove_file(&path).map_err(io_err("remove region", &path))?;
+        let _ = fs::remove_file(&lock_path);
+        drop(global);
+        Ok(())
+    }
+}
+
+/// Copy of the header read without forming a reference into the mapping.
+#[repr(C, align(8))]
+struct HeaderCopy(Header);
+
+fn read_header(map: &Mapping) -> HeaderCopy {
+    let mut h = HeaderCopy(bytemuck::Zeroable::zeroed());
+    // SAFETY: the mapping has at least HEADER_SIZE bytes (checked by the
+    // caller); the destination is a local of exactly that size; the source
+    // is shared memory read as plain bytes, never through a reference.
+    unsafe {
+        std::ptr::copy_nonoverlapping(map.as_ptr(), (&mut h.0 as *mut Header).cast::<u8>(), HEADER_SIZE);
+    }
+    h
+}
+
+/// Formats a fresh mapping (no other process can see it yet) and initialises
+/// its mutex.
+fn init_image(map: &Mapping, options: u32, compaction: Compaction) -> Result<Header> {
+    let opts = FormatOptions {
+        generation: random_u64(),
+        boot_id: process::boot_id(),
+        pid_ns: process::pid_namespace(None),
+        options,
+        mutex_size: mutex::SIZE as u32,
+        compaction,
+    };
+    // SAFETY: the mapping is fresh (a new temporary file or new anonymous
+    // memory) and not yet visible to any other process; this is the only
+    // reference to it and it ends with this block.
+    let buf = unsafe { std::slice::from_raw_parts_mut(map.as_ptr(), map.len()) };
+    layout::format(buf, &opts)?;
+    let h: Header = *bytemuck::from_bytes(&buf[..HEADER_SIZE]);
+    let m = map.as_ptr().wrapping_add(mutex_offset(map.len() as u64) as usize).cast();
+    // SAFETY: the mutex area (the trailer) is inside the fresh mapping,
+    // 8-aligned, unused.
+    unsafe { mutex::init(m) }.map_err(|e| Error::Io {
+        op: "initialise lock",
+        path: "<new region>".into(),
+        source: e,
+    })?;
+    Ok(h)
+}
+
+/// A random u64 from the kernel (for region generations).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        // Fallback: time and pid mixed; uniqueness is what matters here.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ ((std::process::id() as u64) << 32)
+    }
+}
