@@ -2,9 +2,9 @@
 //!
 //! `cachem.h` is generated from this crate by cbindgen: the doc comments
 //! are the header's manual. This file holds the types; the functions are in
-//! one module per concern (`open`, `lock`, `records`, `maintenance`,
-//! `status`, `snapshot`, `errors`), argument handling in `args`. docs/c-api.md has the guide (lifetime and
-//! thread rules, linking, a complete example).
+//! one module per concern (see the `mod` lines), argument handling in
+//! `args`. docs/c-api.md has the guide (lifetime and thread rules, linking,
+//! a complete example).
 //!
 //! Every entry point runs inside [`fail::ffi`], which turns a Rust panic into
 //! `CACHEM_E_INTERNAL` instead of unwinding into C; the distributed libraries
@@ -16,13 +16,15 @@ mod args;
 mod fail;
 mod state;
 
-mod errors;
-mod lock;
-mod maintenance;
-mod open;
+// cbindgen lists the functions in the order of these declarations, which
+// rustfmt sorts by name: the names sort in the header's order.
+mod handles; // open, close
+mod lock; // owner ids and the lock
 mod records;
-mod snapshot;
+mod scrub; // reap, verify
 mod status;
+mod store; // snapshots
+mod strerror; // error texts
 
 use std::ffi::c_char;
 
