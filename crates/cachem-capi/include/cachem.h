@@ -38,8 +38,9 @@
 /** Default options (a cachem_options_t initialiser); set fields after. */
 #define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS, CACHEM_COMPACTION_DEFERRED }
 
-/** A cachem_status_t ready for cachem_status (its size set, the rest zero). */
-#define CACHEM_STATUS_INIT { (uint32_t)sizeof(cachem_status_t) }
+/** A cachem_status_t ready for cachem_status: its size set, the rest zero
+ *  (C99; in C++ set struct_size by hand). */
+#define CACHEM_STATUS_INIT { .struct_size = (uint32_t)sizeof(cachem_status_t) }
 
 
 /**
