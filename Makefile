@@ -134,11 +134,16 @@ apache-deps:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
-$(APACHE_OUT)/mod_cachem.so: apache/mod_cachem.c apache/mod_cachem.h apache/mod_cachem.map $(CAPI_LIB) $(CAPI_INCLUDE)/cachem.h
+## mod_cachem's sources (one module: apxs compiles them all and links them
+## with libcachem.a) and the headers they include.
+MOD_CACHEM_SRC := mod_cachem.c cachem_config.c cachem_files.c cachem_reaper.c cachem_status.c
+MOD_CACHEM_HDR := mod_cachem.h mod_cachem_private.h
+
+$(APACHE_OUT)/mod_cachem.so: $(addprefix apache/,$(MOD_CACHEM_SRC) $(MOD_CACHEM_HDR)) apache/mod_cachem.map $(CAPI_LIB) $(CAPI_INCLUDE)/cachem.h
 	rm -rf $(APACHE_OUT)/build/cachem && mkdir -p $(APACHE_OUT)/build/cachem
-	cp apache/mod_cachem.c apache/mod_cachem.h $(APACHE_OUT)/build/cachem/
+	cp $(addprefix apache/,$(MOD_CACHEM_SRC) $(MOD_CACHEM_HDR)) $(APACHE_OUT)/build/cachem/
 	cd $(APACHE_OUT)/build/cachem && $(APXS) -c $(APXS_CFLAGS) -I$(abspath $(CAPI_INCLUDE)) \
-	  "-Wl,-Wl,--version-script=$(CURDIR)/apache/mod_cachem.map" mod_cachem.c $(abspath $(CAPI_LIB)) >build.log 2>&1 \
+	  "-Wl,-Wl,--version-script=$(CURDIR)/apache/mod_cachem.map" $(MOD_CACHEM_SRC) $(abspath $(CAPI_LIB)) >build.log 2>&1 \
 	  || { cat build.log; exit 1; }
 	grep -E 'warning:|error:' $(APACHE_OUT)/build/cachem/build.log || true
 	strip --strip-debug -o $@ $(APACHE_OUT)/build/cachem/.libs/mod_cachem.so
