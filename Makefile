@@ -136,7 +136,7 @@ apache-deps:
 
 ## mod_cachem's sources (one module: apxs compiles them all and links them
 ## with libcachem.a) and the headers they include.
-MOD_CACHEM_SRC := mod_cachem.c cachem_config.c cachem_files.c cachem_reaper.c cachem_status.c
+MOD_CACHEM_SRC := mod_cachem.c cachem_api.c cachem_config.c cachem_files.c cachem_reaper.c cachem_status.c
 MOD_CACHEM_HDR := mod_cachem.h mod_cachem_private.h
 
 $(APACHE_OUT)/mod_cachem.so: $(addprefix apache/,$(MOD_CACHEM_SRC) $(MOD_CACHEM_HDR)) apache/mod_cachem.map $(CAPI_LIB) $(CAPI_INCLUDE)/cachem.h

@@ -2,7 +2,8 @@
  * mod_cachem_private.h - what the sources of mod_cachem share: the
  * configuration and parent-state structs, the process-wide globals, and
  * the functions one file defines for another (mod_cachem.c: the module
- * record, directives table, life-cycle hooks and optional functions;
+ * record, directives table and life-cycle hooks; cachem_api.c: the
+ * optional functions and the per-request lock bookkeeping;
  * cachem_config.c: the directive handlers; cachem_files.c: file ownership;
  * cachem_reaper.c: the reaper process; cachem_status.c: the status page).
  * Not installed: other modules use mod_cachem.h.
@@ -101,8 +102,14 @@ extern server_rec *g_server;
 
 /* mod_cachem.c */
 cachem_cfg *server_cfg(server_rec *s);
+
+/* cachem_api.c: fail() logs a failed cachem call (what was asked, the
+ * reason, the library's detail) and returns its apr status;
+ * cachem_register_api() registers the optional functions and the
+ * post_read_request hook. */
 apr_status_t fail(cachem_error_t e, int level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+void cachem_register_api(void);
 
 /* cachem_config.c: the directive handlers. */
 void *create_server_config(apr_pool_t *p, server_rec *s);
