@@ -10,6 +10,8 @@
 //! Under root the children run as www-data, so the region, lockfile and id
 //! store must be usable by them.
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::TempDir;
@@ -22,13 +24,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 /// Builds the modules once per test binary; returns (mod_cachem, example).
 fn modules() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     M.get_or_init(|| {
-        let dir = Path::new(ROOT).join("target/apache");
+        let dir = common::workspace_root().join("target/apache");
         let built = (dir.join("mod_cachem.so"), dir.join("mod_cachem_example.so"));
         // For modules built by other means (a libcachem from elsewhere).
         if std::env::var_os("CACHEM_APACHE_NO_MAKE").is_some() {
@@ -37,7 +37,7 @@ fn modules() -> &'static (PathBuf, PathBuf) {
         }
         let out = Command::new("make")
             .args(["--no-print-directory", "-s", "apache"])
-            .current_dir(ROOT)
+            .current_dir(common::workspace_root())
             .output()
             .expect("running make apache");
         assert!(
@@ -986,7 +986,7 @@ fn bench_apache() {
         us(static_counted) - us(static_plain),
     );
     println!("{report}");
-    let doc = Path::new(ROOT).join("docs/apache.md");
+    let doc = common::workspace_root().join("docs/apache.md");
     if let Ok(text) = std::fs::read_to_string(&doc) {
         let (a, b) = ("<!-- bench:begin -->", "<!-- bench:end -->");
         if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
