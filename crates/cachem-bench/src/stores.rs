@@ -14,6 +14,11 @@ pub const ITER_PER_OWNER: u32 = 1000;
 /// The owner whose records are iterated.
 pub const ITER_OWNER: u32 = 3;
 
+/// The client crates the peers are measured through, as pinned in this
+/// crate's Cargo.toml (a test checks the two agree).
+pub const REDIS_CRATE: &str = "1.8.2";
+pub const MEMCACHE_CRATE: &str = "0.21.0";
+
 pub trait Store {
     /// Inserts these slots, untimed (batched where the system allows).
     fn fill(&mut self, slots: &[u32]);
@@ -475,8 +480,9 @@ pub struct MemcachedStore {
 
 impl MemcachedStore {
     pub fn connect(port: u16, base: u64) -> std::io::Result<MemcachedStore> {
-        let url = memcache::Url::parse(&format!("memcache://127.0.0.1:{port}?protocol=ascii&tcp_nodelay=true"))
-            .map_err(other)?;
+        let url =
+            memcache::Url::parse(&format!("memcache://127.0.0.1:{port}?protocol=ascii&tcp_nodelay=true"))
+                .map_err(other)?;
         let pool = r2d2::Pool::builder()
             .max_size(1)
             .test_on_check_out(false)
@@ -511,6 +517,20 @@ impl Store for MemcachedStore {
                 }
                 Op::Remove(_) => assert!(self.client.delete(k).expect("memcached delete")),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_crate_versions_match_the_pins() {
+        let toml = include_str!("../Cargo.toml");
+        for (name, v) in [("redis", REDIS_CRATE), ("memcache", MEMCACHE_CRATE)] {
+            let pin = format!("{name} = {{ version = \"={v}\"");
+            assert!(toml.lines().any(|l| l.starts_with(&pin)), "Cargo.toml does not pin {name} to ={v}");
         }
     }
 }
