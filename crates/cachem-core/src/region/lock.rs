@@ -100,7 +100,7 @@ impl Region {
     ) -> Result<std::result::Result<mutex::Locked, mutex::LockError>> {
         let start = std::time::Instant::now();
         loop {
-            let left = self.lock_timeout.map(|t| t.saturating_sub(start.elapsed()));
+            let left = self.lock_timeout().map(|t| t.saturating_sub(start.elapsed()));
             if left == Some(std::time::Duration::ZERO) {
                 // SAFETY: as in lock_inner.
                 let last = unsafe { mutex::try_lock(m) };

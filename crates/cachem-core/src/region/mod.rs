@@ -191,12 +191,20 @@ pub struct Region {
     /// when this process runs as root: the configured owner, else the region
     /// file's owner. None: leave them to whoever makes them.
     file_owner: Option<(u32, u32)>,
-    /// See [`RegionOptions::lock_timeout`].
-    lock_timeout: Option<std::time::Duration>,
+    /// See [`RegionOptions::lock_timeout`]: nanoseconds, `u64::MAX` for
+    /// none. Atomic so that a shared handle's timeout can change (a server
+    /// reloading its configuration); read only by a lock that must wait.
+    lock_timeout: std::sync::atomic::AtomicU64,
     /// The tids in the lock word are this process's to judge (same boot,
     /// same pid namespace as the region's creator, a /proc of this
     /// namespace, glibc's mutex layout): the dead-tid rule applies.
     judge_tids: bool,
+}
+
+/// A lock timeout as stored in [`Region`]: nanoseconds (at most about 584
+/// years), `u64::MAX` for none.
+fn timeout_ns(t: Option<std::time::Duration>) -> u64 {
+    t.map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128 - 1) as u64)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -256,12 +264,16 @@ impl Region {
 
     /// How long [`Region::lock`] waits for a live holder (None: no bound).
     pub fn lock_timeout(&self) -> Option<std::time::Duration> {
-        self.lock_timeout
+        match self.lock_timeout.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
     }
 
-    /// Changes how long [`Region::lock`] waits for a live holder.
-    pub fn set_lock_timeout(&mut self, timeout: Option<std::time::Duration>) {
-        self.lock_timeout = timeout;
+    /// Changes how long [`Region::lock`] waits for a live holder (for the
+    /// locks that start waiting after this call).
+    pub fn set_lock_timeout(&self, timeout: Option<std::time::Duration>) {
+        self.lock_timeout.store(timeout_ns(timeout), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Who holds the lock right now, read from the lock word without

@@ -364,7 +364,7 @@ impl Region {
             foreign_ns: false,
             report: OpenReport::default(),
             file_owner: None,
-            lock_timeout: opts.lock_timeout,
+            lock_timeout: timeout_ns(opts.lock_timeout).into(),
             judge_tids: false,
         };
         // Pids are meaningless across pid namespaces: refuse to reap there.
@@ -449,7 +449,7 @@ impl Region {
             foreign_ns: false,
             report: OpenReport { created: true, ..Default::default() },
             file_owner: if process::effective_ids().0 == 0 { opts.owner } else { None },
-            lock_timeout: opts.lock_timeout,
+            lock_timeout: timeout_ns(opts.lock_timeout).into(),
             judge_tids: judge_tids(h.pid_ns),
         })
     }

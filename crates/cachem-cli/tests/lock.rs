@@ -4,6 +4,8 @@
 //! it, and a damaged mutex is refused at attach. Real processes, real lock
 //! words.
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use cachem::format::TRAILER_SIZE;
@@ -112,32 +114,45 @@ fn worker_lock_once() {
         return;
     }
     let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
-    let r = Region::open("r", &RegionOptions { dir: Some(dir.into()), ..Default::default() }).unwrap();
     say("waiting");
+    // Attaching takes the lock (it checks the region under it).
+    let r = Region::open("r", &RegionOptions { dir: Some(dir.into()), ..Default::default() }).unwrap();
     let g = r.lock().unwrap();
-    say(format!("recovered={} recoveries={}", g.recovered(), g.status().unwrap().counters.recoveries));
+    say(format!(
+        "recovered={} recoveries={}",
+        r.open_report().recovered,
+        g.status().unwrap().counters.recoveries
+    ));
 }
 
-fn spawn_holder(d: &TempDir) -> (std::process::Child, u32) {
-    let mut h =
-        worker_command("worker_hold_until_told", &[("CACHEM_TEST_DIR", d.path().display().to_string())])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-    let line = read_line_timeout(&mut h, Duration::from_secs(20));
-    let tid = line.strip_prefix("locked ").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
-    (h, tid)
+/// A child killed (SIGKILL works on a stopped process too) and waited for
+/// when dropped, so that a failing test leaves no stopped holder behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-#[test]
-fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
-    let d = TempDir::new("sleeper");
-    let r = Region::open("r", &opts(d.path())).unwrap();
-    let path = r.path().unwrap().to_path_buf();
-    let (mut holder, holder_tid) = spawn_holder(&d);
-    let mut waiter = spawn_worker("worker_lock_once", &[("CACHEM_TEST_DIR", d.path().display().to_string())]);
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+/// The report lines of a child, as they come.
+fn lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let out = waiter.stdout.take().unwrap();
+    let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for l in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
@@ -146,7 +161,33 @@ fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
             }
         }
     });
-    assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap(), "waiting");
+    rx
+}
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn spawn_holder(d: &TempDir) -> (Reaped, u32, std::sync::mpsc::Receiver<String>) {
+    let mut h =
+        worker_command("worker_hold_until_told", &[("CACHEM_TEST_DIR", d.path().display().to_string())])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let rx = lines(&mut h);
+    let line = rx.recv_timeout(LIMIT).expect("the holder did not lock");
+    let tid = line.strip_prefix("locked ").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    (Reaped(h), tid, rx)
+}
+
+#[test]
+fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
+    let d = TempDir::new("sleeper");
+    let r = Region::open("r", &opts(d.path())).unwrap();
+    let path = r.path().unwrap().to_path_buf();
+    let (holder, holder_tid, _) = spawn_holder(&d);
+    let mut waiter =
+        Reaped(spawn_worker("worker_lock_once", &[("CACHEM_TEST_DIR", d.path().display().to_string())]));
+    let rx = lines(&mut waiter);
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "waiting");
     // Until the waiter sleeps on the word (it sets the waiters bit).
     let mut slept = false;
     for _ in 0..2000 {
@@ -165,8 +206,7 @@ fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
     wait_timeout(&mut waiter, Duration::from_secs(20));
     // The old holder (alive, no longer named by the word) is killed: its
     // exit does not touch the word, which is free.
-    sigkill(&mut holder);
-    let _ = holder.wait();
+    drop(holder);
     let g = r.lock().unwrap();
     g.verify().unwrap();
     assert_eq!(g.iter_owner(OwnerId(5)).count(), 1, "the holder's completed insert stays");
@@ -175,14 +215,12 @@ fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
 #[test]
 fn a_stopped_holder_makes_a_lock_with_a_timeout_fail_naming_it() {
     let d = TempDir::new("stopped");
-    Region::open("r", &opts(d.path())).unwrap();
-    let (mut holder, holder_tid) = spawn_holder(&d);
+    // Attached before the holder takes the lock (attaching takes it too).
+    let r = Region::open("r", &opts(d.path())).unwrap();
+    let (mut holder, holder_tid, said) = spawn_holder(&d);
     let pid = holder.id();
     signal(pid, libc::SIGSTOP);
-    let timed = RegionOptions { lock_timeout: Some(Duration::from_millis(300)), ..opts(d.path()) };
-    let r = Region::open("r", &RegionOptions { lock_timeout: None, ..timed.clone() }).unwrap();
-    let mut r = r;
-    r.set_lock_timeout(timed.lock_timeout);
+    r.set_lock_timeout(Some(Duration::from_millis(300)));
     match r.lock() {
         Err(e @ Error::LockTimeout { .. }) => {
             let Error::LockTimeout { holder_pid, holder_tid: t, waited, .. } = &e else { unreachable!() };
@@ -198,7 +236,7 @@ fn a_stopped_holder_makes_a_lock_with_a_timeout_fail_naming_it() {
     assert_eq!(r.lock_holder().map(|h| (h.tid, h.pid)), Some((holder_tid, Some(pid))));
     // The CLI, an operator's tool, never waits without bound either.
     let o = std::process::Command::new(BIN)
-        .args(["--dir", d.path().to_str().unwrap(), "--lock-timeout", "0.3", "list", "r"])
+        .args(["--dir", d.path().to_str().unwrap(), "--lock-timeout", "0.3", "ls", "r"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{o:?}");
@@ -207,14 +245,12 @@ fn a_stopped_holder_makes_a_lock_with_a_timeout_fail_naming_it() {
     // Continued and told to let go: the lock works again.
     signal(pid, libc::SIGCONT);
     holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert_eq!(read_line_timeout(&mut holder, Duration::from_secs(20)), "released");
+    assert_eq!(said.recv_timeout(LIMIT).unwrap(), "released");
     let g = r.lock().unwrap();
     assert!(!g.recovered());
     assert_eq!(g.iter_owner(OwnerId(5)).count(), 1);
     drop(g);
     assert_eq!(r.lock_holder(), None);
-    sigkill(&mut holder);
-    let _ = holder.wait();
 }
 
 #[test]
