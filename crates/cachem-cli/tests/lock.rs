@@ -99,7 +99,9 @@ fn worker_hold_until_told() {
     let r = Region::open("r", &opts(Path::new(&dir))).unwrap();
     let mut g = r.lock().unwrap();
     g.insert(OwnerId(5), b"from the holder").unwrap();
-    say(format!("locked {}", unsafe { libc::gettid() }));
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    say(format!("locked {tid}"));
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).unwrap();
     drop(g);
