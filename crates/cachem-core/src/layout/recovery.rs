@@ -198,6 +198,18 @@ impl<'a> Layout<'a> {
         self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
     }
 
+    /// What makes [`Layout::recovery_required`] true, for the log:
+    /// `"journal pending"` (an interrupted compaction) or `"recovery flag
+    /// set"` (flags bit 0 alone: a recovery or a mutation that did not
+    /// finish).
+    pub fn recovery_trigger(&self) -> &'static str {
+        if self.hdr().journal.op != JOURNAL_NONE {
+            "journal pending"
+        } else {
+            "recovery flag set"
+        }
+    }
+
     /// True if an interrupted compaction is recorded.
     #[inline]
     pub fn recovery_required(&self) -> bool {
