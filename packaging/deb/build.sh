@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds cachem_<version>_<arch>.deb and libapache2-mod-cachem_<version>_<arch>.deb
 # with dpkg-deb from artifacts `make deb` has already built:
-#   target/release/cachem                       the CLI
+#   target/release/cachem                       the CLI (crates/cachem-cli)
 #   $STAGE_LIB (make install DESTDIR=...)       libcachem.so.0 (+ .so link), libcachem.a,
 #                                               cachem.h, cachem.pc, cachem.map
 #   target/assets/{man,completions}             make assets
@@ -46,6 +46,7 @@ install -m 644 target/assets/completions/_cachem "$P/usr/share/zsh/vendor-comple
 install -m 644 target/assets/completions/cachem.fish "$P/usr/share/fish/vendor_completions.d/cachem.fish"
 install -m 644 $HERE/copyright "$P/usr/share/doc/cachem/copyright"
 install -m 644 README.md "$P/usr/share/doc/cachem/README.md"
+gzip -9n < CHANGELOG.md > "$P/usr/share/doc/cachem/changelog.gz"
 for d in operations format design c-api; do
 	[ -f docs/$d.md ] && gzip -9n < docs/$d.md > "$P/usr/share/doc/cachem/$d.md.gz"
 done

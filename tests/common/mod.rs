@@ -6,6 +6,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The workspace root (README.md, docs/, apache/, packaging/, target/):
+/// the nearest directory at or above this package's whose Cargo.toml has a
+/// `[workspace]` table. These helpers serve the root package's tests and,
+/// through a `#[path]` module, crates/cachem-cli's.
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .unwrap_or_else(|| panic!("no workspace Cargo.toml at or above {}", here.display()))
+        .to_path_buf()
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -415,9 +415,12 @@ fn main() {
     } else {
         None
     };
-    for (s, what) in [(&redis, "Redis"), (&memcached, "memcached")] {
+    for (s, what, client) in [
+        (&redis, "Redis", format!("redis crate {}", stores::REDIS_CRATE)),
+        (&memcached, "memcached", format!("memcache crate {}", stores::MEMCACHE_CRATE)),
+    ] {
         match s {
-            Some(s) => info.versions.push(s.version.clone()),
+            Some(s) => info.versions.push(format!("{} ({client})", s.version)),
             None => notes.push(format!("{what} was not measured (not installed or not started).")),
         }
     }

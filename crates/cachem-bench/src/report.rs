@@ -435,10 +435,21 @@ pub fn markdown(
     let _ = writeln!(
         w,
         "  - Redis and memcached: started by the bench on 127.0.0.1 with a free port \
-         (`redis-server --save '' --appendonly no`, `memcached -U 0 -m 1024`), one client over \
-         one TCP connection with TCP_NODELAY, one request at a time: SET/GET/DEL (memcached: \
-         set/get/delete). \"Pipelined by 16\": 16 requests written, then their 16 replies read. \
-         Iterate: Redis HGETALL of one hash per owner; memcached cannot enumerate its keys (n/a)."
+         (`redis-server --save '' --appendonly no`, `memcached -U 0 -m 1024`) and measured through \
+         the client crates a Rust user would pick, default features off (no async runtime, no TLS), \
+         one TCP connection each with TCP_NODELAY, one request at a time. Redis: the `redis` crate \
+         {}, a synchronous `redis::Connection` (TCP_NODELAY through its `TcpSettings`): SET/GET/DEL; \
+         \"pipelined by 16\": 16 commands sent as one `redis::Pipeline`, then their 16 replies read. \
+         memcached: the `memcache` crate {}, text protocol (`protocol=ascii`; the crate's default is \
+         the binary protocol, which memcached deprecates), a `memcache::Client` over an r2d2 pool of \
+         one connection with `test_on_check_out` off (on, as `Client::connect` builds it, every op \
+         would first send a `version` request): set/get/delete. The crate writes a request to the \
+         socket in pieces (a get in 4 send calls, a set in 12), which TCP_NODELAY lets leave as \
+         separate segments. Iterate: \
+         Redis HGETALL of one hash per owner (into `Vec<(Vec<u8>, Vec<u8>)>`); memcached cannot \
+         enumerate its keys (n/a).",
+        crate::stores::REDIS_CRATE,
+        crate::stores::MEMCACHE_CRATE
     );
     for note in notes {
         let _ = writeln!(w, "- {note}");

@@ -5,8 +5,6 @@ use crate::harness::{Op, REC};
 use cachem::sys::{map::Mapping, mutex};
 use cachem::{Cache, Compaction, Config, OwnerId, RecordId};
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 /// Owners for the "iterate one owner" workload: `ITER_OWNERS` owners with
@@ -15,6 +13,11 @@ pub const ITER_OWNERS: u32 = 10;
 pub const ITER_PER_OWNER: u32 = 1000;
 /// The owner whose records are iterated.
 pub const ITER_OWNER: u32 = 3;
+
+/// The client crates the peers are measured through, as pinned in this
+/// crate's Cargo.toml (a test checks the two agree).
+pub const REDIS_CRATE: &str = "1.8.2";
+pub const MEMCACHE_CRATE: &str = "0.21.0";
 
 pub trait Store {
     /// Inserts these slots, untimed (batched where the system allows).
@@ -339,125 +342,76 @@ impl Store for LmdbStore {
     }
 }
 
-// ----- Redis (RESP over loopback TCP) ---------------------------------------
+// ----- Redis (the `redis` crate, one synchronous connection) ----------------
 
-fn push_num(out: &mut Vec<u8>, mut n: u64) {
-    let mut b = [0u8; 20];
-    let mut i = b.len();
-    loop {
-        i -= 1;
-        b[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&b[i..]);
+/// `prefix` then `n` in decimal, in `buf` (reused: no allocation per op).
+fn key<'a>(buf: &'a mut String, prefix: &str, n: u64) -> &'a str {
+    use std::fmt::Write as _;
+    buf.clear();
+    let _ = write!(buf, "{prefix}{n}");
+    buf
 }
 
-fn connect(port: u16) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
-    let s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_nodelay(true)?;
-    let r = BufReader::with_capacity(1 << 16, s.try_clone()?);
-    Ok((s, r))
-}
-
-/// One client; `pipeline` requests written before their replies are read.
+/// One `redis::Connection` (TCP_NODELAY set through its `TcpSettings`);
+/// `pipeline` > 1: that many commands sent as one `redis::Pipeline`.
 pub struct RedisStore {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
+    con: redis::Connection,
+    pipe: redis::Pipeline,
     pipeline: usize,
     base: u64,
-    out: Vec<u8>,
-    line: Vec<u8>,
-    bulk: Vec<u8>,
+    key: String,
 }
 
 impl RedisStore {
     pub fn connect(port: u16, pipeline: usize, base: u64) -> std::io::Result<RedisStore> {
-        let (w, r) = connect(port)?;
-        Ok(RedisStore { w, r, pipeline, base, out: Vec::new(), line: Vec::new(), bulk: Vec::new() })
+        use redis::IntoConnectionInfo;
+        let info = ("127.0.0.1", port)
+            .into_connection_info()
+            .map_err(other)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let con = redis::Client::open(info).map_err(other)?.get_connection().map_err(other)?;
+        Ok(RedisStore { con, pipe: redis::pipe(), pipeline, base, key: String::new() })
     }
 
-    fn arg(&mut self, a: &[u8]) {
-        self.out.push(b'$');
-        push_num(&mut self.out, a.len() as u64);
-        self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(a);
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    fn key_arg(&mut self, prefix: &[u8], n: u64) {
-        let mut k = Vec::with_capacity(24);
-        k.extend_from_slice(prefix);
-        push_num(&mut k, n);
-        self.arg(&k);
-    }
-
-    fn cmd(&mut self, name: &[u8], nargs: u64) {
-        self.out.push(b'*');
-        push_num(&mut self.out, nargs + 1);
-        self.out.extend_from_slice(b"\r\n");
-        self.arg(name);
-    }
-
-    fn encode(&mut self, op: Op) {
+    /// One command, its reply read and checked before the next.
+    fn one(&mut self, op: Op) {
+        use redis::Commands;
+        let (Op::Insert(s) | Op::Get(s) | Op::Remove(s)) = op;
+        let k = key(&mut self.key, "k", self.base + s as u64);
         match op {
-            Op::Insert(s) => {
-                self.cmd(b"SET", 2);
-                self.key_arg(b"k", self.base + s as u64);
-                self.arg(&REC);
-            }
-            Op::Get(s) => {
-                self.cmd(b"GET", 1);
-                self.key_arg(b"k", self.base + s as u64);
-            }
-            Op::Remove(s) => {
-                self.cmd(b"DEL", 1);
-                self.key_arg(b"k", self.base + s as u64);
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        self.w.write_all(&self.out).expect("redis write");
-        self.out.clear();
-    }
-
-    /// Reads one reply; returns (type byte, integer or length); a bulk
-    /// string's bytes are left in `self.bulk`.
-    fn reply(&mut self) -> (u8, i64) {
-        self.line.clear();
-        self.r.read_until(b'\n', &mut self.line).expect("redis read");
-        let l = &self.line;
-        assert!(l.len() >= 3, "redis closed the connection");
-        let t = l[0];
-        let body = &l[1..l.len() - 2];
-        match t {
-            b'+' => (t, 0),
-            b'-' => panic!("redis error: {}", String::from_utf8_lossy(body)),
-            b':' | b'$' | b'*' => {
-                let n: i64 =
-                    std::str::from_utf8(body).ok().and_then(|s| s.parse().ok()).expect("redis number");
-                if t == b'$' && n >= 0 {
-                    self.bulk.resize(n as usize + 2, 0);
-                    std::io::Read::read_exact(&mut self.r, &mut self.bulk).expect("redis read");
-                }
-                (t, n)
-            }
-            _ => panic!("unexpected redis reply {:?}", String::from_utf8_lossy(l)),
-        }
-    }
-
-    fn check(&mut self, op: Op) {
-        let (t, n) = self.reply();
-        match op {
-            Op::Insert(_) => assert_eq!(t, b'+'),
+            Op::Insert(_) => self.con.set::<_, _, ()>(k, &REC[..]).expect("redis SET"),
             Op::Get(_) => {
-                assert!(t == b'$' && n == 64, "GET of a live key");
-                black_box(self.bulk[0]);
+                let v: Option<Vec<u8>> = self.con.get(k).expect("redis GET");
+                let v = v.expect("GET of a live key");
+                assert_eq!(v.len(), 64);
+                black_box(v[0]);
             }
-            Op::Remove(_) => assert_eq!((t, n), (b':', 1)),
+            Op::Remove(_) => assert_eq!(self.con.del::<_, u32>(k).expect("redis DEL"), 1),
+        }
+    }
+
+    /// The ops as one pipeline; every reply checked.
+    fn pipelined(&mut self, ops: &[Op]) {
+        self.pipe.clear();
+        for &op in ops {
+            let (Op::Insert(s) | Op::Get(s) | Op::Remove(s)) = op;
+            let k = key(&mut self.key, "k", self.base + s as u64);
+            match op {
+                Op::Insert(_) => self.pipe.set(k, &REC[..]),
+                Op::Get(_) => self.pipe.get(k),
+                Op::Remove(_) => self.pipe.del(k),
+            };
+        }
+        let replies: Vec<redis::Value> = self.pipe.query(&mut self.con).expect("redis pipeline");
+        assert_eq!(replies.len(), ops.len());
+        for (op, r) in ops.iter().zip(&replies) {
+            match (op, r) {
+                (Op::Insert(_), redis::Value::Okay) | (Op::Remove(_), redis::Value::Int(1)) => {}
+                (Op::Get(_), redis::Value::BulkString(v)) if v.len() == 64 => {
+                    black_box(v[0]);
+                }
+                _ => panic!("redis replied {r:?} to {op:?}"),
+            }
         }
     }
 }
@@ -465,149 +419,118 @@ impl RedisStore {
 impl Store for RedisStore {
     fn fill(&mut self, slots: &[u32]) {
         for chunk in slots.chunks(256) {
-            for &s in chunk {
-                self.encode(Op::Insert(s));
-            }
-            self.flush();
-            for &s in chunk {
-                self.check(Op::Insert(s));
-            }
+            let ops: Vec<Op> = chunk.iter().map(|&s| Op::Insert(s)).collect();
+            self.pipelined(&ops);
         }
     }
 
     fn clear(&mut self) {
-        self.cmd(b"FLUSHDB", 0);
-        self.flush();
-        assert_eq!(self.reply().0, b'+');
+        redis::cmd("FLUSHDB").exec(&mut self.con).expect("redis FLUSHDB");
     }
 
     fn exec(&mut self, ops: &[Op]) {
-        for chunk in ops.chunks(self.pipeline) {
-            for &op in chunk {
-                self.encode(op);
+        if self.pipeline <= 1 {
+            for &op in ops {
+                self.one(op);
             }
-            self.flush();
-            for &op in chunk {
-                self.check(op);
+        } else {
+            for chunk in ops.chunks(self.pipeline) {
+                self.pipelined(chunk);
             }
         }
     }
 
     fn setup_owners(&mut self) -> bool {
+        let mut field = String::new();
         for i in 0..ITER_PER_OWNER {
+            self.pipe.clear();
             for o in 0..ITER_OWNERS {
-                self.cmd(b"HSET", 3);
-                self.key_arg(b"owner:", o as u64);
-                self.key_arg(b"", i as u64);
-                self.arg(&REC);
+                let f = key(&mut field, "", i as u64);
+                self.pipe.hset(key(&mut self.key, "owner:", o as u64), f, &REC[..]);
             }
-            self.flush();
-            for _ in 0..ITER_OWNERS {
-                assert_eq!(self.reply(), (b':', 1));
-            }
+            let added: Vec<u32> = self.pipe.query(&mut self.con).expect("redis HSET");
+            assert_eq!(added, [1; ITER_OWNERS as usize]);
         }
         true
     }
 
     fn iterate_owner(&mut self) -> usize {
-        self.cmd(b"HGETALL", 1);
-        self.key_arg(b"owner:", ITER_OWNER as u64);
-        self.flush();
-        let (t, n) = self.reply();
-        assert_eq!(t, b'*');
-        for i in 0..n {
-            let (t, len) = self.reply();
-            assert_eq!(t, b'$');
-            if i % 2 == 1 {
-                assert_eq!(len, 64);
-                black_box(self.bulk[0]);
-            }
+        use redis::Commands;
+        let k = key(&mut self.key, "owner:", ITER_OWNER as u64);
+        let all: Vec<(Vec<u8>, Vec<u8>)> = self.con.hgetall(k).expect("redis HGETALL");
+        for (_, v) in &all {
+            assert_eq!(v.len(), 64);
+            black_box(v[0]);
         }
-        (n / 2) as usize
+        all.len()
     }
 }
 
-// ----- memcached (text protocol over loopback TCP) --------------------------
+// ----- memcached (the `memcache` crate, text protocol) ----------------------
 
-/// One client, one request at a time.
+/// One `memcache::Client` over a pool of one connection (text protocol,
+/// TCP_NODELAY, the crate's default), one request at a time. The pool is
+/// built with r2d2's `test_on_check_out` off: on (the default of
+/// `Client::connect`), every op would first send a `version` request.
 pub struct MemcachedStore {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
+    client: memcache::Client,
     base: u64,
-    out: Vec<u8>,
-    line: Vec<u8>,
-    val: Vec<u8>,
+    key: String,
 }
 
 impl MemcachedStore {
     pub fn connect(port: u16, base: u64) -> std::io::Result<MemcachedStore> {
-        let (w, r) = connect(port)?;
-        Ok(MemcachedStore { w, r, base, out: Vec::new(), line: Vec::new(), val: vec![0; 66] })
-    }
-
-    fn encode(&mut self, op: Op) {
-        let (verb, s): (&[u8], u32) = match op {
-            Op::Insert(s) => (b"set k", s),
-            Op::Get(s) => (b"get k", s),
-            Op::Remove(s) => (b"delete k", s),
-        };
-        self.out.extend_from_slice(verb);
-        push_num(&mut self.out, self.base + s as u64);
-        if let Op::Insert(_) = op {
-            self.out.extend_from_slice(b" 0 0 64\r\n");
-            self.out.extend_from_slice(&REC);
-        }
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    fn read_line(&mut self) {
-        self.line.clear();
-        self.r.read_until(b'\n', &mut self.line).expect("memcached read");
-        assert!(!self.line.is_empty(), "memcached closed the connection");
-    }
-
-    fn check(&mut self, op: Op) {
-        self.read_line();
-        match op {
-            Op::Insert(_) => assert_eq!(self.line, b"STORED\r\n"),
-            Op::Remove(_) => assert_eq!(self.line, b"DELETED\r\n"),
-            Op::Get(_) => {
-                assert!(self.line.starts_with(b"VALUE "), "GET of a live key");
-                std::io::Read::read_exact(&mut self.r, &mut self.val).expect("memcached read");
-                black_box(self.val[0]);
-                self.read_line();
-                assert_eq!(self.line, b"END\r\n");
-            }
-        }
+        let url =
+            memcache::Url::parse(&format!("memcache://127.0.0.1:{port}?protocol=ascii&tcp_nodelay=true"))
+                .map_err(other)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(1)
+            .test_on_check_out(false)
+            .build(memcache::ConnectionManager::new(url))
+            .map_err(other)?;
+        let client = memcache::Client::with_pool(pool).map_err(other)?;
+        Ok(MemcachedStore { client, base, key: String::new() })
     }
 }
 
 impl Store for MemcachedStore {
     fn fill(&mut self, slots: &[u32]) {
-        for chunk in slots.chunks(256) {
-            for &s in chunk {
-                self.encode(Op::Insert(s));
-            }
-            self.w.write_all(&self.out).expect("memcached write");
-            self.out.clear();
-            for &s in chunk {
-                self.check(Op::Insert(s));
-            }
-        }
+        // The crate has no multi-set: one set per record.
+        self.exec(&slots.iter().map(|&s| Op::Insert(s)).collect::<Vec<_>>());
     }
 
     fn clear(&mut self) {
-        self.w.write_all(b"flush_all\r\n").expect("memcached write");
-        self.read_line();
-        assert_eq!(self.line, b"OK\r\n");
+        self.client.flush().expect("memcached flush_all");
     }
 
     fn exec(&mut self, ops: &[Op]) {
         for &op in ops {
-            self.encode(op);
-            self.w.write_all(&self.out).expect("memcached write");
-            self.out.clear();
-            self.check(op);
+            let (Op::Insert(s) | Op::Get(s) | Op::Remove(s)) = op;
+            let k = key(&mut self.key, "k", self.base + s as u64);
+            match op {
+                Op::Insert(_) => self.client.set(k, &REC[..], 0).expect("memcached set"),
+                Op::Get(_) => {
+                    let v: Option<Vec<u8>> = self.client.get(k).expect("memcached get");
+                    let v = v.expect("get of a live key");
+                    assert_eq!(v.len(), 64);
+                    black_box(v[0]);
+                }
+                Op::Remove(_) => assert!(self.client.delete(k).expect("memcached delete")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_crate_versions_match_the_pins() {
+        let toml = include_str!("../Cargo.toml");
+        for (name, v) in [("redis", REDIS_CRATE), ("memcache", MEMCACHE_CRATE)] {
+            let pin = format!("{name} = {{ version = \"={v}\"");
+            assert!(toml.lines().any(|l| l.starts_with(&pin)), "Cargo.toml does not pin {name} to ={v}");
         }
     }
 }

@@ -38,6 +38,10 @@
 /** Default options (a cachem_options_t initialiser); set fields after. */
 #define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS, CACHEM_COMPACTION_DEFERRED }
 
+/** A cachem_status_t ready for cachem_status: its size set, the rest zero
+ *  (C99; in C++ set struct_size by hand). */
+#define CACHEM_STATUS_INIT { .struct_size = (uint32_t)sizeof(cachem_status_t) }
+
 
 /**
  * How removed records' space is reclaimed (`cachem_options_t.compaction`,
@@ -365,6 +369,199 @@ typedef struct {
 } cachem_stat_t;
 
 /**
+ * The scalar figures of a region, as `cachem_status_json` reports them
+ * (`cachem_status`). The first field is the struct's size: set it to
+ * `sizeof(cachem_status_t)` (or start from `CACHEM_STATUS_INIT`), so the
+ * struct can grow in later versions without breaking programs built
+ * against this one. The region's path is not here: the caller named it.
+ */
+typedef struct {
+  /**
+   * `sizeof(cachem_status_t)`, set by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * The region's `cachem_compaction_t`.
+   */
+  uint32_t compaction;
+  /**
+   * Region size in bytes.
+   */
+  uint64_t size;
+  /**
+   * Bytes of the header.
+   */
+  uint64_t header_bytes;
+  /**
+   * Bytes of the block section (records, their headers and padding).
+   */
+  uint64_t used_bytes;
+  /**
+   * Bytes of the free gap.
+   */
+  uint64_t free_bytes;
+  /**
+   * Bytes of the block-pointer table.
+   */
+  uint64_t table_bytes;
+  /**
+   * Bytes of the lock at the end of the region.
+   */
+  uint64_t lock_bytes;
+  /**
+   * Bytes of deleted records' blocks waiting for a compaction (part of
+   * `used_bytes`).
+   */
+  uint64_t dead_bytes;
+  /**
+   * Deleted records' blocks waiting for a compaction.
+   */
+  uint64_t dead_blocks;
+  /**
+   * Live records.
+   */
+  uint64_t records;
+  /**
+   * Entries of the block-pointer table (live and free).
+   */
+  uint64_t slots;
+  /**
+   * Free entries of the block-pointer table.
+   */
+  uint64_t free_slots;
+  /**
+   * Largest record this region can hold.
+   */
+  uint64_t max_record_len;
+  /**
+   * Owners with records (the rows `cachem_status_owners` gives).
+   */
+  uint64_t owners;
+  /**
+   * Distinct inserting processes with records.
+   */
+  uint64_t processes;
+  /**
+   * Of those, processes that are dead (their records await a reap).
+   */
+  uint64_t dead_processes;
+  /**
+   * Rows `cachem_status_pids` gives: one per (pid, start time), so a
+   * reused pid has two.
+   */
+  uint64_t pid_rows;
+  /**
+   * Random id of this incarnation of the region.
+   */
+  uint64_t generation;
+  /**
+   * Records inserted since creation.
+   */
+  uint64_t inserts;
+  /**
+   * Records removed since creation.
+   */
+  uint64_t removes;
+  /**
+   * Bytes moved by compaction since creation.
+   */
+  uint64_t bytes_moved;
+  /**
+   * Records removed by reaping since creation.
+   */
+  uint64_t reaped_records;
+  /**
+   * Lock recoveries after a holder died, since creation.
+   */
+  uint64_t recoveries;
+  /**
+   * Compactions run since creation.
+   */
+  uint64_t compactions;
+  /**
+   * Bytes moved by the largest single compaction.
+   */
+  uint64_t largest_compaction;
+  /**
+   * Non-zero: a holder died mid-change and the next lock recovers.
+   */
+  uint64_t recovery_required;
+  /**
+   * The boot id of the machine that created the region.
+   */
+  uint8_t boot_id[16];
+} cachem_status_t;
+
+/**
+ * One owner's usage, given to a `cachem_owner_cb`.
+ */
+typedef struct {
+  /**
+   * The owner id (`CACHEM_INVALID_ID`: the process-scoped records).
+   */
+  cachem_id_t id;
+  /**
+   * Live records of the owner.
+   */
+  uint64_t records;
+  /**
+   * Their data bytes (without block headers and padding).
+   */
+  uint64_t bytes;
+  /**
+   * The owner's registered name, NUL-terminated; NULL for the
+   * process-scoped owner and for an owner without a name (a
+   * `cachem_id(c, NULL, ...)` id). Valid only during the callback:
+   * copy it to keep it.
+   */
+  const char *name;
+  /**
+   * Bytes of `name` without the NUL (0 when `name` is NULL).
+   */
+  size_t name_len;
+} cachem_owner_usage_t;
+
+/**
+ * Called once per owner by `cachem_status_owners`, with the caller's
+ * `arg`. Return 0 to go on, non-zero to stop. `usage` is valid only during
+ * the call. No cachem lock is held: the callback may call any cachem
+ * function, on this handle too.
+ */
+typedef int (*cachem_owner_cb)(const cachem_owner_usage_t *usage, void *arg);
+
+/**
+ * One inserting process's usage, given to a `cachem_pid_cb`.
+ */
+typedef struct {
+  /**
+   * The process id.
+   */
+  uint32_t pid;
+  /**
+   * Non-zero: the process (this pid with this start time) is alive.
+   */
+  uint32_t alive;
+  /**
+   * The process's start time (clock ticks since boot), telling a reused
+   * pid from the process that inserted the records.
+   */
+  uint64_t start_time;
+  /**
+   * Live records the process inserted.
+   */
+  uint64_t records;
+  /**
+   * Their data bytes.
+   */
+  uint64_t bytes;
+} cachem_pid_usage_t;
+
+/**
+ * Called once per process row by `cachem_status_pids`; as `cachem_owner_cb`.
+ */
+typedef int (*cachem_pid_cb)(const cachem_pid_usage_t *usage, void *arg);
+
+/**
  * "No record": the start of an iteration, and its end.
  */
 #define CACHEM_INVALID_INDEX UINT64_MAX
@@ -683,6 +880,55 @@ cachem_error_t cachem_stat(cachem_t *c, cachem_stat_t *out);
  * `buf` is NULL or writable for `len` bytes; `needed` is NULL or writable.
  */
 cachem_error_t cachem_status_json(cachem_t *c, char *buf, size_t len, size_t *needed);
+
+/**
+ * Fills `*out` with the region's scalar figures: every number of
+ * `cachem_status_json` (geometry, usage, counters) plus the record limit
+ * and the process counts of `cachem_stat`, from one snapshot. Set
+ * `out->struct_size` first (`CACHEM_STATUS_INIT`); only that many bytes
+ * are written. Works with or without the lock (without it, takes and
+ * releases it; process liveness is read from /proc).
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL, or
+ * `out->struct_size` not a size of any published `cachem_status_t`),
+ * `CACHEM_E_MISUSE`, `CACHEM_E_REGISTRY`, `CACHEM_E_CORRUPT`, lock errors.
+ *
+ * # Safety
+ * `out` is NULL or points to at least `out->struct_size` writable bytes.
+ */
+cachem_error_t cachem_status(cachem_t *c, cachem_status_t *out);
+
+/**
+ * Calls `cb(usage, arg)` for each owner with records, in the order of
+ * `cachem_status_json`'s "owners" (ascending id), from one snapshot taken
+ * under the lock (this thread's, else one taken for the copy) and
+ * released before the first call: the callback runs with no cachem lock
+ * held, may call any cachem function (this handle included, even
+ * `cachem_lock`), and sees figures that may since have changed. A non-zero
+ * return stops the walk (still `CACHEM_OK`). `usage->name` is valid only
+ * during its call.
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`cb` NULL),
+ * `CACHEM_E_MISUSE`, `CACHEM_E_REGISTRY`, `CACHEM_E_CORRUPT`, lock errors
+ * (all before the first call).
+ *
+ * # Safety
+ * `cb` is NULL or a function safe to call with `arg`.
+ */
+cachem_error_t cachem_status_owners(cachem_t *c, cachem_owner_cb cb, void *arg);
+
+/**
+ * Calls `cb(usage, arg)` for each inserting process with records: one row
+ * per (pid, start time), in the order of `cachem_status_json`'s "pids",
+ * with its liveness, from one snapshot; the lock, re-entry and stop rules
+ * of `cachem_status_owners`.
+ *
+ * Returns as `cachem_status_owners`.
+ *
+ * # Safety
+ * `cb` is NULL or a function safe to call with `arg`.
+ */
+cachem_error_t cachem_status_pids(cachem_t *c, cachem_pid_cb cb, void *arg);
 
 /**
  * Writes the region's records (all but process-scoped ones) with their

@@ -35,7 +35,7 @@
 //! the guard there by token without touching [`SLOTS`]. The guard's lifetime
 //! is extended to `'static` in exactly one place ([`lock`]), argued there.
 
-use crate::Fail;
+use crate::fail::Fail;
 use cachem_rs::{Cache, Guard};
 use std::cell::RefCell;
 use std::ffi::CString;

@@ -222,7 +222,8 @@ fn a_module_linked_with_the_static_library_and_the_version_script_exports_only_i
     std::fs::write(
         &src,
         "#include \"cachem.h\"\nint cachem_module = 1;\nint helper_not_exported(void) { return 2; }\n\
-         const char *module_use(void) { return cachem_strerror(0); }\n",
+         const char *module_use(void) { return cachem_strerror(0); }\n\
+         int module_lock(cachem_t *c) { return (int)cachem_lock(c); }\n",
     )
     .unwrap();
     let so = dir.join("mod_demo.so");

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -169,6 +170,19 @@ static void test_open_errors(void) {
     EXPECT(CACHEM_E_NOT_FOUND, cachem_destroy("sized", NULL));
 }
 
+/* Callbacks of cachem_status_owners / cachem_status_pids: count rows. */
+static int count_owner(const cachem_owner_usage_t *u, void *arg) {
+    (void)u;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+static int count_pid(const cachem_pid_usage_t *u, void *arg) {
+    (void)u;
+    ++*(size_t *)arg;
+    return 0;
+}
+
 static void test_bad_handles(void) {
     section("bad handles: NULL, closed, forged");
     cachem_error_t err;
@@ -205,6 +219,10 @@ static void test_bad_handles(void) {
         EXPECT(want, cachem_verify(b));
         EXPECT(want, cachem_stat(b, &st));
         EXPECT(want, cachem_status_json(b, buf, sizeof buf, &n));
+        cachem_status_t sst = CACHEM_STATUS_INIT;
+        EXPECT(want, cachem_status(b, &sst));
+        EXPECT(want, cachem_status_owners(b, count_owner, &n));
+        EXPECT(want, cachem_status_pids(b, count_pid, &n));
         EXPECT(want, cachem_save(b, "/tmp/x"));
         EXPECT(want, cachem_restore(b, "/tmp/x"));
         CHECK(cachem_max_record_len(b) == 0);
@@ -852,6 +870,211 @@ static void test_review_findings(void) {
     CHECK(cachem_open(NULL, 1u << 16, &bad, &err) == NULL && err == CACHEM_E_INVALID_ARGUMENT);
 }
 
+/* The rows of cachem_status_owners / cachem_status_pids, rebuilt as the
+ * JSON text cachem_status_json writes (compact, keys sorted). */
+typedef struct {
+    cachem_t *c;
+    char text[4096];
+    size_t len;
+    int calls;
+    int stop_after; /* 0: never */
+    int reenter;    /* call cachem functions from inside the callback */
+} rows_t;
+
+static void append(rows_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void append(rows_t *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->text + r->len, sizeof r->text - r->len, fmt, ap);
+    va_end(ap);
+    CHECK(n >= 0 && (size_t)n < sizeof r->text - r->len);
+    r->len += (size_t)n;
+}
+
+static void reenter(cachem_t *c) {
+    /* No cachem lock is held during the callback: all of these work. */
+    cachem_id_t id;
+    cachem_stat_t st;
+    size_t n = 0;
+    OK(cachem_lock(c));
+    OK(cachem_stat(c, &st));
+    OK(cachem_unlock(c));
+    OK(cachem_id(c, "from-a-callback", &id));
+    OK(cachem_status_pids(c, count_pid, &n));
+    CHECK(n > 0);
+}
+
+static int owner_row(const cachem_owner_usage_t *u, void *arg) {
+    rows_t *r = arg;
+    r->calls++;
+    if (r->reenter)
+        reenter(r->c);
+    append(r, "%s{\"bytes\":%llu,\"id\":%u,\"name\":", r->calls > 1 ? "," : "",
+           (unsigned long long)u->bytes, (unsigned)u->id);
+    if (u->name == NULL) {
+        CHECK(u->name_len == 0);
+        append(r, "null");
+    } else {
+        CHECK(strlen(u->name) == u->name_len);
+        append(r, "\"");
+        for (const char *p = u->name; *p; p++)
+            append(r, "%s%c", (*p == '"' || *p == '\\') ? "\\" : "", *p);
+        append(r, "\"");
+    }
+    append(r, ",\"records\":%llu}", (unsigned long long)u->records);
+    return r->stop_after && r->calls >= r->stop_after;
+}
+
+static int pid_row(const cachem_pid_usage_t *u, void *arg) {
+    rows_t *r = arg;
+    r->calls++;
+    if (r->reenter)
+        reenter(r->c);
+    append(r, "%s{\"alive\":%s,\"bytes\":%llu,\"pid\":%u,\"records\":%llu}", r->calls > 1 ? "," : "",
+           u->alive ? "true" : "false", (unsigned long long)u->bytes, (unsigned)u->pid,
+           (unsigned long long)u->records);
+    return r->stop_after && r->calls >= r->stop_after;
+}
+
+static void expect_in(const char *json, const char *part) {
+    if (strstr(json, part) == NULL) {
+        fprintf(stderr, "not in the JSON report: %s\nreport: %s\n", part, json);
+        _exit(1);
+    }
+}
+
+static void test_status_api(void) {
+    section("status without JSON: cachem_status, _owners, _pids agree with cachem_status_json");
+    cachem_error_t err;
+    cachem_t *c = cachem_open(NULL, SIZE, NULL, &err); /* anonymous, shared by fork */
+    CHECK(c != NULL);
+    cachem_id_t alpha, odd, unnamed;
+    OK(cachem_id(c, "alpha", &alpha));
+    OK(cachem_id(c, "q\"uo\\te <b>", &odd));
+    OK(cachem_id(c, NULL, &unnamed));
+    OK(cachem_add(c, "twelve bytes", 12, alpha, NULL));
+    OK(cachem_add(c, "four", 4, alpha, NULL));
+    OK(cachem_add(c, "odd", 3, odd, NULL));
+    OK(cachem_add(c, "", 0, unnamed, NULL));
+    OK(cachem_add(c, "mine", 4, CACHEM_INVALID_ID, NULL));
+    /* A child that inserts an owned record and exits: a dead pid. */
+    pid_t dead = fork();
+    CHECK(dead >= 0);
+    if (dead == 0) {
+        if (cachem_add(c, "left behind", 11, alpha, NULL) != CACHEM_OK)
+            _exit(3);
+        _exit(0);
+    }
+    CHECK(reap_child(dead) == 0);
+    /* A child that stays alive until told: a live pid besides ours. */
+    int go[2], ready[2];
+    CHECK(pipe(go) == 0 && pipe(ready) == 0);
+    pid_t live = fork();
+    CHECK(live >= 0);
+    if (live == 0) {
+        char b = 0;
+        close(go[1]);
+        close(ready[0]);
+        if (cachem_add(c, "live", 4, odd, NULL) != CACHEM_OK)
+            _exit(3);
+        if (write(ready[1], "x", 1) != 1 || read(go[0], &b, 1) < 0)
+            _exit(4);
+        _exit(0);
+    }
+    close(go[0]);
+    close(ready[1]);
+    char b;
+    CHECK(read(ready[0], &b, 1) == 1);
+
+    char json[8192];
+    OK(cachem_status_json(c, json, sizeof json, NULL));
+    cachem_status_t st = CACHEM_STATUS_INIT;
+    OK(cachem_status(c, &st));
+    CHECK(st.struct_size == sizeof st);
+    cachem_stat_t stt;
+    OK(cachem_stat(c, &stt));
+    CHECK(st.records == 7 && st.owners == 4 && st.processes == 3 && st.dead_processes == 1);
+    CHECK(st.pid_rows == 3 && st.max_record_len == cachem_max_record_len(c));
+    CHECK(st.size == stt.size && st.used_bytes == stt.used_bytes && st.free_bytes == stt.free_bytes);
+    CHECK(st.slots == stt.slots && st.free_slots == stt.free_slots && st.table_bytes == stt.table_bytes);
+    CHECK(st.header_bytes == stt.header_bytes && st.generation == stt.generation);
+    CHECK(st.processes == stt.processes && st.dead_processes == stt.dead_processes);
+    CHECK(st.compaction == CACHEM_COMPACTION_DEFERRED && st.recovery_required == 0);
+    char part[1024];
+    snprintf(part, sizeof part,
+             "\"counters\":{\"bytes_moved\":%llu,\"compactions\":%llu,\"inserts\":%llu,"
+             "\"largest_compaction\":%llu,\"reaped_records\":%llu,\"recoveries\":%llu,"
+             "\"removes\":%llu},\"dead_blocks\":%llu,\"dead_bytes\":%llu,\"free_bytes\":%llu,"
+             "\"free_slots\":%llu,\"generation\":\"%016llx\",\"header_bytes\":%llu,\"lock_bytes\":%llu,",
+             (unsigned long long)st.bytes_moved, (unsigned long long)st.compactions,
+             (unsigned long long)st.inserts, (unsigned long long)st.largest_compaction,
+             (unsigned long long)st.reaped_records, (unsigned long long)st.recoveries,
+             (unsigned long long)st.removes, (unsigned long long)st.dead_blocks,
+             (unsigned long long)st.dead_bytes, (unsigned long long)st.free_bytes,
+             (unsigned long long)st.free_slots, (unsigned long long)st.generation,
+             (unsigned long long)st.header_bytes, (unsigned long long)st.lock_bytes);
+    expect_in(json, part);
+    snprintf(part, sizeof part,
+             "\"records\":%llu,\"recovery_required\":false,\"size\":%llu,\"slots\":%llu,"
+             "\"table_bytes\":%llu,\"used_bytes\":%llu}",
+             (unsigned long long)st.records, (unsigned long long)st.size, (unsigned long long)st.slots,
+             (unsigned long long)st.table_bytes, (unsigned long long)st.used_bytes);
+    expect_in(json, part);
+    char boot[64] = "\"boot_id\":\"";
+    for (int i = 0; i < 16; i++)
+        snprintf(boot + strlen(boot), sizeof boot - strlen(boot), "%02x", st.boot_id[i]);
+    expect_in(json, boot);
+    expect_in(json, "\"compaction\":\"deferred\"");
+
+    /* The rows, in the report's order, with re-entrant callbacks. */
+    static rows_t r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    r.reenter = 1;
+    append(&r, "\"owners\":[");
+    OK(cachem_status_owners(c, owner_row, &r));
+    append(&r, "],\"path\":null,\"pids\":[");
+    CHECK(r.calls == 4);
+    r.calls = 0;
+    OK(cachem_status_pids(c, pid_row, &r));
+    append(&r, "]");
+    CHECK(r.calls == 3);
+    expect_in(json, r.text);
+    CHECK(strstr(r.text, "\"alive\":false") != NULL && strstr(r.text, "q\\\"uo\\\\te <b>") != NULL);
+
+    /* A non-zero return stops the walk; the call still succeeds. */
+    memset(&r, 0, sizeof r);
+    r.stop_after = 2;
+    OK(cachem_status_owners(c, owner_row, &r));
+    CHECK(r.calls == 2);
+    memset(&r, 0, sizeof r);
+    r.stop_after = 1;
+    OK(cachem_status_pids(c, pid_row, &r));
+    CHECK(r.calls == 1);
+
+    /* Under this thread's lock: the snapshot uses it (no self-deadlock). */
+    size_t n = 0;
+    OK(cachem_lock(c));
+    OK(cachem_status(c, &st));
+    OK(cachem_status_owners(c, count_owner, &n));
+    OK(cachem_unlock(c));
+    CHECK(n == 4);
+
+    /* Misuse. */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status(c, NULL));
+    st.struct_size = 8;
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status(c, &st));
+    CHECK(strstr(cachem_last_error_message(c), "struct_size") != NULL);
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status_owners(c, NULL, NULL));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status_pids(c, NULL, NULL));
+
+    CHECK(write(go[1], "x", 1) == 1);
+    close(go[1]);
+    close(ready[0]);
+    CHECK(reap_child(live) == 0);
+    OK(cachem_close(c));
+}
+
 int main(void) {
     dir = getenv("CACHEM_DIR");
     if (dir == NULL || dir[0] != '/') {
@@ -866,6 +1089,7 @@ int main(void) {
     test_snapshots();
     test_fork();
     test_review_findings();
+    test_status_api();
     fprintf(stderr, "all C checks passed\n");
     return 0;
 }

@@ -2,6 +2,8 @@
 //! images are covered by the engine's unit tests, `tests/cli.rs` and the
 //! fuzz regressions.)
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use cachem::{Cache, Config, Error, OwnerId, RecordId};

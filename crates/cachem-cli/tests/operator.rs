@@ -4,6 +4,8 @@
 //! and the generated man pages and bash / zsh / fish completions exercised
 //! by the real tools (groff, bash, zsh, fish).
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -631,7 +633,7 @@ fn zsh_completion_loads_and_defines_every_command() {
 
 #[test]
 fn packaged_cachem_conf_shows_every_directive_of_mod_cachem_commented_out() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = workspace_root();
     let src = std::fs::read_to_string(root.join("apache/mod_cachem.c")).unwrap();
     let conf = std::fs::read_to_string(root.join("packaging/deb/cachem.conf")).unwrap();
     let directives: Vec<&str> = src
@@ -658,7 +660,7 @@ fn packaged_cachem_conf_shows_every_directive_of_mod_cachem_commented_out() {
 
 #[test]
 fn packaging_scripts_are_valid_shell() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/deb");
+    let dir = workspace_root().join("packaging/deb");
     for f in ["build.sh", "test.sh", "apache.prerm", "apache.postrm"] {
         let o = Command::new("sh").arg("-n").arg(dir.join(f)).output().unwrap();
         assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));

@@ -3,6 +3,8 @@
 //! left out, damaged and foreign files refused without any change, all or
 //! nothing when the region lacks room, atomic replacement.
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use cachem::{Cache, Config, Error, OwnerId};

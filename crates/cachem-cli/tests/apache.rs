@@ -10,6 +10,8 @@
 //! Under root the children run as www-data, so the region, lockfile and id
 //! store must be usable by them.
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::TempDir;
@@ -22,13 +24,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
 /// Builds the modules once per test binary; returns (mod_cachem, example).
 fn modules() -> &'static (PathBuf, PathBuf) {
     static M: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     M.get_or_init(|| {
-        let dir = Path::new(ROOT).join("target/apache");
+        let dir = common::workspace_root().join("target/apache");
         let built = (dir.join("mod_cachem.so"), dir.join("mod_cachem_example.so"));
         // For modules built by other means (a libcachem from elsewhere).
         if std::env::var_os("CACHEM_APACHE_NO_MAKE").is_some() {
@@ -37,7 +37,7 @@ fn modules() -> &'static (PathBuf, PathBuf) {
         }
         let out = Command::new("make")
             .args(["--no-print-directory", "-s", "apache"])
-            .current_dir(ROOT)
+            .current_dir(common::workspace_root())
             .output()
             .expect("running make apache");
         assert!(
@@ -986,7 +986,7 @@ fn bench_apache() {
         us(static_counted) - us(static_plain),
     );
     println!("{report}");
-    let doc = Path::new(ROOT).join("docs/apache.md");
+    let doc = common::workspace_root().join("docs/apache.md");
     if let Ok(text) = std::fs::read_to_string(&doc) {
         let (a, b) = ("<!-- bench:begin -->", "<!-- bench:end -->");
         if let (Some(i), Some(j)) = (text.find(a), text.find(b)) {
@@ -994,4 +994,186 @@ fn bench_apache() {
             std::fs::write(&doc, new).unwrap();
         }
     }
+}
+
+/// HTML text as `ap_escape_html` writes it.
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The cachem section of `/server-status` and of `?auto`, line by line, as
+/// the module must write it for the region `j` (`cachem stat --json`) at
+/// `path` with the record limit `max`.
+fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>, Vec<String>) {
+    let n = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("{k} in {j}"));
+    let c = |k: &str| j["counters"][k].as_u64().unwrap();
+    let owners = j["owners"].as_array().unwrap();
+    let pids = j["pids"].as_array().unwrap();
+    let distinct = |dead_only: bool| {
+        pids.iter()
+            .filter(|p| !dead_only || p["alive"] == false)
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect::<BTreeSet<_>>()
+            .len() as u64
+    };
+    let (processes, dead) = (distinct(false), distinct(true));
+    let compaction = j["compaction"].as_str().unwrap();
+    let mut auto = vec![
+        "CachemAvailable: 1".to_string(),
+        format!("CachemRegion: {path}"),
+        format!("CachemSize: {}", n("size")),
+        format!("CachemUsedBytes: {}", n("used_bytes")),
+        format!("CachemFreeBytes: {}", n("free_bytes")),
+        format!("CachemRecords: {}", n("records")),
+        format!("CachemSlots: {}", n("slots")),
+        format!("CachemFreeSlots: {}", n("free_slots")),
+        format!("CachemHeaderBytes: {}", n("header_bytes")),
+        format!("CachemTableBytes: {}", n("table_bytes")),
+        format!("CachemGeneration: {}", j["generation"].as_str().unwrap()),
+        format!("CachemMaxRecordLen: {max}"),
+        format!("CachemOwners: {}", owners.len()),
+        format!("CachemProcesses: {processes}"),
+        format!("CachemDeadProcesses: {dead}"),
+        format!("CachemInserts: {}", c("inserts")),
+        format!("CachemRemoves: {}", c("removes")),
+        format!("CachemBytesMoved: {}", c("bytes_moved")),
+        format!("CachemReaps: {}", c("reaped_records")),
+        format!("CachemRecoveries: {}", c("recoveries")),
+        format!("CachemCompaction: {compaction}"),
+        format!("CachemDeadBytes: {}", n("dead_bytes")),
+        format!("CachemDeadBlocks: {}", n("dead_blocks")),
+    ];
+    let (size, hdr_b, used_b, free_b) = (n("size"), n("header_bytes"), n("used_bytes"), n("free_bytes"));
+    let cells = |b: u64| (64.0 * b as f64 / size as f64 + 0.5) as i64;
+    let hdr = cells(hdr_b).max(1);
+    let mut used = cells(used_b);
+    if used < 1 && n("records") > 0 {
+        used = 1;
+    }
+    used = used.min(64 - hdr);
+    let free = cells(free_b).min(64 - hdr - used);
+    let bar: String = (0..64)
+        .map(|i| {
+            if i < hdr {
+                'H'
+            } else if i < hdr + used {
+                '#'
+            } else if i < hdr + used + free {
+                '.'
+            } else {
+                '='
+            }
+        })
+        .collect();
+    let mut html = vec![
+        "<hr />".to_string(),
+        "<h2><a name=\"cachem\">mod_cachem</a></h2>".to_string(),
+        format!(
+            "<p>Region <code>{}</code>: {size} bytes, {used_b} used, {free_b} free; {} records in {} slots; \
+             largest record {max} bytes.</p>",
+            escape_html(path),
+            n("records"),
+            n("slots")
+        ),
+        format!("<pre>|{bar}|"),
+        format!(
+            " H header {hdr_b}, # records {used_b}, . free {free_b}, = block-pointer table {} bytes</pre>",
+            n("table_bytes")
+        ),
+        format!(
+            "<p>Compaction {compaction}: {} bytes in {} deleted records' blocks wait for a compaction.</p>",
+            n("dead_bytes"),
+            n("dead_blocks")
+        ),
+        format!(
+            "<p>Counters: {} inserts, {} removes, {} bytes moved by compaction, {} records reaped, {} lock \
+             recoveries.</p>",
+            c("inserts"),
+            c("removes"),
+            c("bytes_moved"),
+            c("reaped_records"),
+            c("recoveries")
+        ),
+        format!("<h3>Owners ({})</h3>", owners.len()),
+        "<table border=\"0\"><tr><th>id</th><th>name</th><th>records</th><th>bytes</th></tr>".to_string(),
+    ];
+    for o in owners {
+        let (id, name) = (o["id"].as_u64().unwrap(), o["name"].as_str());
+        let (r, b) = (o["records"].as_u64().unwrap(), o["bytes"].as_u64().unwrap());
+        let (a, h) = match (id, name) {
+            (0, _) => ("(process)".to_string(), "<i>process-scoped</i>".to_string()),
+            (_, Some(s)) => (s.to_string(), escape_html(s)),
+            (_, None) => ("(unnamed)".to_string(), "<i>unnamed</i>".to_string()),
+        };
+        auto.push(format!("CachemOwner{id}: {a} {r} {b}"));
+        html.push(format!("<tr><td>{id}</td><td>{h}</td><td>{r}</td><td>{b}</td></tr>"));
+    }
+    html.push("</table>".to_string());
+    html.push(format!("<h3>Processes ({} alive, {dead} dead)</h3>", processes - dead));
+    html.push(
+        "<table border=\"0\"><tr><th>pid</th><th>state</th><th>records</th><th>bytes</th></tr>".to_string(),
+    );
+    for p in pids {
+        let (pid, alive) = (p["pid"].as_u64().unwrap(), p["alive"] == true);
+        let (r, b) = (p["records"].as_u64().unwrap(), p["bytes"].as_u64().unwrap());
+        auto.push(format!("CachemPid{pid}: {} {r} {b}", if alive { "alive" } else { "dead" }));
+        html.push(format!(
+            "<tr><td>{pid}</td><td>{}</td><td>{r}</td><td>{b}</td></tr>",
+            if alive { "alive" } else { "<b>dead</b>" }
+        ));
+    }
+    html.push("</table>".to_string());
+    (html, auto)
+}
+
+#[test]
+fn the_status_section_has_its_exact_shape_and_agrees_with_stat() {
+    let h = Httpd::start("shape", Mpm::Prefork, NAMED);
+    let run = h.run_dir();
+    example(&h);
+    // Owners with HTML and JSON specials; each put is a process that exits:
+    // dead pids holding owned records.
+    for (owner, data) in
+        [("alpha", "twelve bytes"), ("alpha", "more"), ("x<b>&\"q\\z", "html"), ("empty", "")]
+    {
+        let out = cachem_cli(&["--dir", run.to_str().unwrap(), "put", "cache.shm", "--owner", owner, data]);
+        assert!(out.status.success(), "cachem put: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = run.join("cache.shm").display().to_string();
+    let section = |body: &str| -> Vec<String> {
+        let lines: Vec<&str> = body.lines().collect();
+        let at = lines.iter().position(|l| l.contains("name=\"cachem\"")).expect("no cachem section");
+        let end = lines.iter().rposition(|l| *l == "</table>").expect("no table");
+        lines[at - 1..=end].iter().map(|l| l.to_string()).collect()
+    };
+    // A status request may land on a child that adds its record meanwhile:
+    // retry until two reads around `cachem stat` agree.
+    let mut agreed = false;
+    for _ in 0..20 {
+        let cachem_lines = |body: String| -> Vec<String> {
+            body.lines().filter(|l| l.starts_with("Cachem")).map(String::from).collect()
+        };
+        let auto = cachem_lines(get_ok(h.port, "/server-status?auto").body);
+        let html = get_ok(h.port, "/server-status").body;
+        let j = stat_json(&run, "cache.shm");
+        if auto != cachem_lines(get_ok(h.port, "/server-status?auto").body) {
+            continue;
+        }
+        let max = auto
+            .iter()
+            .find_map(|l| l.strip_prefix("CachemMaxRecordLen: "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("CachemMaxRecordLen");
+        assert!(max > 0 && max < j["size"].as_u64().unwrap());
+        let (want_html, want_auto) = expected_status(&j, &path, max);
+        if auto != want_auto {
+            continue;
+        }
+        assert_eq!(section(&html), want_html);
+        assert!(auto.iter().any(|l| l.ends_with(" dead 1 12")), "no dead pid: {auto:?}");
+        assert!(auto.iter().any(|l| l.contains(": x<b>&\"q\\z 1 4")), "{auto:?}");
+        agreed = true;
+        break;
+    }
+    assert!(agreed, "server-status never agreed with cachem stat");
 }

@@ -3,6 +3,8 @@
 //! gone after the command exits, stress workers SIGKILLed while `verify`
 //! keeps passing, the demo, and every command of the README's tour.
 
+// The root package's test helpers (tests/common), shared with its tests.
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -307,7 +309,7 @@ fn the_demo_runs_and_says_what_it_proved() {
 
 #[test]
 fn every_command_in_the_readme_tour_works() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     assert!(readme.starts_with("# cachem\n\n```sh\nmake demo"), "README must start with the two commands");
     let tour = readme.split("## Five-minute tour").nth(1).expect("a tour section");
     let block = tour.split("```sh").nth(1).unwrap().split("```").next().unwrap();

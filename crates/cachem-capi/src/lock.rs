@@ -1,0 +1,80 @@
+//! Owner ids and the region lock: `cachem_id` (a name's id, or a fresh
+//! one), `cachem_lock` and `cachem_unlock` (the per-thread region lock held
+//! across calls).
+
+use crate::args::{handle, need, opt_str, put, token};
+use crate::fail::{ffi, Fail};
+use crate::state;
+use crate::{cachem_error_t, cachem_id_t, cachem_t};
+use std::ffi::c_char;
+
+/// The owner id of `name`: the same in every process for the life of the
+/// region (mod_cachem's cachem_id). NULL `name`: a fresh id never returned
+/// before. The answer is memoised per process. Needs no lock (and may be
+/// called holding it).
+///
+/// Returns `CACHEM_OK` with `*out` set, or `CACHEM_E_INVALID_ARGUMENT` (`out`
+/// NULL, name not UTF-8), `CACHEM_E_MISUSE` (bad handle),
+/// `CACHEM_E_REGISTRY`, `CACHEM_E_PERMISSION`, `CACHEM_E_IO`.
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn cachem_id(
+    c: *mut cachem_t,
+    name: *const c_char,
+    out: *mut cachem_id_t,
+) -> cachem_error_t {
+    ffi("cachem_id", || {
+        need(out, "out")?;
+        let h = handle(c)?;
+        // SAFETY: per this function's contract.
+        let id = match unsafe { opt_str(name, "the owner name") }? {
+            Some(n) => h.cache.id(n)?,
+            None => h.cache.unique_id()?,
+        };
+        // SAFETY: checked non-NULL above; writable per the contract.
+        unsafe { put(out, id.get()) };
+        Ok(())
+    })
+}
+
+/// Takes the region lock for the calling thread (recovering the region
+/// first if a holder died). The lock is per thread: other threads sharing
+/// the handle wait. Hold it briefly: every process of the region waits.
+///
+/// Returns `CACHEM_OK`, or:
+/// - `CACHEM_E_ALREADY_LOCKED`: this thread holds it already (through this
+///   or another handle of the region): an error, never a hang;
+/// - `CACHEM_E_MISUSE`: bad handle;
+/// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_CORRUPT` (recovery failed),
+///   `CACHEM_E_IO`.
+///
+/// # Safety
+/// None (any handle value is checked).
+#[no_mangle]
+pub unsafe extern "C" fn cachem_lock(c: *mut cachem_t) -> cachem_error_t {
+    ffi("cachem_lock", || state::lock(handle(c)?))
+}
+
+/// Releases the lock the calling thread took with `cachem_lock`. Pointers
+/// from `cachem_get` are invalid afterwards.
+///
+/// Returns `CACHEM_OK`, or `CACHEM_E_NOT_LOCKED` (this thread does not hold
+/// it through this handle: unlock by a thread that did not lock, a second
+/// unlock), `CACHEM_E_MISUSE` (bad handle).
+///
+/// # Safety
+/// None (any handle value is checked).
+#[no_mangle]
+pub unsafe extern "C" fn cachem_unlock(c: *mut cachem_t) -> cachem_error_t {
+    ffi("cachem_unlock", || {
+        if c.is_null() {
+            return Err(Fail::invalid("the handle is NULL"));
+        }
+        if !state::well_formed(token(c)) {
+            return Err(Fail::misuse(format!("{:#x} is not a cachem handle", token(c))));
+        }
+        state::unlock(token(c))
+    })
+}
