@@ -49,7 +49,11 @@ fn unsafe_dir(path: &Path, reason: String) -> Error {
 fn open_dir(path: &Path) -> Result<File> {
     match OpenOptions::new().read(true).custom_flags(OPEN_FLAGS | libc::O_DIRECTORY).open(path) {
         Ok(f) => Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        // O_NOFOLLOW with O_DIRECTORY: a symlink gives ELOOP or ENOTDIR.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP)
+                || fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
             let to = fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
             Err(unsafe_dir(
                 path,
@@ -72,7 +76,11 @@ fn open_dir(path: &Path) -> Result<File> {
 /// any.
 pub fn check_dir(path: &Path, also_trusted: Option<u32>) -> Result<()> {
     let f = open_dir(path)?;
-    let m = f.metadata().map_err(|e| Error::Io { op: "stat runtime directory", path: path.to_path_buf(), source: e })?;
+    let m = f.metadata().map_err(|e| Error::Io {
+        op: "stat runtime directory",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     check_meta(path, m.uid(), m.mode(), also_trusted)
 }
 
@@ -83,7 +91,8 @@ pub fn check_dir(path: &Path, also_trusted: Option<u32>) -> Result<()> {
 /// region) may have made it first.
 pub fn check_store_dir(path: &Path) -> Result<()> {
     let f = open_dir(path)?;
-    let m = f.metadata().map_err(|e| Error::Io { op: "stat id store", path: path.to_path_buf(), source: e })?;
+    let m =
+        f.metadata().map_err(|e| Error::Io { op: "stat id store", path: path.to_path_buf(), source: e })?;
     check_meta(path, m.uid(), m.mode(), Some(m.uid()))
 }
 
@@ -120,7 +129,11 @@ pub fn ensure_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>, trusted: bo
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::DirBuilder::new().recursive(true).mode(mode).create(parent).map_err(io("create runtime directory"))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(parent)
+                    .map_err(io("create runtime directory"))?;
             }
             // The last component on its own (mode 0700 for private files),
             // not recursive: if someone made it meanwhile, it is theirs, and
@@ -131,9 +144,11 @@ pub fn ensure_dir(path: &Path, mode: u32, owner: Option<(u32, u32)>, trusted: bo
                     // a symlink put in its place): the exact mode (the umask
                     // filtered it), and the owner.
                     let f = open_dir(path)?;
-                    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io("chmod runtime directory"))?;
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(io("chmod runtime directory"))?;
                     if let Some((uid, gid)) = owner {
-                        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io("chown runtime directory"))?;
+                        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                            .map_err(io("chown runtime directory"))?;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -163,7 +178,8 @@ mod tests {
         assert!(check_meta(p, me, 0o41777, None).is_ok(), "sticky, world-writable, mine");
         assert!(check_meta(p, 0, 0o41777, None).is_ok(), "/dev/shm itself");
         assert!(check_meta(p, other, 0o40700, Some(other)).is_ok(), "the files' owner");
-        for (uid, mode) in [(other, 0o40700), (other, 0o40777), (other, 0o41777), (me, 0o40777), (0, 0o40757)] {
+        for (uid, mode) in [(other, 0o40700), (other, 0o40777), (other, 0o41777), (me, 0o40777), (0, 0o40757)]
+        {
             let e = check_meta(p, uid, mode, None).unwrap_err();
             assert!(matches!(e, Error::UnsafeDir { .. }), "{uid} {mode:o}: {e}");
         }

@@ -61,8 +61,8 @@ mod lock;
 mod open;
 mod reap;
 
-use guard::mark_dirty;
 pub use dir::{check_dir, check_store_dir, ensure_dir, OPEN_FLAGS};
+use guard::mark_dirty;
 pub use guard::Guard;
 pub use open::{check_create_size, chown_to, default_lock_path, dir_mode, resolve_path, runtime_dir};
 pub use reap::{DeadProcess, ReapReport};

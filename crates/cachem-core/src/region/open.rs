@@ -7,8 +7,8 @@
 //! Crash argument for creation: see the module docs of `region` ("Create or
 //! attach") and `docs/design.md` ("Regions").
 
-use super::*;
 use super::dir;
+use super::*;
 use crate::format::{mutex_offset, Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL};
 use crate::layout::FormatOptions;
 use fs2::FileExt;
@@ -199,6 +199,12 @@ impl Region {
     pub fn open_path(path: PathBuf, opts: &RegionOptions) -> Result<Region> {
         opts.check_owner()?;
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        // An existing runtime directory is checked before anything in it is
+        // looked at (a missing one is made and checked below).
+        if !opts.trust_dir && fs::symlink_metadata(&parent).is_ok() {
+            dir::check_dir(&parent, opts.owner.map(|o| o.0))?;
+        }
         if !opts.create || opts.size.is_none() {
             // Attach only: leave no directory or lockfile behind for a
             // missing region.
@@ -208,7 +214,6 @@ impl Region {
                 Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
             }
         }
-        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
         // The runtime directory: made (mode and owner exact) if missing,
         // then checked, as is the lockfile's when it lies elsewhere (see
         // `dir.rs`), before any file in them is opened or created.
