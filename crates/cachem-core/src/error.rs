@@ -132,7 +132,6 @@ pub enum ErrorKind {
     LockUnrecoverable,
     NotFound,
     BadName,
-    UnsafeDir,
     PidNamespace,
     OptionMismatch,
     Snapshot,
@@ -162,7 +161,9 @@ impl Error {
             Error::LockUnrecoverable { .. } => ErrorKind::LockUnrecoverable,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::BadName { .. } => ErrorKind::BadName,
-            Error::UnsafeDir { .. } => ErrorKind::UnsafeDir,
+            // The C API's CACHEM_E_PERMISSION too: access refused, here by
+            // cachem's own check of the directory.
+            Error::UnsafeDir { .. } => ErrorKind::PermissionDenied,
             Error::PidNamespace { .. } => ErrorKind::PidNamespace,
             Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
             Error::Snapshot { .. } => ErrorKind::Snapshot,

@@ -75,12 +75,16 @@ fn open_dir(path: &Path) -> Result<File> {
 /// `also_trusted` is the uid the caller gives the region's files to, if
 /// any.
 pub fn check_dir(path: &Path, also_trusted: Option<u32>) -> Result<()> {
-    let f = open_dir(path)?;
-    let m = f.metadata().map_err(|e| Error::Io {
-        op: "stat runtime directory",
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let m = match open_dir(path) {
+        Ok(f) => f.metadata(),
+        // A directory we may not read (another user's 0700): judge it by
+        // lstat, which the refusal can then explain.
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
+            fs::symlink_metadata(path)
+        }
+        Err(e) => return Err(e),
+    }
+    .map_err(|e| Error::Io { op: "stat runtime directory", path: path.to_path_buf(), source: e })?;
     check_meta(path, m.uid(), m.mode(), also_trusted)
 }
 
@@ -103,7 +107,7 @@ fn check_meta(path: &Path, uid: u32, mode: u32, also_trusted: Option<u32>) -> Re
         return Err(unsafe_dir(
             path,
             format!(
-                "it belongs to uid {uid}, not to you (uid {euid}) or root, so that user controls what is in it: remove it (rm -r {p}) and let cachem create it, or if you trust it, chown root {p} && chmod 0755 {p}"
+                "it is owned by uid {uid}, not by you (uid {euid}) or root, so that user controls what is in it: remove it (rm -r {p}) and let cachem create it, or if you trust it, chown root {p} && chmod 0755 {p}"
             ),
         ));
     }
