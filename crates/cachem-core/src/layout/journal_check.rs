@@ -168,7 +168,8 @@ impl<'a> Layout<'a> {
         let mut p = H;
         while p < j.dst {
             let b = self.block(p, j.dst)?;
-            if !claim(&mut seen, b.slot, &[p]) && !(deferred && b.slot == DEAD_SLOT) {
+            let dead = deferred && b.slot == DEAD_SLOT;
+            if !dead && !claim(&mut seen, b.slot, &[p]) {
                 return Err(not_live(p, b.slot, "settled, below dst"));
             }
             p += b.size;
@@ -179,7 +180,8 @@ impl<'a> Layout<'a> {
             let from = if i < done { j.dst } else { j.src };
             let b = self.block(from + i, from + len)?;
             let places = if fixing { vec![j.src + i, j.dst + i] } else { vec![j.src + i] };
-            if !claim(&mut seen, b.slot, &places) && !(deferred && b.slot == DEAD_SLOT) {
+            let dead = deferred && b.slot == DEAD_SLOT;
+            if !dead && !claim(&mut seen, b.slot, &places) {
                 return Err(not_live(j.src + i, b.slot, "in the run being moved"));
             }
             i += b.size;
