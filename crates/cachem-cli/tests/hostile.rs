@@ -190,8 +190,13 @@ fn api_misuse_gives_specific_errors() {
     assert!(matches!(Cache::open(&cfg("a", 131072)), Err(Error::SizeMismatch { .. })));
 }
 
-fn is_root() -> bool {
-    cachem::sys::process::effective_ids().0 == 0
+/// True as root; else says why the test is skipped.
+fn root_or_skip(why: &str) -> bool {
+    let root = cachem::sys::process::effective_ids().0 == 0;
+    if !root {
+        println!("skipped: needs root to {why}");
+    }
+    root
 }
 
 /// A stand-in for `/dev/shm`: root's, mode 1777, so another user can plant
@@ -218,8 +223,7 @@ fn entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_runtime_directory_planted_by_another_user_is_refused() {
-    if !is_root() {
-        println!("skipped: needs root to plant a directory as another user");
+    if !root_or_skip("plant a directory as another user") {
         return;
     }
     let shm = shm_like("planted-dir");
@@ -255,8 +259,7 @@ fn a_runtime_directory_planted_by_another_user_is_refused() {
 
 #[test]
 fn a_symlink_planted_at_the_runtime_directory_is_refused_and_nothing_is_written_there() {
-    if !is_root() {
-        println!("skipped: needs root to plant a symlink as another user");
+    if !root_or_skip("plant a symlink as another user") {
         return;
     }
     let shm = shm_like("planted-link");
@@ -283,8 +286,7 @@ fn a_symlink_planted_at_the_runtime_directory_is_refused_and_nothing_is_written_
 
 #[test]
 fn a_sticky_shared_directory_and_the_default_path_work() {
-    if !is_root() {
-        println!("skipped: needs root to run as another user");
+    if !root_or_skip("run as another user") {
         return;
     }
     let shm = shm_like("sticky");

@@ -261,6 +261,11 @@ fn false_journal_image(policy: Compaction) -> Img {
     img
 }
 
+/// A compaction journal with no move in progress.
+fn journal(start: u64, src: u64, dst: u64, end: u64, live_from: u64) -> Journal {
+    Journal { op: JOURNAL_COMPACT, start, src, dst, end, live_from, mv_src: NO_MOVE, ..Zeroable::zeroed() }
+}
+
 #[test]
 fn a_false_journal_is_refused_before_anything_is_written() {
     for policy in [Compaction::Eager, Compaction::Deferred] {
@@ -286,45 +291,16 @@ fn journal_checks_before_moving_refuse_each_false_fact() {
     type Edit = fn(&mut Img);
     let cases: Vec<(&str, Edit)> = vec![
         // A hole past the first record: record 2 (at 424) lies in it.
-        ("hole over a live block", |img| {
-            img.hdr().journal = Journal {
-                op: 1,
-                start: 384,
-                src: 464,
-                dst: 424,
-                end: 624,
-                live_from: 624,
-                mv_src: NO_MOVE,
-                ..Zeroable::zeroed()
-            }
-        }),
+        ("hole over a live block", |img| img.hdr().journal = journal(384, 464, 424, 624, 624)),
         // Every block past live_from must be live: slot 3's block is not.
         ("dead past live_from", |img| {
-            img.hdr().journal = Journal {
-                op: 1,
-                start: 544,
-                src: 544,
-                dst: 544,
-                end: 624,
-                live_from: 544,
-                mv_src: NO_MOVE,
-                ..Zeroable::zeroed()
-            };
+            img.hdr().journal = journal(544, 544, 544, 624, 544);
             img.bptr(3).o_beg = 0;
             img.hdr().flags = 1;
         }),
         // o_fr is neither the journal's end nor its final dst.
         ("o_fr", |img| {
-            img.hdr().journal = Journal {
-                op: 1,
-                start: 544,
-                src: 544,
-                dst: 544,
-                end: 624,
-                live_from: 624,
-                mv_src: NO_MOVE,
-                ..Zeroable::zeroed()
-            };
+            img.hdr().journal = journal(544, 544, 544, 624, 624);
             img.hdr().o_fr = 664;
         }),
         // A move whose run does not start with the entries' blocks: the
