@@ -44,7 +44,8 @@ pub unsafe extern "C" fn cachem_options_init(opts: *mut cachem_options_t) {
 ///   opened or given to `owner_uid` / `owner_gid` (root only);
 /// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
 ///   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
-///   another handle), `CACHEM_E_INTERNAL`.
+///   another handle), `CACHEM_E_INTERNAL`;
+/// - `CACHEM_E_TOO_MANY_HANDLES`: 4096 handles are open in this process.
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `opts` is NULL or a

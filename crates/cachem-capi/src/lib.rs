@@ -103,6 +103,9 @@ pub enum cachem_error_t {
     /// The region was created in another pid namespace: open it with
     /// `CACHEM_REAP_OFF`.
     CACHEM_E_PID_NAMESPACE = 20,
+    /// `cachem_open` with 4096 handles open in this process already: close
+    /// one first.
+    CACHEM_E_TOO_MANY_HANDLES = 21,
 }
 
 /// What reaping removes from processes found dead (`cachem_options_t.reap`,

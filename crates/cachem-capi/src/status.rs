@@ -69,9 +69,12 @@ pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) 
 /// geometry, usage per owner with names and per process with liveness,
 /// counters), NUL-terminated, into `buf` of `len` bytes. `*needed` (if not
 /// NULL) gets the size including the NUL. Works with or without the lock.
+/// A length query: `buf` NULL and `len` 0 writes nothing and returns
+/// `CACHEM_OK` with `*needed` set (`needed` must not be NULL then).
 ///
-/// Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (nothing written but
-/// `*needed`), `CACHEM_E_INVALID_ARGUMENT` (`buf` NULL with `len` > 0),
+/// Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (a non-NULL `buf`
+/// too small: nothing written but `*needed`), `CACHEM_E_INVALID_ARGUMENT`
+/// (`buf` NULL with `len` > 0, a length query with `needed` NULL),
 /// `CACHEM_E_MISUSE`, `CACHEM_E_REGISTRY`, `CACHEM_E_CORRUPT`, lock errors.
 ///
 /// # Safety
@@ -87,10 +90,16 @@ pub unsafe extern "C" fn cachem_status_json(
         if buf.is_null() && len > 0 {
             return Err(Fail::invalid("buf is NULL"));
         }
+        if buf.is_null() && needed.is_null() {
+            return Err(Fail::invalid("a length query (buf NULL, len 0) needs needed"));
+        }
         let (st, _) = snapshot(c)?;
         let text = st.to_json().to_string();
         // SAFETY: per this function's contract.
         unsafe { put(needed, text.len() + 1) };
+        if buf.is_null() {
+            return Ok(());
+        }
         if text.len() + 1 > len {
             return Err(Fail::new(
                 CACHEM_E_BUFFER_TOO_SMALL,
