@@ -657,6 +657,20 @@ cachem_error_t cachem_close(cachem_t *c);
 cachem_error_t cachem_destroy(const char *name, const cachem_options_t *opts);
 
 /**
+ * Checks that `size` can be the size of a new region (a multiple of 8, at
+ * least one page, below 4 GiB), without touching any file: what
+ * `cachem_open` would refuse with `CACHEM_E_INVALID_ARGUMENT`. For
+ * configuration checks (mod_cachem's `CACHEM` directive at `apache2 -t`).
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` with the reason in
+ * `cachem_last_error_message`.
+ *
+ * # Safety
+ * None.
+ */
+cachem_error_t cachem_check_size(uint64_t size);
+
+/**
  * The owner id of `name`: the same in every process for the life of the
  * region (mod_cachem's cachem_id). NULL `name`: a fresh id never returned
  * before. The answer is memoised per process. Needs no lock (and may be

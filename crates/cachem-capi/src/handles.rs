@@ -129,3 +129,18 @@ pub unsafe extern "C" fn cachem_destroy(
         Ok(())
     })
 }
+
+/// Checks that `size` can be the size of a new region (a multiple of 8, at
+/// least one page, below 4 GiB), without touching any file: what
+/// `cachem_open` would refuse with `CACHEM_E_INVALID_ARGUMENT`. For
+/// configuration checks (mod_cachem's `CACHEM` directive at `apache2 -t`).
+///
+/// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` with the reason in
+/// `cachem_last_error_message`.
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn cachem_check_size(size: u64) -> cachem_error_t {
+    ffi("cachem_check_size", || Ok(cachem_rs::region::check_create_size(size)?))
+}

@@ -718,6 +718,12 @@ fn stop_and_start_with_and_without_persist() {
     let (hits, _) = example(&h);
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert!(h.run_dir().join("cache.snapshot").exists(), "no snapshot:\n{}", h.log());
+    // The stop's line carries the module's tag (issue 23: was "[:notice]").
+    assert!(
+        h.log().lines().any(|l| l.contains("records saved to") && l.contains("[cachem:notice]")),
+        "the save line lacks its module tag:\n{}",
+        h.log()
+    );
     let gen1 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
 
     h.launch();
@@ -758,6 +764,20 @@ fn a_request_that_returns_holding_the_lock_does_not_hang_the_server() {
         assert!(h.log().contains("ended holding the cache lock"), "{mpm:?}: not logged\n{}", h.log());
         drop(h);
     }
+}
+
+#[test]
+fn a_nolocking_delete_without_the_lock_logs_its_own_detail() {
+    let h = Httpd::start("nolock", Mpm::Prefork, &format!("{NAMED}CachemExampleTestURLs On\n"));
+    let r = get_ok(h.port, "/cachem?nolock-delete");
+    assert!(r.body.contains("nolock delete refused"), "{}", r.body);
+    let log = h.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("CACHEM_NOLOCKING) failed"))
+        .unwrap_or_else(|| panic!("no log line for the refused delete:\n{log}"));
+    assert!(line.contains("cachem_delete:") && !line.contains("cachem_get"), "{line}");
+    h.assert_no_crash();
 }
 
 #[test]
@@ -885,6 +905,9 @@ fn bad_directive_values_fail_the_config_test() {
         ("CACHEM cache.shm lots", "CACHEM"),
         ("CACHEM cache.shm 17179869185G", "CACHEM"),
         ("CACHEM cache.shm 18014398509481988K", "CACHEM"),
+        // Every bound of the library at configuration time (issue 23).
+        ("CACHEM cache.shm 8G", "CACHEM"),
+        ("CACHEM cache.shm 4G", "CACHEM"),
         ("CACHEM cache.shm", "CACHEM"),
         ("CACHEMlockFile relative.lock", "CACHEMlockFile"),
         ("CACHEMDBM ids", "CACHEMDBM"),
@@ -916,6 +939,31 @@ fn bad_directive_values_fail_the_config_test() {
     for (line, name) in cases {
         let h = Httpd::configure("conftest", Mpm::Prefork, line);
         let out = t(&h);
+        if line.contains(" 8G") {
+            // A start with it fails at once and leaves no file behind.
+            let mut start = Command::new("env");
+            start.args(["-i", "PATH=/usr/sbin:/usr/bin:/bin", "/usr/sbin/apache2", "-DFOREGROUND", "-f"]);
+            let mut child = start.arg(&h.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a start with `{line}` did not fail");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(!status.success());
+            let left: Vec<_> = std::fs::read_dir(h.run_dir())
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(
+                !left.iter().any(|n| n.to_string_lossy().starts_with("cache.shm")),
+                "a failed start left {left:?}"
+            );
+        }
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "`{line}` passed apache2 -t");
         assert!(
