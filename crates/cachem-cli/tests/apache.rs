@@ -18,7 +18,8 @@ use common::TempDir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -764,6 +765,56 @@ fn a_request_that_returns_holding_the_lock_does_not_hang_the_server() {
         assert!(h.log().contains("ended holding the cache lock"), "{mpm:?}: not logged\n{}", h.log());
         drop(h);
     }
+}
+
+/// `CACHEMMode 0660` reaches every file and directory of the region despite
+/// the umask, so a member of the group (a monitoring script run as nobody
+/// with group www-data) can use it (issue 23).
+#[test]
+fn cachem_mode_0660_lets_the_group_use_every_file() {
+    if !is_root() {
+        panic!("this test needs root (User/Group www-data and a run as nobody)");
+    }
+    let h = Httpd::start("mode", Mpm::Prefork, &format!("{NAMED}CACHEMMode 0660\n"));
+    // The example module resolves its owner names: the id store exists.
+    let _ = example(&h);
+    for p in [h.dir().to_path_buf(), h.run_dir()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run = h.run_dir();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&run.join("cache.shm")), 0o660, "region");
+    assert_eq!(mode(&run.join("cache.shm.lock")), 0o660, "lockfile");
+    let ids = run.join("cache.shm.ids");
+    assert_eq!(mode(&ids) & 0o777, 0o770, "id store");
+    let mut files = 0;
+    for e in std::fs::read_dir(&ids).unwrap().flatten() {
+        let m = mode(&e.path()) & 0o777;
+        let want = if e.path().is_dir() { 0o770 } else { 0o660 };
+        assert_eq!(m, want, "{}", e.path().display());
+        files += 1;
+    }
+    assert!(files > 0, "an empty id store");
+    // www-data's group, a stranger's uid.
+    let gid = std::fs::metadata(run.join("cache.shm")).unwrap().gid();
+    let o = Command::new(env!("CARGO_BIN_EXE_cachem"))
+        .args(["stat", "--json"])
+        .arg(run.join("cache.shm"))
+        .uid(65534)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cachem stat as nobody, group {gid}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_cachem"))
+        .arg("id")
+        .arg(run.join("cache.shm"))
+        .arg("a-monitoring-script")
+        .uid(65534)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cachem id as nobody, group {gid}: {}", String::from_utf8_lossy(&o.stderr));
+    h.assert_no_crash();
 }
 
 #[test]
