@@ -319,7 +319,11 @@ typedef struct {
    */
   uint64_t processes;
   /**
-   * Of those, processes that are dead (their records await a reap).
+   * Of those, dead processes with records a reap removes (their
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+   * above 0 for more than a few reap intervals, reaping is off or
+   * failing. Dead pids that only tag kept (owned) records are not
+   * counted (`cachem_status_t.dead_pids_kept` has them).
    */
   uint64_t dead_processes;
   /**
@@ -447,7 +451,11 @@ typedef struct {
    */
   uint64_t processes;
   /**
-   * Of those, processes that are dead (their records await a reap).
+   * Of those, dead processes with records a reap removes (their
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+   * above 0 for more than a few reap intervals, reaping is off or
+   * failing. Dead processes whose records are all kept are in
+   * `dead_pids_kept`, not here.
    */
   uint64_t dead_processes;
   /**
@@ -495,6 +503,12 @@ typedef struct {
    * The boot id of the machine that created the region.
    */
   uint8_t boot_id[16];
+  /**
+   * Dead processes whose records are all kept (owned records outlive
+   * the process that inserted them; reaping leaves them): information,
+   * not a fault. Added after the first version of this struct.
+   */
+  uint64_t dead_pids_kept;
 } cachem_status_t;
 
 /**
@@ -559,6 +573,11 @@ typedef struct {
    * Their data bytes.
    */
   uint64_t bytes;
+  /**
+   * Of `records`, those a reap removes once the process is dead (its
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region).
+   */
+  uint64_t reapable;
 } cachem_pid_usage_t;
 
 /**

@@ -817,6 +817,66 @@ fn cachem_mode_0660_lets_the_group_use_every_file() {
     h.assert_no_crash();
 }
 
+/// docs/operations.md's alert, `cachem_dead_processes > 0` for a few reap
+/// intervals (server-status: CachemDeadProcesses): 0 on a healthy server
+/// after graceful restarts, though dead pids still tag the owned records
+/// they added (CachemDeadPidsKept); above 0 with reaping off and children
+/// killed holding process-scoped records (issue 23).
+#[test]
+fn the_dead_process_alert_is_0_when_healthy_and_above_0_with_reaping_off() {
+    let mut h = Httpd::start("alert-ok", Mpm::Prefork, &format!("{NAMED}MaxConnectionsPerChild 0\n"));
+    let _ = load(h.port, 20, 2);
+    for _ in 0..2 {
+        h.graceful();
+        let _ = load(h.port, 10, 2);
+    }
+    no_dead_records(&h);
+    // A few reap intervals (1 s each), polled: the alert figure must be 0
+    // and stay 0; the old generations' pids still tag the hit counter.
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut kept_seen = false;
+    while Instant::now() < end {
+        let a = status_auto(h.port);
+        assert_eq!(a["CachemDeadProcesses"], "0", "a healthy server alerts: {a:?}\n{}", h.log());
+        kept_seen |= a["CachemDeadPidsKept"].parse::<u64>().unwrap() >= 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(kept_seen, "no dead pid tagging a kept record after two graceful restarts");
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    assert_eq!(j["dead_reapable_processes"], 0, "{j}");
+    let prom =
+        cachem_cli(&["stat", "--format", "prometheus", h.run_dir().join("cache.shm").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&prom.stdout);
+    assert!(text.lines().any(|l| l.starts_with("cachem_dead_processes{") && l.ends_with("} 0")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("cachem_dead_pids_kept{")), "{text}");
+    assert!(h.stop());
+    h.assert_no_crash();
+
+    let h = Httpd::start(
+        "alert-off",
+        Mpm::Prefork,
+        &format!("{NAMED}CACHEMReap off\nMaxConnectionsPerChild 0\n"),
+    );
+    let _ = load(h.port, 20, 3);
+    let (_, kids) = example(&h);
+    let victims: Vec<u32> = kids.iter().map(|(pid, _)| *pid).collect();
+    assert!(!victims.is_empty());
+    kill_and_wait(&victims);
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut dead = 0;
+    while Instant::now() < end {
+        dead = status_auto(h.port)["CachemDeadProcesses"].parse::<u64>().unwrap();
+        if dead > 0 && Instant::now() + Duration::from_secs(2) > end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(dead > 0, "reaping off and children killed, yet no alert:\n{}", h.log());
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    assert!(j["dead_reapable_processes"].as_u64().unwrap() > 0, "{j}");
+    h.assert_no_crash();
+}
+
 #[test]
 fn a_nolocking_delete_without_the_lock_logs_its_own_detail() {
     let h = Httpd::start("nolock", Mpm::Prefork, &format!("{NAMED}CachemExampleTestURLs On\n"));
@@ -1108,14 +1168,13 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
     let c = |k: &str| j["counters"][k].as_u64().unwrap();
     let owners = j["owners"].as_array().unwrap();
     let pids = j["pids"].as_array().unwrap();
-    let distinct = |dead_only: bool| {
-        pids.iter()
-            .filter(|p| !dead_only || p["alive"] == false)
-            .map(|p| p["pid"].as_u64().unwrap())
-            .collect::<BTreeSet<_>>()
-            .len() as u64
+    let distinct = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        pids.iter().filter(|p| f(p)).map(|p| p["pid"].as_u64().unwrap()).collect::<BTreeSet<_>>().len() as u64
     };
-    let (processes, dead) = (distinct(false), distinct(true));
+    let processes = distinct(&|_| true);
+    let dead = distinct(&|p| p["alive"] == false && p["reapable"].as_u64().unwrap() > 0);
+    let kept = distinct(&|p| p["alive"] == false) - dead;
+    assert_eq!((dead, kept), (n("dead_reapable_processes"), n("dead_pids_with_kept_records")), "{j}");
     let compaction = j["compaction"].as_str().unwrap();
     let mut auto = vec![
         "CachemAvailable: 1".to_string(),
@@ -1133,6 +1192,7 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
         format!("CachemOwners: {}", owners.len()),
         format!("CachemProcesses: {processes}"),
         format!("CachemDeadProcesses: {dead}"),
+        format!("CachemDeadPidsKept: {kept}"),
         format!("CachemInserts: {}", c("inserts")),
         format!("CachemRemoves: {}", c("removes")),
         format!("CachemBytesMoved: {}", c("bytes_moved")),
@@ -1208,7 +1268,10 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
         html.push(format!("<tr><td>{id}</td><td>{h}</td><td>{r}</td><td>{b}</td></tr>"));
     }
     html.push("</table>".to_string());
-    html.push(format!("<h3>Processes ({} alive, {dead} dead)</h3>", processes - dead));
+    html.push(format!(
+        "<h3>Processes ({} alive, {dead} dead with records to reap, {kept} dead with kept records only)</h3>",
+        processes - dead - kept
+    ));
     html.push(
         "<table border=\"0\"><tr><th>pid</th><th>state</th><th>records</th><th>bytes</th></tr>".to_string(),
     );
