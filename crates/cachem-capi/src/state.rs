@@ -340,33 +340,31 @@ pub(crate) fn lock(user: Use) -> Result<(), Fail> {
 /// handle of that region it was taken through: the lock belongs to the
 /// region and the thread, not to one handle.
 pub(crate) fn unlock(token: u64) -> Result<(), Fail> {
-    // Dropping the `Held` unlocks and ends the handle's use; neither touches
-    // this thread's list again, so it may happen under the borrow.
-    let found = with_held(|held| match held.iter().position(|h| h.user.token == token) {
-        Some(i) => {
-            drop(held.swap_remove(i));
-            Ok(true)
-        }
-        None => Ok(false),
-    })?;
-    if found {
+    // Fast path: the lock was taken through this very handle (no lookup).
+    if release_first(|h| h.user.token == token)? {
         return Ok(());
     }
     // Another handle of the same region, or a precise message: bad handle,
     // or just not locked.
     let handle = lookup(token)?;
-    let found = with_held(|held| match held.iter().position(|h| h.user.generation == handle.generation) {
+    if release_first(|h| h.user.generation == handle.generation)? {
+        Ok(())
+    } else {
+        Err(Fail::not_locked("this thread does not hold this region's lock"))
+    }
+}
+
+/// Drops this thread's first held lock that `which` picks; whether one was.
+/// Dropping the `Held` unlocks and ends the handle's use; neither touches
+/// this thread's list again, so it may happen under the borrow.
+fn release_first(which: impl Fn(&Held) -> bool) -> Result<bool, Fail> {
+    with_held(|held| match held.iter().position(which) {
         Some(i) => {
             drop(held.swap_remove(i));
             Ok(true)
         }
         None => Ok(false),
-    })?;
-    if found {
-        Ok(())
-    } else {
-        Err(Fail::not_locked("this thread does not hold this region's lock"))
-    }
+    })
 }
 
 /// Runs `f` with this thread's guard of the handle's region, if it holds
