@@ -84,6 +84,7 @@ pub struct Config {
     compaction: Compaction,
     owner: Option<(u32, u32)>,
     lock_timeout: Option<std::time::Duration>,
+    trust_dir: bool,
 }
 
 impl Config {
@@ -104,6 +105,7 @@ impl Config {
             compaction: Compaction::Deferred,
             owner: None,
             lock_timeout: None,
+            trust_dir: false,
         }
     }
 
@@ -123,6 +125,16 @@ impl Config {
     /// Runtime directory for relative names.
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Config {
         self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Vouch for the runtime directory (and the lockfile's and id store's):
+    /// skip the check that it is not a symlink, not another user's and not
+    /// writable by everyone (`Error::UnsafeDir`; see `docs/operations.md`,
+    /// "The runtime directory"). Files are still never opened through a
+    /// symlink. Default false.
+    pub fn trust_dir(mut self, trust: bool) -> Config {
+        self.trust_dir = trust;
         self
     }
 
@@ -219,6 +231,7 @@ impl Config {
             compaction: self.compaction,
             owner: self.owner,
             lock_timeout: self.lock_timeout,
+            trust_dir: self.trust_dir,
         }
     }
 
@@ -301,6 +314,8 @@ pub struct Cache {
     anonymous: bool,
     open_reap: ReapReport,
     mode: u32,
+    /// The caller vouched for the directories (`Config::trust_dir`).
+    trust_dir: bool,
     /// The pid that opened this handle: a handle inherited through `fork`
     /// is not counted among the child's own.
     opener: u32,
@@ -347,6 +362,7 @@ impl Cache {
             anonymous,
             open_reap: ReapReport::default(),
             mode,
+            trust_dir: config.trust_dir,
             opener,
         };
         // Counted before anything can fail, so Drop's decrement matches.
@@ -382,23 +398,10 @@ impl Cache {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let owner = self.region.file_owner();
         if let Some(parent) = self.store.parent() {
-            if !parent.exists() {
-                let mode = region::dir_mode(self.mode);
-                match std::fs::DirBuilder::new().recursive(true).mode(mode).create(parent) {
-                    Ok(()) => {
-                        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode));
-                        region::chown_to(parent, owner)?;
-                    }
-                    Err(e) if parent.is_dir() => drop(e),
-                    Err(e) => {
-                        return Err(Error::Io {
-                            op: "create runtime directory",
-                            path: parent.to_path_buf(),
-                            source: e,
-                        })
-                    }
-                }
-            }
+            // The id store's directory: a named region's runtime directory
+            // (checked at open), an anonymous region's, or the one
+            // `id_store` names. Made if missing, then checked.
+            region::ensure_dir(parent, region::dir_mode(self.mode), owner, self.trust_dir)?;
         }
         // Keep a setgid bit inherited from the runtime directory, so sled's
         // files get the shared group.
@@ -418,9 +421,18 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_error("create id store", &self.store, e)),
         }
+        if !self.trust_dir {
+            region::check_store_dir(&self.store)?;
+        }
         // The lockfile of an anonymous region (a named region's was made at
         // open), with the configured mode, not the umask's.
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(self.mode).open(&self.lock_file) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.mode)
+            .custom_flags(region::OPEN_FLAGS)
+            .open(&self.lock_file)
+        {
             Ok(f) => {
                 f.set_permissions(std::fs::Permissions::from_mode(self.mode))
                     .map_err(|e| io_error("create lockfile", &self.lock_file, e))?;
@@ -581,6 +593,31 @@ pub struct PidStatus {
     pub alive: bool,
     pub records: u32,
     pub bytes: u64,
+    /// Of `records`, those a reap removes once the process is dead
+    /// ([`PidUsage::reapable`](cachem_core::PidUsage::reapable)).
+    pub reapable: u32,
+}
+
+impl CacheStatus {
+    /// Distinct dead processes with records a reap removes (their
+    /// process-scoped records, all of them under reap-all): what reaping
+    /// exists for. Above 0 for more than a few reap intervals: reaping is
+    /// off or failing (the alert of docs/operations.md).
+    pub fn dead_reapable_processes(&self) -> usize {
+        self.distinct_pids(|p| !p.alive && p.reapable > 0)
+    }
+
+    /// Distinct dead processes whose records are all kept (owned records
+    /// outlive their inserter): information, not a fault.
+    pub fn dead_pids_with_kept_records(&self) -> usize {
+        let reapable: std::collections::BTreeSet<u32> =
+            self.pids.iter().filter(|p| !p.alive && p.reapable > 0).map(|p| p.pid).collect();
+        self.distinct_pids(|p| !p.alive && !reapable.contains(&p.pid))
+    }
+
+    fn distinct_pids(&self, f: impl Fn(&PidStatus) -> bool) -> usize {
+        self.pids.iter().filter(|p| f(p)).map(|p| p.pid).collect::<std::collections::BTreeSet<_>>().len()
+    }
 }
 
 /// [`Cache::status`]: the engine's status plus names and liveness.

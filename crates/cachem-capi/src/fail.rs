@@ -60,6 +60,7 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         E::AlreadyLocked { .. } => CACHEM_E_ALREADY_LOCKED,
         E::LockTimeout { .. } => CACHEM_E_LOCK_TIMEOUT,
         E::OptionMismatch { .. } => CACHEM_E_INVALID_ARGUMENT,
+        E::UnsafeDir { .. } => CACHEM_E_PERMISSION,
         E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => CACHEM_E_PERMISSION,
         E::Io { .. } => CACHEM_E_IO,
         // A variant added to cachem-core after this file was written.
@@ -81,6 +82,9 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 /// kept for `cachem_last_error_message` (prefixed with the function name).
 #[inline]
 pub(crate) fn ffi(func: &str, f: impl FnOnce() -> Result<(), Fail>) -> cachem_error_t {
+    // Counted until the code (and the last error) is set: a signal handler
+    // calling `cachem_purge_process` meanwhile defers its purge to here.
+    let _in = state::InCall::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CACHEM_OK,
         Ok(Err(e)) => {

@@ -75,7 +75,9 @@ pub enum cachem_error_t {
     CACHEM_E_SIZE_MISMATCH = 6,
     /// The region lock is unrecoverable: destroy and re-create the region.
     CACHEM_E_LOCK_UNRECOVERABLE = 7,
-    /// The operating system refused access (file modes, owners).
+    /// The operating system refused access (file modes, owners), or the
+    /// runtime directory is not safe to use (a symlink, another user's,
+    /// writable by everyone without the sticky bit).
     CACHEM_E_PERMISSION = 8,
     /// Another operating-system error (the detail names the call and path).
     CACHEM_E_IO = 9,
@@ -103,10 +105,13 @@ pub enum cachem_error_t {
     /// The region was created in another pid namespace: open it with
     /// `CACHEM_REAP_OFF`.
     CACHEM_E_PID_NAMESPACE = 20,
+    /// `cachem_open` with 4096 handles open in this process already: close
+    /// one first.
+    CACHEM_E_TOO_MANY_HANDLES = 21,
     /// A live process held the region lock longer than the lock timeout
     /// (`cachem_options_t.lock_timeout_ms`); the detail names its pid and
     /// thread. Nothing was changed; try again later (a server answers 503).
-    CACHEM_E_LOCK_TIMEOUT = 21,
+    CACHEM_E_LOCK_TIMEOUT = 22,
 }
 
 /// What reaping removes from processes found dead (`cachem_options_t.reap`,
@@ -235,7 +240,11 @@ pub struct cachem_stat_t {
     pub owners: u64,
     /// Distinct inserting processes with records.
     pub processes: u64,
-    /// Of those, processes that are dead (their records await a reap).
+    /// Of those, dead processes with records a reap removes (their
+    /// process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+    /// above 0 for more than a few reap intervals, reaping is off or
+    /// failing. Dead pids that only tag kept (owned) records are not
+    /// counted (`cachem_status_t.dead_pids_kept` has them).
     pub dead_processes: u64,
     /// Records inserted since creation.
     pub inserts: u64,

@@ -28,6 +28,11 @@ struct Cli {
     /// Runtime directory for region names (default: $CACHEM_DIR, else /dev/shm/cachem).
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Vouch for the runtime directory: skip the check that it is not a
+    /// symlink, not another user's and not writable by everyone (files are
+    /// still never opened through a symlink).
+    #[arg(long, global = true)]
+    trust_dir: bool,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -334,9 +339,20 @@ pub fn lock_timeout() -> Option<std::time::Duration> {
     Some(*LOCK_TIMEOUT.get_or_init(|| std::time::Duration::from_secs(10)))
 }
 
+/// `--trust-dir`, for every config the commands build.
+static TRUST_DIR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn trust_dir() -> bool {
+    TRUST_DIR.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Config of an existing region (any size).
 pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
-    let c = Config::named(name).attach_only().attach_any_size().lock_timeout(lock_timeout());
+    let c = Config::named(name)
+        .attach_only()
+        .attach_any_size()
+        .trust_dir(trust_dir())
+        .lock_timeout(lock_timeout());
     match dir {
         Some(d) => c.dir(d),
         None => c,
@@ -351,6 +367,7 @@ pub fn inspect(dir: &Option<PathBuf>, name: &str) -> CliResult<Cache> {
 
 fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
+    TRUST_DIR.store(cli.trust_dir, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
@@ -358,6 +375,7 @@ fn run(cli: Cli) -> CliResult {
                 .size(size)
                 .mode(mode)
                 .compaction(compaction)
+                .trust_dir(trust_dir())
                 .lock_timeout(lock_timeout());
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);

@@ -55,11 +55,13 @@ use crate::sys::{mutex, process, seqlock};
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod dir;
 mod guard;
 mod lock;
 mod open;
 mod reap;
 
+pub use dir::{check_dir, check_store_dir, ensure_dir, OPEN_FLAGS};
 use guard::mark_dirty;
 pub use guard::Guard;
 pub use open::{check_create_size, chown_to, default_lock_path, dir_mode, resolve_path, runtime_dir};
@@ -106,6 +108,11 @@ pub struct RegionOptions {
     /// longer exists is found within one wait slice and recovered from
     /// (see `docs/design.md`, "The lock").
     pub lock_timeout: Option<std::time::Duration>,
+    /// Skip the runtime directory's check (see `region/dir.rs` and
+    /// `docs/operations.md`): the caller vouches for the directory (and
+    /// for the lockfile's). Files are still never opened through a
+    /// symlink. Default false.
+    pub trust_dir: bool,
 }
 
 impl Default for RegionOptions {
@@ -122,6 +129,7 @@ impl Default for RegionOptions {
             compaction: Compaction::default(),
             owner: None,
             lock_timeout: None,
+            trust_dir: false,
         }
     }
 }
