@@ -48,6 +48,8 @@ const DEAD_BOUND_DIV: u64 = 2;
 
 mod batch;
 mod compaction;
+use compaction::Budget;
+pub use compaction::set_compaction_step;
 mod format_image;
 mod owner_index;
 mod records;
