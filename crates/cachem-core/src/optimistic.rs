@@ -21,8 +21,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    block_size, bptr_offset, Header, BLOCK_HEADER_SIZE, BPTR_SIZE, FLAG_RECOVERY_REQUIRED, HEADER_SIZE,
-    COMPACTION_DEFERRED, JOURNAL_COMPACT, JOURNAL_NONE, TRAILER_SIZE,
+    block_size, bptr_offset, Header, BLOCK_HEADER_SIZE, BPTR_SIZE, COMPACTION_DEFERRED,
+    FLAG_RECOVERY_REQUIRED, HEADER_SIZE, JOURNAL_COMPACT, JOURNAL_NONE, TRAILER_SIZE,
 };
 use crate::ids::RecordId;
 use std::mem::offset_of;

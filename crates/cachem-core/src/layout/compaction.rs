@@ -139,7 +139,9 @@ impl<'a> Layout<'a> {
     #[inline]
     pub fn compaction_paused(&self) -> bool {
         let h = self.hdr();
-        h.journal.op == JOURNAL_COMPACT && h.flags & FLAG_RECOVERY_REQUIRED == 0 && h.compaction == COMPACTION_DEFERRED
+        h.journal.op == JOURNAL_COMPACT
+            && h.flags & FLAG_RECOVERY_REQUIRED == 0
+            && h.compaction == COMPACTION_DEFERRED
     }
 
     /// Starts a Deferred compaction at the lowest dead block and runs it
@@ -251,7 +253,9 @@ impl<'a> Layout<'a> {
     /// carry on with; see [`Layout::compaction_paused`]).
     pub(super) fn check_no_journal(&self) -> Result<()> {
         let h = self.hdr();
-        if h.flags & FLAG_RECOVERY_REQUIRED != 0 || (h.journal.op != JOURNAL_NONE && !self.compaction_paused()) {
+        if h.flags & FLAG_RECOVERY_REQUIRED != 0
+            || (h.journal.op != JOURNAL_NONE && !self.compaction_paused())
+        {
             return Err(Error::RecoveryRequired);
         }
         Ok(())

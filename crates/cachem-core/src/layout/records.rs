@@ -216,7 +216,10 @@ impl<'a> Layout<'a> {
                 return Err(Error::Full { needed: need, free });
             }
             self.hdr_mut().free_head = e.next;
-            (slot, e.gen, st.o_bptop)
+            // Generation 0 is never handed out (a damaged entry may hold
+            // it; verify reports it): take a fresh one instead.
+            let gen = if e.gen == 0 { self.take_gen() } else { e.gen };
+            (slot, gen, st.o_bptop)
         } else {
             if need + B > free {
                 return Err(Error::Full { needed: need + B, free });
@@ -281,7 +284,8 @@ impl<'a> Layout<'a> {
         let Ok(st) = self.st() else { return true };
         let h = self.hdr();
         let want = block_size(len as u64) + if h.free_head == 0 { B } else { 0 };
-        self.compaction_paused() || want > st.o_bptop - st.o_fr && (h.dead_bytes != 0 || self.top_entry_free())
+        self.compaction_paused()
+            || want > st.o_bptop - st.o_fr && (h.dead_bytes != 0 || self.top_entry_free())
     }
 
     /// Whether removing `id` may move or rewrite another live record's

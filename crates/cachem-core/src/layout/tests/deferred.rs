@@ -381,12 +381,10 @@ fn a_paused_compaction_is_a_state_every_operation_understands() {
     crate::layout::set_compaction_step(256);
     let mut img = Img::with(1 << 20, Compaction::Deferred);
     let mut l = img.l();
-    let ids: Vec<RecordId> = (0..2000u32).map(|i| l.insert(A, tag(1), &i.to_ne_bytes().repeat(6)).unwrap()).collect();
-    let mut live: std::collections::BTreeMap<RecordId, Vec<u8>> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (*id, (i as u32).to_ne_bytes().repeat(6)))
-        .collect();
+    let ids: Vec<RecordId> =
+        (0..2000u32).map(|i| l.insert(A, tag(1), &i.to_ne_bytes().repeat(6)).unwrap()).collect();
+    let mut live: std::collections::BTreeMap<RecordId, Vec<u8>> =
+        ids.iter().enumerate().map(|(i, id)| (*id, (i as u32).to_ne_bytes().repeat(6))).collect();
     // Remove every other record, then the odd ones from the front, until
     // dead bytes pass half of the block section and a compaction starts
     // and pauses.
@@ -425,8 +423,33 @@ fn a_paused_compaction_is_a_state_every_operation_understands() {
         check(&l, &live);
     }
     assert!(l.compaction_paused(), "still paused after {rounds} inserts (make the region bigger)");
-    // A holder killed after an insert committed: o_fr is past the journal's
-    // end. Recovery takes those blocks in and finishes the compaction.
+    // An insert killed after it published its entry, while paused: the
+    // entry points at o_fr; recovery rolls it back and keeps the rest.
+    for point in ["insert.after_publish", "insert.mid_link", "insert.after_link"] {
+        assert!(l.compaction_paused());
+        crate::sys::failpoint::sim::arm(point, 1);
+        let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = l.insert(O, tag(2), b"cut short");
+        }));
+        assert!(!crate::sys::failpoint::sim::disarm(), "{point} was hit");
+        assert!(cut.is_err());
+        l.mark_recovery_required();
+        l.recover().unwrap_or_else(|e| panic!("{point}: {e}"));
+        check(&l, &live);
+        if !l.compaction_paused() {
+            break;
+        }
+    }
+    // Pause again (removes), then a holder killed after an insert
+    // committed: o_fr is past the journal's end. Recovery takes those
+    // blocks in and finishes the compaction.
+    let more: Vec<RecordId> = live.keys().copied().filter(|id| l.meta(*id).unwrap().owner == A).collect();
+    let mut more = more.into_iter();
+    while !l.compaction_paused() {
+        let id = more.next().expect("no compaction paused again");
+        l.remove(id).unwrap();
+        live.remove(&id);
+    }
     let id = l.insert(O, tag(2), b"committed").unwrap();
     live.insert(id, b"committed".to_vec());
     assert!(l.compaction_paused());
