@@ -32,12 +32,18 @@ pub const MAGIC: [u8; 8] = *b"CACHEM\x00\x01";
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// Version of this layout. Bumped on any incompatible change. Version 2
 /// added the compaction policy, dead blocks and the lock trailer; version 3
-/// the owner index (per-bucket chains through the table entries).
-pub const FORMAT_VERSION: u32 = 3;
+/// the owner index (per-bucket chains through the table entries); version 4
+/// the owner-name table (records of [`crate::OwnerId::NAMES`] on a chain of
+/// their own, and the id counter `next_owner` in the header).
+pub const FORMAT_VERSION: u32 = 4;
 /// Owner buckets of the owner index: a record of owner `o` is on the chain
-/// of bucket `o % OWNER_BUCKETS`. Owner ids from the registry are small
+/// of bucket `o % (OWNER_BUCKETS - 1)`; the last bucket, [`NAMES_BUCKET`],
+/// holds only the name table ([`crate::OwnerId::NAMES`]). Owner ids from the registry are small
 /// consecutive numbers, so up to this many owners never share a chain.
 pub const OWNER_BUCKETS: usize = 22;
+/// The owner bucket of the name table's records ([`crate::OwnerId::NAMES`])
+/// and of nothing else, so a name lookup walks names only.
+pub const NAMES_BUCKET: usize = OWNER_BUCKETS - 1;
 /// `Bptr::prev` of an unused entry whose `pid` and `start_time` hold a
 /// removal note (the removed record's generation and the record that
 /// followed it on its chain): lets `next_of_owner` continue after a record
@@ -176,7 +182,13 @@ pub struct Header {
     /// entry takes the next value, so a `(slot, gen)` pair is never reissued
     /// (until 2^32 deletes wrap it).
     pub last_gen: u32,
-    pub _reserved0: u32,
+    /// The next owner id the name table hands out (0 means 1: a fresh
+    /// region). Bumped with one aligned 4-byte store *before* the name
+    /// record that uses the id is inserted, so a process killed between the
+    /// two wastes an id but never hands one out twice. `u32::MAX`
+    /// ([`crate::OwnerId::NAMES`]) is never handed out: reaching it means
+    /// every id is used.
+    pub next_owner: u32,
     /// Bytes of dead blocks in the block section (derived: recovery
     /// rebuilds it by walking the blocks).
     pub dead_bytes: u64,

@@ -15,6 +15,11 @@ impl OwnerId {
     /// The reserved owner of process-scoped records.
     pub const PROCESS: OwnerId = OwnerId(0);
 
+    /// The reserved owner of the region's name table (`u32::MAX`): never
+    /// handed out, refused by inserts, hidden from iteration, status and
+    /// reaping. See `docs/ids.md`.
+    pub const NAMES: OwnerId = OwnerId(u32::MAX);
+
     /// The raw integer, as stored in a table entry.
     pub const fn get(self) -> u32 {
         self.0
@@ -24,12 +29,19 @@ impl OwnerId {
     pub const fn is_process(self) -> bool {
         self.0 == 0
     }
+
+    /// True for [`OwnerId::NAMES`].
+    pub const fn is_names(self) -> bool {
+        self.0 == u32::MAX
+    }
 }
 
 impl fmt::Debug for OwnerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_process() {
             f.write_str("OwnerId::PROCESS")
+        } else if self.is_names() {
+            f.write_str("OwnerId::NAMES")
         } else {
             write!(f, "OwnerId({})", self.0)
         }

@@ -49,6 +49,7 @@ const DEAD_BOUND_DIV: u64 = 2;
 mod batch;
 mod compaction;
 mod format_image;
+mod names;
 mod owner_index;
 mod records;
 mod recovery;

@@ -26,7 +26,11 @@ use super::*;
 /// The owner bucket of an owner id.
 #[inline(always)]
 pub(super) fn bucket_of(owner: u32) -> usize {
-    owner as usize % OWNER_BUCKETS
+    if owner == crate::ids::OwnerId::NAMES.0 {
+        NAMES_BUCKET
+    } else {
+        owner as usize % NAMES_BUCKET
+    }
 }
 
 // Entries examined by chain walks on this thread (tests check that an

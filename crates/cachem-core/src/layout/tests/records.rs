@@ -277,3 +277,43 @@ fn status_counts_owners_and_pids() {
     assert_eq!(s.pids.iter().map(|p| (p.pid, p.records)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
     assert_eq!(s.used_bytes + s.free_bytes + s.table_bytes + s.header_size + s.trailer_bytes, s.size);
 }
+
+#[test]
+fn the_name_table_hands_out_dense_ids_and_finds_names_again() {
+    let mut img = Img::with(1 << 16, Compaction::Deferred);
+    let mut l = img.l();
+    let tag = tag(1);
+    assert_eq!(l.next_owner(), 1);
+    assert_eq!(l.register_name(b"a", tag).unwrap(), Some(OwnerId(1)));
+    assert_eq!(l.unique_owner().unwrap(), Some(OwnerId(2)));
+    assert_eq!(l.register_name(b"b", tag).unwrap(), Some(OwnerId(3)));
+    assert_eq!(l.register_name(b"a", tag).unwrap(), Some(OwnerId(1)));
+    assert_eq!(l.name_lookup(b"b"), Some(OwnerId(3)));
+    assert_eq!(l.name_lookup(b"c"), None);
+    assert_eq!(l.names(), vec![(b"a".to_vec(), OwnerId(1)), (b"b".to_vec(), OwnerId(3))]);
+    // Hidden from users' counts, kept by the engine.
+    let st = l.status().unwrap();
+    assert_eq!((st.records, st.names, st.next_owner), (0, 2, 4));
+    // A damaged counter below a registered id never hands that id out again.
+    l.hdr_mut().next_owner = 2;
+    assert_eq!(l.register_name(b"c", tag).unwrap(), Some(OwnerId(4)));
+    // Exhaustion: None, never the reserved id or a wrap to 0.
+    l.hdr_mut().next_owner = u32::MAX - 1;
+    assert_eq!(l.unique_owner().unwrap(), Some(OwnerId(u32::MAX - 1)));
+    assert_eq!(l.unique_owner().unwrap(), None);
+    assert_eq!(l.register_name(b"d", tag).unwrap(), None);
+    l.verify().unwrap();
+}
+
+#[test]
+fn a_saved_table_is_adopted_only_by_a_table_that_handed_out_nothing() {
+    let mut img = Img::with(1 << 16, Compaction::Deferred);
+    let mut l = img.l();
+    let tag = tag(1);
+    let saved: Vec<(&[u8], OwnerId)> = vec![(b"x", OwnerId(3)), (b"y", OwnerId(2))];
+    assert!(l.adopt_names(&saved, 7, tag).unwrap());
+    assert_eq!(l.name_lookup(b"x"), Some(OwnerId(3)));
+    assert_eq!(l.name_lookup(b"y"), Some(OwnerId(2)));
+    assert_eq!(l.register_name(b"z", tag).unwrap(), Some(OwnerId(7)));
+    assert!(!l.adopt_names(&saved, 9, tag).unwrap());
+}
