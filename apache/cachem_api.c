@@ -180,10 +180,16 @@ static apr_status_t mod_cachem_delete(ap_cachem_index_t index, int flags)
     cachem_error_t e;
     if (!g_cache)
         return not_ready("cachem_delete");
-    if ((flags & AP_CACHEM_NOLOCKING) && !t_locked)
-        return fail(CACHEM_E_NOT_LOCKED, APLOG_ERR,
-                    "cachem_delete(index 0x%" APR_UINT64_T_HEX_FMT
-                    ", CACHEM_NOLOCKING) without the lock", index);
+    if ((flags & AP_CACHEM_NOLOCKING) && !t_locked) {
+        /* Refused here, before any library call: the library's last error
+         * message is some earlier call's, so it is not the detail. */
+        ap_log_error(APLOG_MARK, APLOG_ERR, 0, g_server,
+                     "mod_cachem: cachem_delete(index 0x%" APR_UINT64_T_HEX_FMT
+                     ", CACHEM_NOLOCKING) failed: %s (cachem_delete: CACHEM_NOLOCKING says "
+                     "this thread holds the lock, and it does not: ap_cachem_lock first)",
+                     index, cachem_strerror(CACHEM_E_NOT_LOCKED));
+        return as_status(CACHEM_E_NOT_LOCKED);
+    }
     e = cachem_delete(g_cache, index);
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_delete(index 0x%" APR_UINT64_T_HEX_FMT ")", index);

@@ -97,6 +97,11 @@ const char *set_cachem(cmd_parms *cmd, void *dummy, const char *path, const char
         if (page > 0 && v < page)
             return apr_psprintf(cmd->pool, "%s: size %s is below a page (%ld bytes)",
                                 cmd->cmd->name, size, page);
+        /* Every other bound of the library (below 4 GiB...), here rather
+         * than at the start: a bad size fails apache2 -t. */
+        if (cachem_check_size((uint64_t)v) != CACHEM_OK)
+            return apr_psprintf(cmd->pool, "%s: size %s: %s", cmd->cmd->name, size,
+                                cachem_last_error_message(NULL));
         c->size = (apr_uint64_t)v;
     }
     return NULL;

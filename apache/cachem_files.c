@@ -18,7 +18,7 @@ void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *
      * writable by the children's user, and root must not create or chown
      * a file a link points to. */
     if (dir) {
-        if (mkdir(path, 0700 | ((st->mode & 0070) ? 0070 : 0)) != 0 && errno != EEXIST) {
+        if (mkdir(path, 0700) != 0 && errno != EEXIST) {
             ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot create %s", path);
             return;
         }
@@ -30,6 +30,16 @@ void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *
         ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
                      "mod_cachem: cannot create or open %s (a symlink is refused)", path);
         return;
+    }
+    /* The umask filtered the mode given to open and mkdir: set it exactly
+     * (a directory gets the x bits of the classes that may use the files),
+     * so CACHEMMode 0660 lets the group use the lockfile and the id store. */
+    {
+        mode_t m = (mode_t)st->mode;
+        if (dir)
+            m = 0700 | ((st->mode & 0060) ? 0070 : 0) | ((st->mode & 0006) ? 0007 : 0);
+        if (fchmod(fd, m) != 0)
+            ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chmod %s", path);
     }
     if ((st->uid >= 0 || st->gid >= 0) && fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
         ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,

@@ -109,8 +109,12 @@ int cachem_status_section(request_rec *r, int flags)
                    (apr_uint64_t)stt.max_record_len);
         ap_rprintf(r, "CachemOwners: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.owners);
         ap_rprintf(r, "CachemProcesses: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.processes);
+        /* The alert: dead processes with records a reap removes. */
         ap_rprintf(r, "CachemDeadProcesses: %" APR_UINT64_T_FMT "\n",
                    (apr_uint64_t)stt.dead_processes);
+        /* Information: dead pids that only tag kept (owned) records. */
+        ap_rprintf(r, "CachemDeadPidsKept: %" APR_UINT64_T_FMT "\n",
+                   (apr_uint64_t)stt.dead_pids_kept);
         ap_rprintf(r, "CachemInserts: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.inserts);
         ap_rprintf(r, "CachemRemoves: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.removes);
         ap_rprintf(r, "CachemBytesMoved: %" APR_UINT64_T_FMT "\n", (apr_uint64_t)stt.bytes_moved);
@@ -175,10 +179,11 @@ int cachem_status_section(request_rec *r, int flags)
         status_rows(&ctx, 0);
         ap_rputs("</table>\n", r);
         ap_rprintf(r, "<h3>Processes (%" APR_UINT64_T_FMT " alive, %" APR_UINT64_T_FMT
-                   " dead)</h3>\n<table border=\"0\">"
+                   " dead with records to reap, %" APR_UINT64_T_FMT
+                   " dead with kept records only)</h3>\n<table border=\"0\">"
                    "<tr><th>pid</th><th>state</th><th>records</th><th>bytes</th></tr>\n",
-                   (apr_uint64_t)(stt.processes - stt.dead_processes),
-                   (apr_uint64_t)stt.dead_processes);
+                   (apr_uint64_t)(stt.processes - stt.dead_processes - stt.dead_pids_kept),
+                   (apr_uint64_t)stt.dead_processes, (apr_uint64_t)stt.dead_pids_kept);
         status_rows(&ctx, 1);
         ap_rputs("</table>\n", r);
     }

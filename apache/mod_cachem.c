@@ -124,6 +124,19 @@ static apr_status_t parent_exit(void *data)
     return APR_SUCCESS;
 }
 
+/* The same at a stop, from a cleanup of pconf: httpd clears pconf at every
+ * restart, but only at the stop does it do so in the EXITING state, and
+ * then before the modules are unloaded, so the log lines still carry this
+ * module's tag (the process pool's cleanup runs after, with the module's
+ * short name gone: "[:notice]"). parent_exit stays registered there too for
+ * an exit that skips this; it does nothing the second time. */
+static apr_status_t pconf_exit(void *data)
+{
+    if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_EXITING)
+        return parent_exit(data);
+    return APR_SUCCESS;
+}
+
 static int same_str(const char *a, const char *b)
 {
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
@@ -201,6 +214,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
                      "mod_cachem: restart %lu keeps the region %s", st->starts,
                      st->path ? st->path : "(anonymous)");
         start_reaper(st, s, pconf, cfg->reap_interval);
+        apr_pool_cleanup_register(pconf, st, pconf_exit, apr_pool_cleanup_null);
         return OK;
     }
     if (st->cache) {
@@ -307,6 +321,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         st->cleanup_registered = 1;
     }
     start_reaper(st, s, pconf, cfg->reap_interval);
+    apr_pool_cleanup_register(pconf, st, pconf_exit, apr_pool_cleanup_null);
     return OK;
 }
 

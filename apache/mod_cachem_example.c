@@ -280,6 +280,23 @@ static int example_handler(request_rec *r)
         ap_cachem_unlock();
         return OK;
     }
+    if (r->args && strcmp(r->args, "nolock-delete") == 0) {
+        /* Test only: a failed ap_cachem_get (the library's last error names
+         * cachem_get), then a CACHEM_NOLOCKING delete without the lock:
+         * refused, and its log line must not borrow the get's detail. */
+        ap_cachem_index_t i2;
+        char x = 'x';
+        apr_status_t rv;
+        if (!cfg->test_urls)
+            return HTTP_NOT_FOUND;
+        i2 = ap_cachem_add(&x, 1, churn_owner);
+        if (i2 == AP_CACHEM_INVALID_INDEX || ap_cachem_get(i2, NULL) != NULL)
+            return HTTP_SERVICE_UNAVAILABLE;
+        rv = ap_cachem_delete(i2, AP_CACHEM_NOLOCKING);
+        ap_rprintf(r, "nolock delete %s\n", rv == APR_SUCCESS ? "accepted" : "refused");
+        ap_cachem_delete(i2, 0);
+        return OK;
+    }
     if (r->args && strcmp(r->args, "churn") == 0) {
         churn(r);
         return OK;

@@ -40,7 +40,10 @@ impl CacheStatus {
                 "alive": p.alive,
                 "records": p.records,
                 "bytes": p.bytes,
+                "reapable": p.reapable,
             })).collect::<Vec<_>>(),
+            "dead_reapable_processes": self.dead_reapable_processes(),
+            "dead_pids_with_kept_records": self.dead_pids_with_kept_records(),
             "counters": {
                 "inserts": r.counters.inserts,
                 "removes": r.counters.removes,
@@ -73,6 +76,7 @@ impl Cache {
                 alive: sys::process::is_alive(p.pid, p.start_time),
                 records: p.records,
                 bytes: p.bytes,
+                reapable: p.reapable,
             })
             .collect();
         CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids }

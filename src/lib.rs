@@ -511,6 +511,31 @@ pub struct PidStatus {
     pub alive: bool,
     pub records: u32,
     pub bytes: u64,
+    /// Of `records`, those a reap removes once the process is dead
+    /// ([`PidUsage::reapable`](cachem_core::PidUsage::reapable)).
+    pub reapable: u32,
+}
+
+impl CacheStatus {
+    /// Distinct dead processes with records a reap removes (their
+    /// process-scoped records, all of them under reap-all): what reaping
+    /// exists for. Above 0 for more than a few reap intervals: reaping is
+    /// off or failing (the alert of docs/operations.md).
+    pub fn dead_reapable_processes(&self) -> usize {
+        self.distinct_pids(|p| !p.alive && p.reapable > 0)
+    }
+
+    /// Distinct dead processes whose records are all kept (owned records
+    /// outlive their inserter): information, not a fault.
+    pub fn dead_pids_with_kept_records(&self) -> usize {
+        let reapable: std::collections::BTreeSet<u32> =
+            self.pids.iter().filter(|p| !p.alive && p.reapable > 0).map(|p| p.pid).collect();
+        self.distinct_pids(|p| !p.alive && !reapable.contains(&p.pid))
+    }
+
+    fn distinct_pids(&self, f: impl Fn(&PidStatus) -> bool) -> usize {
+        self.pids.iter().filter(|p| f(p)).map(|p| p.pid).collect::<std::collections::BTreeSet<_>>().len()
+    }
 }
 
 /// [`Cache::status`]: the engine's status plus names and liveness.

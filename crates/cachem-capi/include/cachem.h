@@ -156,6 +156,11 @@ typedef enum {
    * `CACHEM_REAP_OFF`.
    */
   CACHEM_E_PID_NAMESPACE = 20,
+  /**
+   * `cachem_open` with 4096 handles open in this process already: close
+   * one first.
+   */
+  CACHEM_E_TOO_MANY_HANDLES = 21,
 } cachem_error_t;
 
 /**
@@ -314,7 +319,11 @@ typedef struct {
    */
   uint64_t processes;
   /**
-   * Of those, processes that are dead (their records await a reap).
+   * Of those, dead processes with records a reap removes (their
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+   * above 0 for more than a few reap intervals, reaping is off or
+   * failing. Dead pids that only tag kept (owned) records are not
+   * counted (`cachem_status_t.dead_pids_kept` has them).
    */
   uint64_t dead_processes;
   /**
@@ -442,7 +451,11 @@ typedef struct {
    */
   uint64_t processes;
   /**
-   * Of those, processes that are dead (their records await a reap).
+   * Of those, dead processes with records a reap removes (their
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+   * above 0 for more than a few reap intervals, reaping is off or
+   * failing. Dead processes whose records are all kept are in
+   * `dead_pids_kept`, not here.
    */
   uint64_t dead_processes;
   /**
@@ -490,6 +503,12 @@ typedef struct {
    * The boot id of the machine that created the region.
    */
   uint8_t boot_id[16];
+  /**
+   * Dead processes whose records are all kept (owned records outlive
+   * the process that inserted them; reaping leaves them): information,
+   * not a fault. Added after the first version of this struct.
+   */
+  uint64_t dead_pids_kept;
 } cachem_status_t;
 
 /**
@@ -554,6 +573,11 @@ typedef struct {
    * Their data bytes.
    */
   uint64_t bytes;
+  /**
+   * Of `records`, those a reap removes once the process is dead (its
+   * process-scoped records; all of them in a `CACHEM_REAP_ALL` region).
+   */
+  uint64_t reapable;
 } cachem_pid_usage_t;
 
 /**
@@ -608,7 +632,8 @@ void cachem_options_init(cachem_options_t *opts);
  *   opened or given to `owner_uid` / `owner_gid` (root only);
  * - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
  *   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
- *   another handle), `CACHEM_E_INTERNAL`.
+ *   another handle), `CACHEM_E_INTERNAL`;
+ * - `CACHEM_E_TOO_MANY_HANDLES`: 4096 handles are open in this process.
  *
  * # Safety
  * `name` is NULL or a NUL-terminated string; `opts` is NULL or a
@@ -651,6 +676,20 @@ cachem_error_t cachem_close(cachem_t *c);
 cachem_error_t cachem_destroy(const char *name, const cachem_options_t *opts);
 
 /**
+ * Checks that `size` can be the size of a new region (a multiple of 8, at
+ * least one page, below 4 GiB), without touching any file: what
+ * `cachem_open` would refuse with `CACHEM_E_INVALID_ARGUMENT`. For
+ * configuration checks (mod_cachem's `CACHEM` directive at `apache2 -t`).
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` with the reason in
+ * `cachem_last_error_message`.
+ *
+ * # Safety
+ * None.
+ */
+cachem_error_t cachem_check_size(uint64_t size);
+
+/**
  * The owner id of `name`: the same in every process for the life of the
  * region (mod_cachem's cachem_id). NULL `name`: a fresh id never returned
  * before. The answer is memoised per process. Needs no lock (and may be
@@ -670,6 +709,14 @@ cachem_error_t cachem_id(cachem_t *c, const char *name, cachem_id_t *out);
  * first if a holder died). The lock is per thread: other threads sharing
  * the handle wait. Hold it briefly: every process of the region waits.
  *
+ * The lock belongs to the region and the thread, not to the handle: a
+ * thread that took it through one handle holds it for every handle it
+ * has of that region. Calls through any of them run under it
+ * (`cachem_get` works), `cachem_lock` through any of them is
+ * `CACHEM_E_ALREADY_LOCKED`, and `cachem_unlock` through any of them
+ * releases it. Until then the handle it was taken through is in use
+ * (`cachem_close` on it is `CACHEM_E_BUSY`).
+ *
  * Returns `CACHEM_OK`, or:
  * - `CACHEM_E_ALREADY_LOCKED`: this thread holds it already (through this
  *   or another handle of the region): an error, never a hang;
@@ -683,11 +730,12 @@ cachem_error_t cachem_id(cachem_t *c, const char *name, cachem_id_t *out);
 cachem_error_t cachem_lock(cachem_t *c);
 
 /**
- * Releases the lock the calling thread took with `cachem_lock`. Pointers
- * from `cachem_get` are invalid afterwards.
+ * Releases the lock the calling thread took with `cachem_lock`, through
+ * this handle or another handle of the same region. Pointers from
+ * `cachem_get` are invalid afterwards.
  *
  * Returns `CACHEM_OK`, or `CACHEM_E_NOT_LOCKED` (this thread does not hold
- * it through this handle: unlock by a thread that did not lock, a second
+ * this region's lock: unlock by a thread that did not lock, a second
  * unlock), `CACHEM_E_MISUSE` (bad handle).
  *
  * # Safety
@@ -766,7 +814,16 @@ cachem_error_t cachem_read(cachem_t *c, cachem_index_t i, void *buf, size_t len,
  * first, which may visit a record again). Without the lock, takes and releases it around the
  * call (iterate under `cachem_lock` to see a consistent set).
  *
- * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL),
+ * Which `after` values start over from the owner's first record: an index
+ * that names no live record of this region and whose removal left no note
+ * (a record removed long ago, an index from another region or from before
+ * the region was re-created, a made-up value with a plausible slot). An
+ * `after` that can never continue this walk is an error instead: a live
+ * record of another owner, or a slot beyond any table this region can
+ * hold.
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL, `after`
+ * a live record of another owner, `after`'s slot out of range),
  * `CACHEM_E_MISUSE`, lock errors.
  *
  * # Safety
@@ -781,7 +838,8 @@ cachem_error_t cachem_get_id(cachem_t *c,
  * As `cachem_get_id`, for records of `owner` inserted by the calling
  * process (mod_cachem's cachem_get_pid).
  *
- * Returns as `cachem_get_id`.
+ * Returns as `cachem_get_id`; an `after` that is a live record of
+ * `owner` inserted by another process is `CACHEM_E_INVALID_ARGUMENT` too.
  *
  * # Safety
  * `out` is NULL or writable.
@@ -822,6 +880,13 @@ cachem_error_t cachem_delete_pid(cachem_t *c, cachem_id_t owner, size_t *removed
 /**
  * Deletes the calling process's process-scoped records now (closing its
  * last handle does it too). `*removed` (if not NULL) gets the count.
+ *
+ * Called while this thread is inside another cachem call (a signal
+ * handler that interrupted one, as prefork's child cleanups at `-k
+ * restart`; or a status callback), it only notes the purge, which that
+ * call runs as it returns: `CACHEM_OK` with `*removed` 0. If the process
+ * exits first (a handler that calls `exit`), nothing half-done is left:
+ * its records are reaped as a dead process's.
  *
  * Returns `CACHEM_OK`, or `CACHEM_E_MISUSE`, `CACHEM_E_CORRUPT`, lock errors.
  *
@@ -871,9 +936,12 @@ cachem_error_t cachem_stat(cachem_t *c, cachem_stat_t *out);
  * geometry, usage per owner with names and per process with liveness,
  * counters), NUL-terminated, into `buf` of `len` bytes. `*needed` (if not
  * NULL) gets the size including the NUL. Works with or without the lock.
+ * A length query: `buf` NULL and `len` 0 writes nothing and returns
+ * `CACHEM_OK` with `*needed` set (`needed` must not be NULL then).
  *
- * Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (nothing written but
- * `*needed`), `CACHEM_E_INVALID_ARGUMENT` (`buf` NULL with `len` > 0),
+ * Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (a non-NULL `buf`
+ * too small: nothing written but `*needed`), `CACHEM_E_INVALID_ARGUMENT`
+ * (`buf` NULL with `len` > 0, a length query with `needed` NULL),
  * `CACHEM_E_MISUSE`, `CACHEM_E_REGISTRY`, `CACHEM_E_CORRUPT`, lock errors.
  *
  * # Safety
@@ -937,8 +1005,11 @@ cachem_error_t cachem_status_pids(cachem_t *c, cachem_pid_cb cb, void *arg);
  * Call without holding the lock.
  *
  * Returns `CACHEM_OK`, or `CACHEM_E_ALREADY_LOCKED` (this thread holds the
- * lock), `CACHEM_E_INVALID_ARGUMENT` (`path` NULL), `CACHEM_E_PERMISSION`,
- * `CACHEM_E_IO` (nothing replaced), `CACHEM_E_REGISTRY`, `CACHEM_E_MISUSE`.
+ * lock), `CACHEM_E_INVALID_ARGUMENT` (`path` NULL, empty, or naming no
+ * file: `"/"`, `"."`, `".."`, a path ending in `/`, `.` or `..`, an
+ * existing directory), `CACHEM_E_PERMISSION`, `CACHEM_E_IO` (nothing
+ * replaced; e.g. the directory does not exist), `CACHEM_E_REGISTRY`,
+ * `CACHEM_E_MISUSE`.
  *
  * # Safety
  * `path` is NULL or NUL-terminated.

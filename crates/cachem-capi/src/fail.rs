@@ -82,6 +82,9 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 /// kept for `cachem_last_error_message` (prefixed with the function name).
 #[inline]
 pub(crate) fn ffi(func: &str, f: impl FnOnce() -> Result<(), Fail>) -> cachem_error_t {
+    // Counted until the code (and the last error) is set: a signal handler
+    // calling `cachem_purge_process` meanwhile defers its purge to here.
+    let _in = state::InCall::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CACHEM_OK,
         Ok(Err(e)) => {

@@ -44,7 +44,8 @@ pub unsafe extern "C" fn cachem_options_init(opts: *mut cachem_options_t) {
 ///   opened or given to `owner_uid` / `owner_gid` (root only);
 /// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
 ///   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
-///   another handle), `CACHEM_E_INTERNAL`.
+///   another handle), `CACHEM_E_INTERNAL`;
+/// - `CACHEM_E_TOO_MANY_HANDLES`: 4096 handles are open in this process.
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `opts` is NULL or a
@@ -127,4 +128,19 @@ pub unsafe extern "C" fn cachem_destroy(
         cachem_rs::destroy(&cfg)?;
         Ok(())
     })
+}
+
+/// Checks that `size` can be the size of a new region (a multiple of 8, at
+/// least one page, below 4 GiB), without touching any file: what
+/// `cachem_open` would refuse with `CACHEM_E_INVALID_ARGUMENT`. For
+/// configuration checks (mod_cachem's `CACHEM` directive at `apache2 -t`).
+///
+/// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` with the reason in
+/// `cachem_last_error_message`.
+///
+/// # Safety
+/// None.
+#[no_mangle]
+pub unsafe extern "C" fn cachem_check_size(size: u64) -> cachem_error_t {
+    ffi("cachem_check_size", || Ok(cachem_rs::region::check_create_size(size)?))
 }

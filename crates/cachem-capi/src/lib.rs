@@ -103,6 +103,9 @@ pub enum cachem_error_t {
     /// The region was created in another pid namespace: open it with
     /// `CACHEM_REAP_OFF`.
     CACHEM_E_PID_NAMESPACE = 20,
+    /// `cachem_open` with 4096 handles open in this process already: close
+    /// one first.
+    CACHEM_E_TOO_MANY_HANDLES = 21,
 }
 
 /// What reaping removes from processes found dead (`cachem_options_t.reap`,
@@ -223,7 +226,11 @@ pub struct cachem_stat_t {
     pub owners: u64,
     /// Distinct inserting processes with records.
     pub processes: u64,
-    /// Of those, processes that are dead (their records await a reap).
+    /// Of those, dead processes with records a reap removes (their
+    /// process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+    /// above 0 for more than a few reap intervals, reaping is off or
+    /// failing. Dead pids that only tag kept (owned) records are not
+    /// counted (`cachem_status_t.dead_pids_kept` has them).
     pub dead_processes: u64,
     /// Records inserted since creation.
     pub inserts: u64,

@@ -48,6 +48,14 @@ pub unsafe extern "C" fn cachem_id(
 /// first if a holder died). The lock is per thread: other threads sharing
 /// the handle wait. Hold it briefly: every process of the region waits.
 ///
+/// The lock belongs to the region and the thread, not to the handle: a
+/// thread that took it through one handle holds it for every handle it
+/// has of that region. Calls through any of them run under it
+/// (`cachem_get` works), `cachem_lock` through any of them is
+/// `CACHEM_E_ALREADY_LOCKED`, and `cachem_unlock` through any of them
+/// releases it. Until then the handle it was taken through is in use
+/// (`cachem_close` on it is `CACHEM_E_BUSY`).
+///
 /// Returns `CACHEM_OK`, or:
 /// - `CACHEM_E_ALREADY_LOCKED`: this thread holds it already (through this
 ///   or another handle of the region): an error, never a hang;
@@ -62,11 +70,12 @@ pub unsafe extern "C" fn cachem_lock(c: *mut cachem_t) -> cachem_error_t {
     ffi("cachem_lock", || state::lock(handle(c)?))
 }
 
-/// Releases the lock the calling thread took with `cachem_lock`. Pointers
-/// from `cachem_get` are invalid afterwards.
+/// Releases the lock the calling thread took with `cachem_lock`, through
+/// this handle or another handle of the same region. Pointers from
+/// `cachem_get` are invalid afterwards.
 ///
 /// Returns `CACHEM_OK`, or `CACHEM_E_NOT_LOCKED` (this thread does not hold
-/// it through this handle: unlock by a thread that did not lock, a second
+/// this region's lock: unlock by a thread that did not lock, a second
 /// unlock), `CACHEM_E_MISUSE` (bad handle).
 ///
 /// # Safety

@@ -147,6 +147,10 @@ pub unsafe extern "C" fn cachem_read(
         if buf.is_null() && len > 0 {
             return Err(Fail::invalid("buf is NULL"));
         }
+        let query = buf.is_null();
+        if query && out_len.is_null() {
+            return Err(Fail::invalid("a length query (buf NULL, len 0) needs out_len"));
+        }
         let id = index(i).ok_or_else(|| Fail::invalid("CACHEM_INVALID_INDEX names no record"))?;
         // The bytes go out through `ptr::copy`, never through a reference
         // to `buf`: it may lie in the region (a pointer from cachem_get),
@@ -154,6 +158,9 @@ pub unsafe extern "C" fn cachem_read(
         let give = |b: &[u8]| -> Result<(), Fail> {
             // SAFETY: per this function's contract.
             unsafe { put(out_len, b.len()) };
+            if query {
+                return Ok(());
+            }
             if b.len() > len {
                 return Err(Fail::new(
                     CACHEM_E_BUFFER_TOO_SMALL,
@@ -188,7 +195,16 @@ pub unsafe extern "C" fn cachem_read(
 /// first, which may visit a record again). Without the lock, takes and releases it around the
 /// call (iterate under `cachem_lock` to see a consistent set).
 ///
-/// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL),
+/// Which `after` values start over from the owner's first record: an index
+/// that names no live record of this region and whose removal left no note
+/// (a record removed long ago, an index from another region or from before
+/// the region was re-created, a made-up value with a plausible slot). An
+/// `after` that can never continue this walk is an error instead: a live
+/// record of another owner, or a slot beyond any table this region can
+/// hold.
+///
+/// Returns `CACHEM_OK`, or `CACHEM_E_INVALID_ARGUMENT` (`out` NULL, `after`
+/// a live record of another owner, `after`'s slot out of range),
 /// `CACHEM_E_MISUSE`, lock errors.
 ///
 /// # Safety
@@ -202,17 +218,54 @@ pub unsafe extern "C" fn cachem_get_id(
 ) -> cachem_error_t {
     ffi("cachem_get_id", || {
         need(out, "out")?;
-        let r = state::locked(token(c), |_, g| Ok(g.next_of_owner(OwnerId(owner), index(after))))?;
+        let r = state::locked(token(c), |_, g| {
+            check_after(g, owner, None, after)?;
+            Ok(g.next_of_owner(OwnerId(owner), index(after)))
+        })?;
         // SAFETY: checked non-NULL, writable per the contract.
         unsafe { put(out, out_index(r)) };
         Ok(())
     })
 }
 
+/// Refuses an `after` that can never continue a walk of `owner` (of `pid`'s
+/// records): a live record of another owner or process, or a slot no table
+/// of this region can reach (each table entry takes at least 8 bytes).
+fn check_after(
+    g: &cachem_rs::Guard<'_>,
+    owner: cachem_id_t,
+    pid: Option<u32>,
+    after: cachem_index_t,
+) -> Result<(), Fail> {
+    let Some(id) = index(after) else { return Ok(()) };
+    if u64::from(id.slot()) >= g.region().size() / 8 {
+        return Err(Fail::invalid(format!(
+            "after {after:#x} names slot {}, beyond this region's table",
+            id.slot()
+        )));
+    }
+    if let Ok(m) = g.meta(id) {
+        if m.owner.0 != owner {
+            return Err(Fail::invalid(format!(
+                "after {after:#x} is a record of owner {}, not of {owner}",
+                m.owner.0
+            )));
+        }
+        if let Some(p) = pid.filter(|&p| p != m.pid) {
+            return Err(Fail::invalid(format!(
+                "after {after:#x} was inserted by pid {}, not by this process ({p})",
+                m.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// As `cachem_get_id`, for records of `owner` inserted by the calling
 /// process (mod_cachem's cachem_get_pid).
 ///
-/// Returns as `cachem_get_id`.
+/// Returns as `cachem_get_id`; an `after` that is a live record of
+/// `owner` inserted by another process is `CACHEM_E_INVALID_ARGUMENT` too.
 ///
 /// # Safety
 /// `out` is NULL or writable.
@@ -226,7 +279,10 @@ pub unsafe extern "C" fn cachem_get_pid(
     ffi("cachem_get_pid", || {
         need(out, "out")?;
         let pid = me();
-        let r = state::locked(token(c), |_, g| Ok(g.next_of_owner_pid(OwnerId(owner), pid, index(after))))?;
+        let r = state::locked(token(c), |_, g| {
+            check_after(g, owner, Some(pid), after)?;
+            Ok(g.next_of_owner_pid(OwnerId(owner), pid, index(after)))
+        })?;
         // SAFETY: checked non-NULL, writable per the contract.
         unsafe { put(out, out_index(r)) };
         Ok(())
@@ -279,12 +335,26 @@ pub unsafe extern "C" fn cachem_delete_pid(
 /// Deletes the calling process's process-scoped records now (closing its
 /// last handle does it too). `*removed` (if not NULL) gets the count.
 ///
+/// Called while this thread is inside another cachem call (a signal
+/// handler that interrupted one, as prefork's child cleanups at `-k
+/// restart`; or a status callback), it only notes the purge, which that
+/// call runs as it returns: `CACHEM_OK` with `*removed` 0. If the process
+/// exits first (a handler that calls `exit`), nothing half-done is left:
+/// its records are reaped as a dead process's.
+///
 /// Returns `CACHEM_OK`, or `CACHEM_E_MISUSE`, `CACHEM_E_CORRUPT`, lock errors.
 ///
 /// # Safety
 /// `removed` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn cachem_purge_process(c: *mut cachem_t, removed: *mut usize) -> cachem_error_t {
+    if state::in_call() && state::well_formed(token(c)) {
+        // Possibly in a signal handler: touch nothing but two words.
+        state::defer_purge(token(c));
+        // SAFETY: per this function's contract.
+        unsafe { put(removed, 0) };
+        return CACHEM_OK;
+    }
     ffi("cachem_purge_process", || {
         let r = state::locked(token(c), |_, g| Ok(g.purge_process()?))?;
         // SAFETY: per this function's contract.

@@ -37,7 +37,7 @@
 
 use crate::fail::Fail;
 use cachem_rs::{Cache, Guard};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
@@ -163,10 +163,12 @@ pub(crate) fn register(cache: Cache, max_record_len: u64) -> Result<u64, Fail> {
         unsafe { libc::pthread_atfork(None, None, Some(forget_users_after_fork)) };
         ATFORK.store(true, SeqCst);
     }
-    let slot = SLOTS
-        .iter()
-        .position(|s| s.ptr.load(SeqCst).is_null())
-        .ok_or_else(|| Fail::invalid(format!("more than {MAX_HANDLES} handles open in this process")))?;
+    let slot = SLOTS.iter().position(|s| s.ptr.load(SeqCst).is_null()).ok_or_else(|| {
+        Fail::new(
+            crate::cachem_error_t::CACHEM_E_TOO_MANY_HANDLES,
+            format!("{MAX_HANDLES} handles are open in this process already: close one first"),
+        )
+    })?;
     let s = &SLOTS[slot];
     let gen = s.gen.load(SeqCst).wrapping_add(1).max(1);
     let token = TAG << 48 | (slot as u64) << 32 | gen as u64;
@@ -227,10 +229,77 @@ impl Drop for Held {
 }
 
 thread_local! {
+    /// How deep this thread is in entry points: 1 inside a call, 2 when a
+    /// signal handler (or a status callback) interrupted one and called in
+    /// again. Plain memory, no lazy initialisation: safe to touch from a
+    /// signal handler.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// A `cachem_purge_process` asked for while this thread was inside a
+    /// call: the handle's token, run when the outermost call returns.
+    static PENDING_PURGE: Cell<u64> = const { Cell::new(0) };
     /// The region locks this thread holds (usually zero or one).
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
     /// Detail of this thread's last failed call.
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// Marks this thread as inside an entry point until the value drops; the
+/// outermost one then runs a purge deferred by [`defer_purge`].
+pub(crate) struct InCall(());
+
+impl InCall {
+    #[inline]
+    pub(crate) fn enter() -> InCall {
+        let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+        std::sync::atomic::compiler_fence(SeqCst);
+        InCall(())
+    }
+}
+
+impl Drop for InCall {
+    #[inline]
+    fn drop(&mut self) {
+        std::sync::atomic::compiler_fence(SeqCst);
+        let _ = DEPTH.try_with(|d| {
+            if d.get() == 1 {
+                // Still counted as inside a call: a signal arriving during
+                // the purge defers again, and the loop picks it up.
+                while let Ok(t) = PENDING_PURGE.try_with(|p| p.replace(0)) {
+                    if t == 0 {
+                        break;
+                    }
+                    run_deferred_purge(t);
+                }
+            }
+            d.set(d.get().saturating_sub(1));
+        });
+    }
+}
+
+#[cold]
+fn run_deferred_purge(token: u64) {
+    let r = std::panic::catch_unwind(|| locked(token, |_, g| Ok(g.purge_process()?)));
+    if !matches!(r, Ok(Ok(_))) {
+        // Nobody to tell but the last-error slot; the records go when this
+        // process exits (reaped as a dead process's).
+        set_last_error(
+            "cachem_purge_process (deferred): failed; the records are reaped when this process exits",
+        );
+    }
+}
+
+/// Whether this thread is inside an entry point (a signal handler that
+/// interrupted a call, or a status callback, is calling in again).
+#[inline]
+pub(crate) fn in_call() -> bool {
+    DEPTH.try_with(|d| d.get() > 0).unwrap_or(true)
+}
+
+/// Asks the outermost running call of this thread to purge the process's
+/// process-scoped records through `token` when it returns. Touches only
+/// one thread-local word: safe in a signal handler.
+pub(crate) fn defer_purge(token: u64) {
+    let _ = PENDING_PURGE.try_with(|p| p.set(token));
 }
 
 #[inline]
@@ -267,28 +336,35 @@ pub(crate) fn lock(user: Use) -> Result<(), Fail> {
     })
 }
 
-/// Releases the lock this thread holds through `token`.
+/// Releases the lock this thread holds on the region of `token`, whichever
+/// handle of that region it was taken through: the lock belongs to the
+/// region and the thread, not to one handle.
 pub(crate) fn unlock(token: u64) -> Result<(), Fail> {
-    // Dropping the `Held` unlocks and ends the handle's use; neither touches
-    // this thread's list again, so it may happen under the borrow.
-    let found = with_held(|held| match held.iter().position(|h| h.user.token == token) {
+    // Fast path: the lock was taken through this very handle (no lookup).
+    if release_first(|h| h.user.token == token)? {
+        return Ok(());
+    }
+    // Another handle of the same region, or a precise message: bad handle,
+    // or just not locked.
+    let handle = lookup(token)?;
+    if release_first(|h| h.user.generation == handle.generation)? {
+        Ok(())
+    } else {
+        Err(Fail::not_locked("this thread does not hold this region's lock"))
+    }
+}
+
+/// Drops this thread's first held lock that `which` picks; whether one was.
+/// Dropping the `Held` unlocks and ends the handle's use; neither touches
+/// this thread's list again, so it may happen under the borrow.
+fn release_first(which: impl Fn(&Held) -> bool) -> Result<bool, Fail> {
+    with_held(|held| match held.iter().position(which) {
         Some(i) => {
             drop(held.swap_remove(i));
             Ok(true)
         }
         None => Ok(false),
-    })?;
-    if found {
-        return Ok(());
-    }
-    // A precise message: bad handle, or just not locked.
-    let handle = lookup(token)?;
-    let other = with_held(|held| Ok(held.iter().any(|h| h.user.generation == handle.generation)))?;
-    Err(Fail::not_locked(if other {
-        "this thread holds this region's lock through another handle; unlock that one"
-    } else {
-        "this thread does not hold the lock of this handle"
-    }))
+    })
 }
 
 /// Runs `f` with this thread's guard of the handle's region, if it holds

@@ -25,10 +25,11 @@ pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) 
     ffi("cachem_stat", || {
         need(out, "out")?;
         let (st, max) = state::locked(token(c), |h, g| Ok((g.status()?, h.max_record_len)))?;
+        // Dead processes with records a reap removes (the alert figure).
         let dead = st
             .pids
             .iter()
-            .filter(|p| !cachem_rs::sys::process::is_alive(p.pid, p.start_time))
+            .filter(|p| p.reapable > 0 && !cachem_rs::sys::process::is_alive(p.pid, p.start_time))
             .map(|p| p.pid)
             .collect::<std::collections::BTreeSet<_>>()
             .len();
@@ -69,9 +70,12 @@ pub unsafe extern "C" fn cachem_stat(c: *mut cachem_t, out: *mut cachem_stat_t) 
 /// geometry, usage per owner with names and per process with liveness,
 /// counters), NUL-terminated, into `buf` of `len` bytes. `*needed` (if not
 /// NULL) gets the size including the NUL. Works with or without the lock.
+/// A length query: `buf` NULL and `len` 0 writes nothing and returns
+/// `CACHEM_OK` with `*needed` set (`needed` must not be NULL then).
 ///
-/// Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (nothing written but
-/// `*needed`), `CACHEM_E_INVALID_ARGUMENT` (`buf` NULL with `len` > 0),
+/// Returns `CACHEM_OK`, or `CACHEM_E_BUFFER_TOO_SMALL` (a non-NULL `buf`
+/// too small: nothing written but `*needed`), `CACHEM_E_INVALID_ARGUMENT`
+/// (`buf` NULL with `len` > 0, a length query with `needed` NULL),
 /// `CACHEM_E_MISUSE`, `CACHEM_E_REGISTRY`, `CACHEM_E_CORRUPT`, lock errors.
 ///
 /// # Safety
@@ -87,10 +91,16 @@ pub unsafe extern "C" fn cachem_status_json(
         if buf.is_null() && len > 0 {
             return Err(Fail::invalid("buf is NULL"));
         }
+        if buf.is_null() && needed.is_null() {
+            return Err(Fail::invalid("a length query (buf NULL, len 0) needs needed"));
+        }
         let (st, _) = snapshot(c)?;
         let text = st.to_json().to_string();
         // SAFETY: per this function's contract.
         unsafe { put(needed, text.len() + 1) };
+        if buf.is_null() {
+            return Ok(());
+        }
         if text.len() + 1 > len {
             return Err(Fail::new(
                 CACHEM_E_BUFFER_TOO_SMALL,
@@ -161,7 +171,11 @@ pub struct cachem_status_t {
     pub owners: u64,
     /// Distinct inserting processes with records.
     pub processes: u64,
-    /// Of those, processes that are dead (their records await a reap).
+    /// Of those, dead processes with records a reap removes (their
+    /// process-scoped records; all of them in a `CACHEM_REAP_ALL` region):
+    /// above 0 for more than a few reap intervals, reaping is off or
+    /// failing. Dead processes whose records are all kept are in
+    /// `dead_pids_kept`, not here.
     pub dead_processes: u64,
     /// Rows `cachem_status_pids` gives: one per (pid, start time), so a
     /// reused pid has two.
@@ -186,6 +200,10 @@ pub struct cachem_status_t {
     pub recovery_required: u64,
     /// The boot id of the machine that created the region.
     pub boot_id: [u8; 16],
+    /// Dead processes whose records are all kept (owned records outlive
+    /// the process that inserted them; reaping leaves them): information,
+    /// not a fault. Added after the first version of this struct.
+    pub dead_pids_kept: u64,
 }
 
 /// One owner's usage, given to a `cachem_owner_cb`.
@@ -222,6 +240,9 @@ pub struct cachem_pid_usage_t {
     pub records: u64,
     /// Their data bytes.
     pub bytes: u64,
+    /// Of `records`, those a reap removes once the process is dead (its
+    /// process-scoped records; all of them in a `CACHEM_REAP_ALL` region).
+    pub reapable: u64,
 }
 
 /// Called once per owner by `cachem_status_owners`, with the caller's
@@ -255,7 +276,8 @@ pub unsafe extern "C" fn cachem_status(c: *mut cachem_t, out: *mut cachem_status
         // SAFETY: non-NULL; the first field of every version is the u32 size.
         let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
         // Sizes of every published version of the struct, oldest first.
-        const KNOWN: [usize; 1] = [std::mem::size_of::<cachem_status_t>()];
+        const KNOWN: [usize; 2] =
+            [std::mem::offset_of!(cachem_status_t, dead_pids_kept), std::mem::size_of::<cachem_status_t>()];
         if !KNOWN.contains(&size) {
             return Err(Fail::invalid(format!(
                 "out->struct_size is {size}; this library knows {KNOWN:?} (start from CACHEM_STATUS_INIT)"
@@ -263,10 +285,7 @@ pub unsafe extern "C" fn cachem_status(c: *mut cachem_t, out: *mut cachem_status
         }
         let (st, max) = snapshot(c)?;
         let r = &st.region;
-        let distinct = |alive_too: bool| {
-            st.pids.iter().filter(|p| alive_too || !p.alive).map(|p| p.pid).collect::<BTreeSet<_>>().len()
-                as u64
-        };
+        let processes = st.pids.iter().map(|p| p.pid).collect::<BTreeSet<_>>().len() as u64;
         let s = cachem_status_t {
             struct_size: size as u32,
             compaction: match r.compaction {
@@ -286,8 +305,8 @@ pub unsafe extern "C" fn cachem_status(c: *mut cachem_t, out: *mut cachem_status
             free_slots: r.free_slots as u64,
             max_record_len: max,
             owners: r.owners.len() as u64,
-            processes: distinct(true),
-            dead_processes: distinct(false),
+            processes,
+            dead_processes: st.dead_reapable_processes() as u64,
             pid_rows: st.pids.len() as u64,
             generation: r.generation,
             inserts: r.counters.inserts,
@@ -299,6 +318,7 @@ pub unsafe extern "C" fn cachem_status(c: *mut cachem_t, out: *mut cachem_status
             largest_compaction: r.counters.largest_compaction,
             recovery_required: r.recovery_required as u64,
             boot_id: r.boot_id,
+            dead_pids_kept: st.dead_pids_with_kept_records() as u64,
         };
         // SAFETY: `out` has `size` writable bytes per the contract, and
         // `size` is at most ours; plain integers, any bit pattern is valid.
@@ -379,6 +399,7 @@ pub unsafe extern "C" fn cachem_status_pids(
                 start_time: p.start_time,
                 records: p.records as u64,
                 bytes: p.bytes,
+                reapable: p.reapable as u64,
             };
             // SAFETY: per this function's contract; `usage` outlives the call.
             if unsafe { cb(&usage, arg) } != 0 {

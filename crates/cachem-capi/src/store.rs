@@ -14,8 +14,11 @@ use std::ffi::c_char;
 /// Call without holding the lock.
 ///
 /// Returns `CACHEM_OK`, or `CACHEM_E_ALREADY_LOCKED` (this thread holds the
-/// lock), `CACHEM_E_INVALID_ARGUMENT` (`path` NULL), `CACHEM_E_PERMISSION`,
-/// `CACHEM_E_IO` (nothing replaced), `CACHEM_E_REGISTRY`, `CACHEM_E_MISUSE`.
+/// lock), `CACHEM_E_INVALID_ARGUMENT` (`path` NULL, empty, or naming no
+/// file: `"/"`, `"."`, `".."`, a path ending in `/`, `.` or `..`, an
+/// existing directory), `CACHEM_E_PERMISSION`, `CACHEM_E_IO` (nothing
+/// replaced; e.g. the directory does not exist), `CACHEM_E_REGISTRY`,
+/// `CACHEM_E_MISUSE`.
 ///
 /// # Safety
 /// `path` is NULL or NUL-terminated.
@@ -25,12 +28,23 @@ pub unsafe extern "C" fn cachem_save(c: *mut cachem_t, path: *const c_char) -> c
         let h = handle(c)?;
         // SAFETY: per this function's contract.
         let p = unsafe { opt_path(path) }.ok_or_else(|| Fail::invalid("path is NULL"))?;
+        file_path(&p)?;
         if state::holds(&h)? {
             return Err(Fail::already_locked("cachem_unlock first: saving takes the lock itself"));
         }
         h.cache.save(p)?;
         Ok(())
     })
+}
+
+/// Refuses a snapshot path that names no file to write.
+fn file_path(p: &std::path::Path) -> Result<(), Fail> {
+    let b = p.as_os_str().as_encoded_bytes();
+    let last = b.rsplit(|&c| c == b'/').next().unwrap_or(b);
+    if b.is_empty() || b.ends_with(b"/") || last == b"." || last == b".." || p.is_dir() {
+        return Err(Fail::invalid(format!("{:?} names no file to write the snapshot to", p)));
+    }
+    Ok(())
 }
 
 /// Adds the records of the snapshot `path` to the region, owner ids

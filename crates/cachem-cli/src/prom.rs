@@ -187,8 +187,15 @@ pub fn exposition(region: &str, st: &CacheStatus) -> String {
     e.single(
         "cachem_dead_processes",
         "gauge",
-        "Dead processes that still hold records (reap removes their reapable ones).",
-        st.pids.iter().filter(|p| !p.alive).count() as u64,
+        "Dead processes with records a reap removes (process-scoped ones; all under reap-all): \
+         above 0 for several reap intervals, reaping is off or failing.",
+        st.dead_reapable_processes() as u64,
+    );
+    e.single(
+        "cachem_dead_pids_kept",
+        "gauge",
+        "Dead processes whose records are all kept (owned records outlive their inserter): information.",
+        st.dead_pids_with_kept_records() as u64,
     );
     e.out
 }

@@ -89,6 +89,12 @@ pub fn status_human(out: &mut impl Write, st: &CacheStatus) -> CliResult {
             p.bytes
         )?;
     }
+    writeln!(
+        out,
+        "dead      {} with records to reap (alert if it stays above 0), {} with kept records only",
+        st.dead_reapable_processes(),
+        st.dead_pids_with_kept_records()
+    )?;
     writeln!(out)?;
     let c = &r.counters;
     writeln!(

@@ -18,7 +18,8 @@ use common::TempDir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -718,6 +719,12 @@ fn stop_and_start_with_and_without_persist() {
     let (hits, _) = example(&h);
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert!(h.run_dir().join("cache.snapshot").exists(), "no snapshot:\n{}", h.log());
+    // The stop's line carries the module's tag (issue 23: was "[:notice]").
+    assert!(
+        h.log().lines().any(|l| l.contains("records saved to") && l.contains("[cachem:notice]")),
+        "the save line lacks its module tag:\n{}",
+        h.log()
+    );
     let gen1 = stat_json(&h.run_dir(), "cache.shm")["generation"].clone();
 
     h.launch();
@@ -758,6 +765,130 @@ fn a_request_that_returns_holding_the_lock_does_not_hang_the_server() {
         assert!(h.log().contains("ended holding the cache lock"), "{mpm:?}: not logged\n{}", h.log());
         drop(h);
     }
+}
+
+/// `CACHEMMode 0660` reaches every file and directory of the region despite
+/// the umask, so a member of the group (a monitoring script run as nobody
+/// with group www-data) can use it (issue 23).
+#[test]
+fn cachem_mode_0660_lets_the_group_use_every_file() {
+    if !is_root() {
+        panic!("this test needs root (User/Group www-data and a run as nobody)");
+    }
+    let h = Httpd::start("mode", Mpm::Prefork, &format!("{NAMED}CACHEMMode 0660\n"));
+    // The example module resolves its owner names: the id store exists.
+    let _ = example(&h);
+    for p in [h.dir().to_path_buf(), h.run_dir()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let run = h.run_dir();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&run.join("cache.shm")), 0o660, "region");
+    assert_eq!(mode(&run.join("cache.shm.lock")), 0o660, "lockfile");
+    let ids = run.join("cache.shm.ids");
+    assert_eq!(mode(&ids) & 0o777, 0o770, "id store");
+    let mut files = 0;
+    for e in std::fs::read_dir(&ids).unwrap().flatten() {
+        let m = mode(&e.path()) & 0o777;
+        let want = if e.path().is_dir() { 0o770 } else { 0o660 };
+        assert_eq!(m, want, "{}", e.path().display());
+        files += 1;
+    }
+    assert!(files > 0, "an empty id store");
+    // www-data's group, a stranger's uid.
+    let gid = std::fs::metadata(run.join("cache.shm")).unwrap().gid();
+    let o = Command::new(env!("CARGO_BIN_EXE_cachem"))
+        .args(["stat", "--json"])
+        .arg(run.join("cache.shm"))
+        .uid(65534)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cachem stat as nobody, group {gid}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_cachem"))
+        .arg("id")
+        .arg(run.join("cache.shm"))
+        .arg("a-monitoring-script")
+        .uid(65534)
+        .gid(gid)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cachem id as nobody, group {gid}: {}", String::from_utf8_lossy(&o.stderr));
+    h.assert_no_crash();
+}
+
+/// docs/operations.md's alert, `cachem_dead_processes > 0` for a few reap
+/// intervals (server-status: CachemDeadProcesses): 0 on a healthy server
+/// after graceful restarts, though dead pids still tag the owned records
+/// they added (CachemDeadPidsKept); above 0 with reaping off and children
+/// killed holding process-scoped records (issue 23).
+#[test]
+fn the_dead_process_alert_is_0_when_healthy_and_above_0_with_reaping_off() {
+    let mut h = Httpd::start("alert-ok", Mpm::Prefork, &format!("{NAMED}MaxConnectionsPerChild 0\n"));
+    let _ = load(h.port, 20, 2);
+    for _ in 0..2 {
+        h.graceful();
+        let _ = load(h.port, 10, 2);
+    }
+    no_dead_records(&h);
+    // A few reap intervals (1 s each), polled: the alert figure must be 0
+    // and stay 0; the old generations' pids still tag the hit counter.
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut kept_seen = false;
+    while Instant::now() < end {
+        let a = status_auto(h.port);
+        assert_eq!(a["CachemDeadProcesses"], "0", "a healthy server alerts: {a:?}\n{}", h.log());
+        kept_seen |= a["CachemDeadPidsKept"].parse::<u64>().unwrap() >= 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(kept_seen, "no dead pid tagging a kept record after two graceful restarts");
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    assert_eq!(j["dead_reapable_processes"], 0, "{j}");
+    let prom =
+        cachem_cli(&["stat", "--format", "prometheus", h.run_dir().join("cache.shm").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&prom.stdout);
+    assert!(text.lines().any(|l| l.starts_with("cachem_dead_processes{") && l.ends_with("} 0")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("cachem_dead_pids_kept{")), "{text}");
+    assert!(h.stop());
+    h.assert_no_crash();
+
+    let h = Httpd::start(
+        "alert-off",
+        Mpm::Prefork,
+        &format!("{NAMED}CACHEMReap off\nMaxConnectionsPerChild 0\n"),
+    );
+    let _ = load(h.port, 20, 3);
+    let (_, kids) = example(&h);
+    let victims: Vec<u32> = kids.iter().map(|(pid, _)| *pid).collect();
+    assert!(!victims.is_empty());
+    kill_and_wait(&victims);
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut dead = 0;
+    while Instant::now() < end {
+        dead = status_auto(h.port)["CachemDeadProcesses"].parse::<u64>().unwrap();
+        if dead > 0 && Instant::now() + Duration::from_secs(2) > end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(dead > 0, "reaping off and children killed, yet no alert:\n{}", h.log());
+    let j = stat_json(&h.run_dir(), "cache.shm");
+    assert!(j["dead_reapable_processes"].as_u64().unwrap() > 0, "{j}");
+    h.assert_no_crash();
+}
+
+#[test]
+fn a_nolocking_delete_without_the_lock_logs_its_own_detail() {
+    let h = Httpd::start("nolock", Mpm::Prefork, &format!("{NAMED}CachemExampleTestURLs On\n"));
+    let r = get_ok(h.port, "/cachem?nolock-delete");
+    assert!(r.body.contains("nolock delete refused"), "{}", r.body);
+    let log = h.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("CACHEM_NOLOCKING) failed"))
+        .unwrap_or_else(|| panic!("no log line for the refused delete:\n{log}"));
+    assert!(line.contains("cachem_delete:") && !line.contains("cachem_get"), "{line}");
+    h.assert_no_crash();
 }
 
 #[test]
@@ -885,6 +1016,9 @@ fn bad_directive_values_fail_the_config_test() {
         ("CACHEM cache.shm lots", "CACHEM"),
         ("CACHEM cache.shm 17179869185G", "CACHEM"),
         ("CACHEM cache.shm 18014398509481988K", "CACHEM"),
+        // Every bound of the library at configuration time (issue 23).
+        ("CACHEM cache.shm 8G", "CACHEM"),
+        ("CACHEM cache.shm 4G", "CACHEM"),
         ("CACHEM cache.shm", "CACHEM"),
         ("CACHEMlockFile relative.lock", "CACHEMlockFile"),
         ("CACHEMDBM ids", "CACHEMDBM"),
@@ -916,6 +1050,31 @@ fn bad_directive_values_fail_the_config_test() {
     for (line, name) in cases {
         let h = Httpd::configure("conftest", Mpm::Prefork, line);
         let out = t(&h);
+        if line.contains(" 8G") {
+            // A start with it fails at once and leaves no file behind.
+            let mut start = Command::new("env");
+            start.args(["-i", "PATH=/usr/sbin:/usr/bin:/bin", "/usr/sbin/apache2", "-DFOREGROUND", "-f"]);
+            let mut child = start.arg(&h.conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("a start with `{line}` did not fail");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(!status.success());
+            let left: Vec<_> = std::fs::read_dir(h.run_dir())
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(
+                !left.iter().any(|n| n.to_string_lossy().starts_with("cache.shm")),
+                "a failed start left {left:?}"
+            );
+        }
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "`{line}` passed apache2 -t");
         assert!(
@@ -1009,14 +1168,13 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
     let c = |k: &str| j["counters"][k].as_u64().unwrap();
     let owners = j["owners"].as_array().unwrap();
     let pids = j["pids"].as_array().unwrap();
-    let distinct = |dead_only: bool| {
-        pids.iter()
-            .filter(|p| !dead_only || p["alive"] == false)
-            .map(|p| p["pid"].as_u64().unwrap())
-            .collect::<BTreeSet<_>>()
-            .len() as u64
+    let distinct = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        pids.iter().filter(|p| f(p)).map(|p| p["pid"].as_u64().unwrap()).collect::<BTreeSet<_>>().len() as u64
     };
-    let (processes, dead) = (distinct(false), distinct(true));
+    let processes = distinct(&|_| true);
+    let dead = distinct(&|p| p["alive"] == false && p["reapable"].as_u64().unwrap() > 0);
+    let kept = distinct(&|p| p["alive"] == false) - dead;
+    assert_eq!((dead, kept), (n("dead_reapable_processes"), n("dead_pids_with_kept_records")), "{j}");
     let compaction = j["compaction"].as_str().unwrap();
     let mut auto = vec![
         "CachemAvailable: 1".to_string(),
@@ -1034,6 +1192,7 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
         format!("CachemOwners: {}", owners.len()),
         format!("CachemProcesses: {processes}"),
         format!("CachemDeadProcesses: {dead}"),
+        format!("CachemDeadPidsKept: {kept}"),
         format!("CachemInserts: {}", c("inserts")),
         format!("CachemRemoves: {}", c("removes")),
         format!("CachemBytesMoved: {}", c("bytes_moved")),
@@ -1109,7 +1268,10 @@ fn expected_status(j: &serde_json::Value, path: &str, max: u64) -> (Vec<String>,
         html.push(format!("<tr><td>{id}</td><td>{h}</td><td>{r}</td><td>{b}</td></tr>"));
     }
     html.push("</table>".to_string());
-    html.push(format!("<h3>Processes ({} alive, {dead} dead)</h3>", processes - dead));
+    html.push(format!(
+        "<h3>Processes ({} alive, {dead} dead with records to reap, {kept} dead with kept records only)</h3>",
+        processes - dead - kept
+    ));
     html.push(
         "<table border=\"0\"><tr><th>pid</th><th>state</th><th>records</th><th>bytes</th></tr>".to_string(),
     );

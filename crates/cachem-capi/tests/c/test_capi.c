@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -49,12 +50,12 @@ static int reap_child(pid_t pid) {
 
 static void test_strerror(void) {
     section("strerror and last error");
-    for (int i = 0; i <= CACHEM_E_PID_NAMESPACE; i++) {
+    for (int i = 0; i <= CACHEM_E_TOO_MANY_HANDLES; i++) {
         const char *s = cachem_strerror(i);
         CHECK(s != NULL && strcmp(s, "unknown cachem error code") != 0);
     }
     CHECK(strcmp(cachem_strerror(-1), "unknown cachem error code") == 0);
-    CHECK(strcmp(cachem_strerror(CACHEM_E_PID_NAMESPACE + 1), "unknown cachem error code") == 0);
+    CHECK(strcmp(cachem_strerror(CACHEM_E_TOO_MANY_HANDLES + 1), "unknown cachem error code") == 0);
     CHECK(strcmp(cachem_strerror(CACHEM_OK), "success") == 0);
     CHECK(cachem_last_error_message(NULL) != NULL);
 }
@@ -343,7 +344,12 @@ static void test_records(void) {
     n = 0;
     EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_read(c, r3, buf, 2, &n));
     CHECK(n == 5);
-    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_read(c, r3, NULL, 0, NULL));
+    /* A length query: buf NULL, len 0 is OK with the length (issue 23). */
+    n = 0;
+    OK(cachem_read(c, r3, NULL, 0, &n));
+    CHECK(n == 5);
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_read(c, r3, NULL, 0, NULL));
+    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_read(c, r3, buf, 0, &n));
     EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_read(c, r3, NULL, 5, &n));
     EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_read(c, CACHEM_INVALID_INDEX, buf, 5, &n));
     OK(cachem_read(c, r4, NULL, 0, &n));
@@ -352,7 +358,10 @@ static void test_records(void) {
     /* status_json: sizes. */
     EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_status_json(c, json, 4, &need));
     CHECK(need > 4);
-    EXPECT(CACHEM_E_BUFFER_TOO_SMALL, cachem_status_json(c, NULL, 0, &need));
+    need = 0;
+    OK(cachem_status_json(c, NULL, 0, &need));
+    CHECK(need > 4);
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status_json(c, NULL, 0, NULL));
     EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_status_json(c, NULL, 10, &need));
     OK(cachem_status_json(c, json, need, NULL));
 
@@ -385,16 +394,24 @@ static void test_records(void) {
     CHECK(rep.processes == 0 && rep.records == 0 && rep.bytes == 0);
     OK(cachem_reap(c, NULL));
 
-    /* Two handles of one region in one thread share the thread's lock. */
+    /* Two handles of one region in one thread share the thread's lock: it
+       belongs to the region and the thread, so either handle unlocks it. */
     cachem_t *c2 = cachem_open("records", SIZE, NULL, &err);
     CHECK(c2 != NULL);
     OK(cachem_lock(c));
     EXPECT(CACHEM_E_ALREADY_LOCKED, cachem_lock(c2));
-    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c2));
     OK(cachem_add(c2, "via c2", 6, b, &r1)); /* uses the held lock */
     OK(cachem_get(c2, r1, &p, &n));
     CHECK(n == 6);
+    EXPECT(CACHEM_E_BUSY, cachem_close(c)); /* the lock was taken through c */
+    OK(cachem_unlock(c2));                 /* releases the lock taken through c */
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_get(c, r1, &p, &n));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c2));
+    OK(cachem_lock(c2));
+    OK(cachem_get(c, r1, &p, &n));
     OK(cachem_unlock(c));
+    EXPECT(CACHEM_E_NOT_LOCKED, cachem_unlock(c2));
     OK(cachem_close(c2));
 
     /* Fill the region: NO_ROOM, then the region is still sound. */
@@ -681,6 +698,15 @@ static void test_snapshots(void) {
     OK(cachem_add(c, "process", 7, CACHEM_INVALID_ID, NULL)); /* not saved */
     EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, NULL));
     EXPECT(CACHEM_E_IO, cachem_save(c, "/nonexistent-dir/x.snap"));
+    /* Paths naming no file are bad arguments (issue 23). */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, ""));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, "/"));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, "."));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, ".."));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, dir));
+    char slash[4096];
+    snprintf(slash, sizeof slash, "%s/sub/", dir);
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_save(c, slash));
     OK(cachem_save(c, snap));
     OK(cachem_close(c));
 
@@ -930,9 +956,9 @@ static int pid_row(const cachem_pid_usage_t *u, void *arg) {
     r->calls++;
     if (r->reenter)
         reenter(r->c);
-    append(r, "%s{\"alive\":%s,\"bytes\":%llu,\"pid\":%u,\"records\":%llu}", r->calls > 1 ? "," : "",
-           u->alive ? "true" : "false", (unsigned long long)u->bytes, (unsigned)u->pid,
-           (unsigned long long)u->records);
+    append(r, "%s{\"alive\":%s,\"bytes\":%llu,\"pid\":%u,\"reapable\":%llu,\"records\":%llu}",
+           r->calls > 1 ? "," : "", u->alive ? "true" : "false", (unsigned long long)u->bytes,
+           (unsigned)u->pid, (unsigned long long)u->reapable, (unsigned long long)u->records);
     return r->stop_after && r->calls >= r->stop_after;
 }
 
@@ -993,7 +1019,20 @@ static void test_status_api(void) {
     CHECK(st.struct_size == sizeof st);
     cachem_stat_t stt;
     OK(cachem_stat(c, &stt));
-    CHECK(st.records == 7 && st.owners == 4 && st.processes == 3 && st.dead_processes == 1);
+    /* The dead child left only an owned record: a kept record, nothing to
+       reap, so it is not in the alert figure (issue 23). */
+    CHECK(st.records == 7 && st.owners == 4 && st.processes == 3 && st.dead_processes == 0);
+    CHECK(st.dead_pids_kept == 1);
+    {
+        /* The first version of the struct (without dead_pids_kept) is
+           still accepted, and nothing past it is written. */
+        cachem_status_t old;
+        memset(&old, 0xAB, sizeof old);
+        old.struct_size = (uint32_t)offsetof(cachem_status_t, dead_pids_kept);
+        OK(cachem_status(c, &old));
+        CHECK(old.records == st.records && old.dead_processes == 0);
+        CHECK(old.dead_pids_kept == 0xABABABABABABABABull);
+    }
     CHECK(st.pid_rows == 3 && st.max_record_len == cachem_max_record_len(c));
     CHECK(st.size == stt.size && st.used_bytes == stt.used_bytes && st.free_bytes == stt.free_bytes);
     CHECK(st.slots == stt.slots && st.free_slots == stt.free_slots && st.table_bytes == stt.table_bytes);
@@ -1004,13 +1043,15 @@ static void test_status_api(void) {
     snprintf(part, sizeof part,
              "\"counters\":{\"bytes_moved\":%llu,\"compactions\":%llu,\"inserts\":%llu,"
              "\"largest_compaction\":%llu,\"reaped_records\":%llu,\"recoveries\":%llu,"
-             "\"removes\":%llu},\"dead_blocks\":%llu,\"dead_bytes\":%llu,\"free_bytes\":%llu,"
+             "\"removes\":%llu},\"dead_blocks\":%llu,\"dead_bytes\":%llu,"
+             "\"dead_pids_with_kept_records\":%llu,\"dead_reapable_processes\":%llu,\"free_bytes\":%llu,"
              "\"free_slots\":%llu,\"generation\":\"%016llx\",\"header_bytes\":%llu,\"lock_bytes\":%llu,",
              (unsigned long long)st.bytes_moved, (unsigned long long)st.compactions,
              (unsigned long long)st.inserts, (unsigned long long)st.largest_compaction,
              (unsigned long long)st.reaped_records, (unsigned long long)st.recoveries,
              (unsigned long long)st.removes, (unsigned long long)st.dead_blocks,
-             (unsigned long long)st.dead_bytes, (unsigned long long)st.free_bytes,
+             (unsigned long long)st.dead_bytes, (unsigned long long)st.dead_pids_kept,
+             (unsigned long long)st.dead_processes, (unsigned long long)st.free_bytes,
              (unsigned long long)st.free_slots, (unsigned long long)st.generation,
              (unsigned long long)st.header_bytes, (unsigned long long)st.lock_bytes);
     expect_in(json, part);
@@ -1075,6 +1116,186 @@ static void test_status_api(void) {
     OK(cachem_close(c));
 }
 
+/* ----- issue 23: what a module author hits first --------------------- */
+
+static void test_too_many_handles(void) {
+    section("the 4097th handle");
+    enum { MAX = 4096 };
+    static cachem_t *hs[MAX];
+    cachem_error_t err = CACHEM_OK;
+    int n = 0;
+    while (n < MAX) {
+        hs[n] = cachem_open(NULL, 65536, NULL, &err);
+        if (hs[n] == NULL)
+            break;
+        n++;
+    }
+    /* Every slot of the table, then a distinct code (not INVALID_ARGUMENT). */
+    CHECK(n == MAX);
+    CHECK(cachem_open(NULL, 65536, NULL, &err) == NULL);
+    EXPECT(CACHEM_E_TOO_MANY_HANDLES, err);
+    CHECK(strstr(cachem_last_error_message(NULL), "4096") != NULL);
+    OK(cachem_close(hs[0]));
+    hs[0] = cachem_open(NULL, 65536, NULL, &err);
+    CHECK(hs[0] != NULL);
+    for (int i = 0; i < n; i++)
+        OK(cachem_close(hs[i]));
+}
+
+static void test_walk_afters(void) {
+    section("get_id / get_pid with foreign afters");
+    cachem_error_t err;
+    cachem_t *c = cachem_open("afters", SIZE, NULL, &err);
+    cachem_t *o = cachem_open("afters-other", SIZE, NULL, &err);
+    CHECK(c != NULL && o != NULL);
+    cachem_id_t a, b;
+    OK(cachem_id(c, "walk-a", &a));
+    OK(cachem_id(c, "walk-b", &b));
+    cachem_index_t a1, a2, b1, i;
+    OK(cachem_add(c, "a1", 2, a, &a1));
+    OK(cachem_add(c, "a2", 2, a, &a2));
+    OK(cachem_add(c, "b1", 2, b, &b1));
+    /* The normal walk. */
+    OK(cachem_get_id(c, a, a1, &i));
+    CHECK(i == a2);
+    OK(cachem_get_pid(c, a, a1, &i));
+    CHECK(i == a2);
+    /* A live record of another owner can never continue a walk of a. */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_id(c, a, b1, &i));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_pid(c, a, b1, &i));
+    /* A slot far beyond any table of this region: forged. */
+    cachem_index_t forged = ((cachem_index_t)7 << 32) | 0x7fffffffu;
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_id(c, a, forged, &i));
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_pid(c, a, forged, &i));
+    /* A live record of a inserted by another process: not ours to walk. */
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        cachem_index_t x;
+        _exit(cachem_add(c, "child", 5, a, &x) == CACHEM_OK && cachem_close(c) == CACHEM_OK &&
+                      write(STDOUT_FILENO, "", 0) == 0
+                  ? 0
+                  : 1);
+    }
+    CHECK(reap_child(pid) == 0);
+    cachem_index_t theirs = CACHEM_INVALID_INDEX;
+    OK(cachem_get_id(c, a, a2, &theirs));
+    CHECK(theirs != CACHEM_INVALID_INDEX);
+    OK(cachem_get_id(c, a, theirs, &i)); /* get_id walks every process's */
+    EXPECT(CACHEM_E_INVALID_ARGUMENT, cachem_get_pid(c, a, theirs, &i));
+    /* A removed record's index goes on where it stood (the note). */
+    OK(cachem_delete(c, a1));
+    OK(cachem_get_id(c, a, a1, &i));
+    CHECK(i == a2);
+    /* An index from another region names no live record here: it starts
+       over from the owner's first record, as documented. */
+    cachem_index_t elsewhere;
+    OK(cachem_add(o, "x", 1, a, &elsewhere));
+    OK(cachem_add(o, "y", 1, a, &elsewhere));
+    OK(cachem_delete(c, a2));
+    OK(cachem_add(c, "a3", 2, a, &a2));
+    OK(cachem_get_id(c, a, CACHEM_INVALID_INDEX, &a1));
+    i = 0;
+    err = cachem_get_id(c, a, elsewhere, &i);
+    CHECK(err == CACHEM_OK || err == CACHEM_E_INVALID_ARGUMENT);
+    if (err == CACHEM_OK)
+        CHECK(i == a1 || i == CACHEM_INVALID_INDEX || i == a2);
+    OK(cachem_close(o));
+    OK(cachem_close(c));
+    OK(cachem_destroy("afters", NULL));
+    OK(cachem_destroy("afters-other", NULL));
+}
+
+static cachem_t *purge_handle;
+static volatile sig_atomic_t purge_calls, purge_failures;
+
+static void purge_on_signal(int sig) {
+    (void)sig;
+    size_t removed = 12345;
+    cachem_error_t e = cachem_purge_process(purge_handle, &removed);
+    purge_calls++;
+    if (e != CACHEM_OK || removed == 12345)
+        purge_failures++;
+}
+
+static int purge_in_callback(const cachem_owner_usage_t *u, void *arg) {
+    (void)u;
+    int *done = arg;
+    if (!*done) {
+        *done = 1;
+        raise(SIGUSR2); /* the handler runs inside cachem_status_owners */
+    }
+    return 0;
+}
+
+static uint64_t process_records(cachem_t *c) {
+    cachem_index_t i = CACHEM_INVALID_INDEX;
+    uint64_t n = 0;
+    while (cachem_get_pid(c, CACHEM_INVALID_ID, i, &i) == CACHEM_OK && i != CACHEM_INVALID_INDEX)
+        n++;
+    return n;
+}
+
+static void test_purge_from_a_signal(void) {
+    section("cachem_purge_process from a signal handler inside a call");
+    cachem_error_t err;
+    purge_handle = cachem_open("purge-sig", SIZE, NULL, &err);
+    CHECK(purge_handle != NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = purge_on_signal;
+    sigemptyset(&sa.sa_mask);
+    CHECK(sigaction(SIGUSR2, &sa, NULL) == 0);
+    CHECK(sigaction(SIGALRM, &sa, NULL) == 0);
+
+    /* Deterministic: the handler runs inside a call (a status callback). */
+    OK(cachem_add(purge_handle, "p", 1, CACHEM_INVALID_ID, NULL));
+    OK(cachem_add(purge_handle, "p", 1, CACHEM_INVALID_ID, NULL));
+    CHECK(process_records(purge_handle) == 2);
+    int done = 0;
+    OK(cachem_status_owners(purge_handle, purge_in_callback, &done));
+    CHECK(done == 1 && purge_calls == 1 && purge_failures == 0);
+    /* The deferred purge ran when cachem_status_owners returned. */
+    CHECK(process_records(purge_handle) == 0);
+
+    /* A timer interrupting a loop of calls, most of them inside one. */
+    cachem_id_t owner;
+    OK(cachem_id(purge_handle, "loop", &owner));
+    struct itimerval it = {{0, 200}, {0, 200}};
+    purge_calls = 0;
+    CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0);
+    char buf[64];
+    size_t n;
+    for (long k = 0; purge_calls < 300 && k < 50000000; k++) {
+        cachem_index_t x;
+        OK(cachem_add(purge_handle, "process", 7, CACHEM_INVALID_ID, NULL));
+        OK(cachem_add(purge_handle, "payload", 7, owner, &x));
+        OK(cachem_read(purge_handle, x, buf, sizeof buf, &n));
+        OK(cachem_lock(purge_handle));
+        OK(cachem_delete(purge_handle, x));
+        OK(cachem_unlock(purge_handle));
+    }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    CHECK(setitimer(ITIMER_REAL, &off, NULL) == 0);
+    CHECK(purge_calls >= 300);
+    CHECK(purge_failures == 0);
+    /* The last purge (direct or deferred) left no process-scoped record
+       added before it; one more purge now, outside any call, empties it. */
+    OK(cachem_purge_process(purge_handle, NULL));
+    CHECK(process_records(purge_handle) == 0);
+    OK(cachem_verify(purge_handle));
+    signal(SIGALRM, SIG_DFL);
+    signal(SIGUSR2, SIG_DFL);
+    OK(cachem_close(purge_handle));
+    OK(cachem_destroy("purge-sig", NULL));
+}
+
+static void test_issue23(void) {
+    test_too_many_handles();
+    test_walk_afters();
+    test_purge_from_a_signal();
+}
+
 int main(void) {
     dir = getenv("CACHEM_DIR");
     if (dir == NULL || dir[0] != '/') {
@@ -1090,6 +1311,7 @@ int main(void) {
     test_fork();
     test_review_findings();
     test_status_api();
+    test_issue23();
     fprintf(stderr, "all C checks passed\n");
     return 0;
 }

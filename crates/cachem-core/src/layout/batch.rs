@@ -113,8 +113,8 @@ impl<'a> Layout<'a> {
                 let succ = self.unlink(id.slot());
                 self.kill_block(id.slot(), o, size);
                 self.note_removed(id, succ, i + 1 == victims.len());
+                self.release_slot(id.slot());
             }
-            self.rebuild_derived()?;
             self.compact_if_due()?;
             return Ok(Removed { records: victims.len(), bytes });
         }
@@ -132,8 +132,11 @@ impl<'a> Layout<'a> {
         let moved = self.compact(false)?;
         self.count_compaction(moved);
         let h = self.hdr_mut();
+        h.u_blks = h.u_blks.wrapping_sub(victims.len() as u32);
         h.counters.removes = h.counters.removes.wrapping_add(victims.len() as u64);
-        self.rebuild_derived()?;
+        for &(id, _, _) in victims {
+            self.release_slot(id.slot());
+        }
         Ok(Removed { records: victims.len(), bytes })
     }
 

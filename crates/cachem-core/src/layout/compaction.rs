@@ -49,13 +49,15 @@ impl<'a> Layout<'a> {
 
     /// Closes every hole of the block section in one compaction (journaled:
     /// a process killed midway leaves a journal that the next locker
-    /// finishes). Returns the bytes moved. Does nothing if there is no dead
-    /// block (always so under `Eager`).
+    /// finishes), then drops the unused entries at the table's top. Returns
+    /// the bytes moved. Moves nothing if there is no dead block (always so
+    /// under `Eager`).
     pub fn compact_now(&mut self) -> Result<u64> {
         let st = self.st()?;
         self.check_no_journal()?;
         let h = self.hdr();
         if h.dead_bytes == 0 {
+            self.shrink_table()?;
             return Ok(0);
         }
         let start = h.dead_lo;
@@ -69,6 +71,9 @@ impl<'a> Layout<'a> {
         hit("compact.after_journal");
         let moved = self.compact(false)?;
         self.count_compaction(moved);
+        // The table's unused top entries go too (an O(table) scan, within
+        // the O(block section) a compaction costs; removes leave them).
+        self.shrink_table()?;
         Ok(moved)
     }
 
@@ -334,6 +339,7 @@ impl<'a> Layout<'a> {
         let size = self.size() as usize;
         let o_bptop = self.hdr().o_bptop as usize;
         let table: &mut [Bptr] = bytemuck::cast_slice_mut(&mut self.buf[o_bptop..size]);
+        work(table.len() as u64);
         let (lo, hi, gap) = (src as u32, (src + len) as u32, gap as u32);
         let half = table.len() / 2;
         for (i, e) in table.iter_mut().enumerate() {
@@ -361,6 +367,7 @@ fn move_run(buf: &mut [u8], src: u64, dst: u64, len: u64, mut done: u64) {
     let mut half = false;
     while done < len {
         let c = gap.min(len - done);
+        work(c / 8);
         let (s, d) = ((src + done) as usize, (dst + done) as usize);
         let (lo, hi) = buf.split_at_mut(s);
         copy_chunk(&mut lo[d..d + c as usize], &hi[..c as usize]);

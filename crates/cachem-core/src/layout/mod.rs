@@ -86,6 +86,30 @@ fn fence() {
     compiler_fence(Ordering::SeqCst);
 }
 
+/// Work done by the engine, counted for the cost tests
+/// (`tests/cost.rs`): table entries and block headers read or written,
+/// table entries scanned, 8-byte words moved. Counted only in unit tests;
+/// elsewhere this is nothing.
+#[inline(always)]
+fn work(n: u64) {
+    #[cfg(test)]
+    work_count::add(n);
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+#[cfg(test)]
+pub(crate) mod work_count {
+    use std::cell::Cell;
+    thread_local! { static N: Cell<u64> = const { Cell::new(0) }; }
+    pub fn add(n: u64) {
+        N.with(|c| c.set(c.get() + n));
+    }
+    pub fn get() -> u64 {
+        N.with(Cell::get)
+    }
+}
+
 /// The mutable geometry, read and checked at the start of each operation.
 #[derive(Clone, Copy, Debug)]
 struct St {
@@ -182,12 +206,14 @@ impl<'a> Layout<'a> {
     /// Table entry `slot`. The caller has checked `slot < st.n_bptr`.
     #[inline(always)]
     fn bptr(&self, slot: u32) -> &Bptr {
+        work(1);
         let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes(&self.buf[off..off + BPTR_SIZE])
     }
 
     #[inline(always)]
     fn bptr_mut(&mut self, slot: u32) -> &mut Bptr {
+        work(1);
         let off = bptr_offset(self.region_size(), slot) as usize;
         bytemuck::from_bytes_mut(&mut self.buf[off..off + BPTR_SIZE])
     }
@@ -195,6 +221,7 @@ impl<'a> Layout<'a> {
     /// Writes `o_beg` and `gen` of entry `slot` in one aligned 8-byte store.
     #[inline(always)]
     fn set_loc(&mut self, slot: u32, o_beg: u32, gen: u32) {
+        work(1);
         let off = bptr_offset(self.region_size(), slot) as usize;
         let word: &mut u64 = bytemuck::from_bytes_mut(&mut self.buf[off..off + 8]);
         *word = bytemuck::cast::<[u32; 2], u64>([o_beg, gen]);
@@ -225,6 +252,7 @@ impl<'a> Layout<'a> {
     /// Reads and checks the block at `o`, which must lie within `[H, limit)`.
     #[inline(always)]
     fn block(&self, o: u64, limit: u64) -> Result<Blk> {
+        work(1);
         if o < H || o % 8 != 0 || o > limit || limit - o < BH {
             return Err(bad_block_offset(o, limit));
         }

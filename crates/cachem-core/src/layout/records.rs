@@ -81,9 +81,9 @@ impl<'a> Layout<'a> {
     /// It starts over from the first (and may then visit a record again)
     /// when the removed `after`'s note is gone: a new record took its slot
     /// *and* another remove came since (the header keeps only the latest
-    /// note), or it held the table's top entry (dropped with its note) and
-    /// another remove came since, or a recovery ran and its entry was reused
-    /// or dropped; and for an `after` of an owner in another bucket or a
+    /// note), or a shrink of the table dropped its entry (with its note)
+    /// and another remove came since, or a recovery ran and its entry was
+    /// reused or dropped; and for an `after` of an owner in another bucket or a
     /// made-up id. A loop that starts from `None` and passes back what it
     /// got ends on any image; after a removal on a corrupt image (a chain
     /// that `verify` rejects) it may not.
@@ -170,12 +170,19 @@ impl<'a> Layout<'a> {
         let mut st = self.st()?;
         self.check_no_journal()?;
         let need = block_size(len);
-        let head = self.hdr().free_head;
+        let mut head = self.hdr().free_head;
         let want = need + if head == 0 { B } else { 0 };
-        if want > st.o_bptop - st.o_fr && self.hdr().dead_bytes != 0 {
-            // Dead blocks hold the room: close every hole, then try.
-            self.compact_now()?;
+        if want > st.o_bptop - st.o_fr {
+            // Dead blocks or unused entries at the table's top may hold
+            // the room: close every hole (which also shrinks the table), or
+            // shrink the table, then try.
+            if self.hdr().dead_bytes != 0 {
+                self.compact_now()?;
+            } else {
+                self.shrink_table()?;
+            }
             st = self.st()?;
+            head = self.hdr().free_head;
         }
         let free = st.o_bptop - st.o_fr;
         let bucket = bucket_of(owner.0);
@@ -269,7 +276,7 @@ impl<'a> Layout<'a> {
         let Ok(st) = self.st() else { return true };
         let h = self.hdr();
         let want = block_size(len as u64) + if h.free_head == 0 { B } else { 0 };
-        h.dead_bytes != 0 && want > st.o_bptop - st.o_fr
+        want > st.o_bptop - st.o_fr && (h.dead_bytes != 0 || self.top_entry_free())
     }
 
     /// Whether removing `id` may move or rewrite another live record's
@@ -314,7 +321,7 @@ impl<'a> Layout<'a> {
         if self.compaction() == Compaction::Deferred {
             self.kill_block(id.slot(), o, b.size);
             self.note_removed(id, succ, true);
-            self.release_slot(id.slot())?;
+            self.release_slot(id.slot());
             return self.compact_if_due();
         }
         self.start_journal(o, st.o_fr, o + b.size);
@@ -329,22 +336,41 @@ impl<'a> Layout<'a> {
         let h = self.hdr_mut();
         h.u_blks = h.u_blks.wrapping_sub(1);
         h.counters.removes = h.counters.removes.wrapping_add(1);
-        self.release_slot(id.slot())
+        self.release_slot(id.slot());
+        Ok(())
     }
 
-    /// Returns a just-freed slot: shrinks the table if it was the top entry,
-    /// else pushes it on the free list.
-    fn release_slot(&mut self, slot: u32) -> Result<()> {
-        let h = self.hdr();
-        if slot + 1 == h.n_bptr {
-            // Shrinking may drop other free entries from the top too; the
-            // free list is rebuilt then (it is derived state).
-            return self.rebuild_derived();
-        }
-        let head = h.free_head;
+    /// Returns a just-freed slot to the free list: O(1), whatever the
+    /// slot. The top entry too: the table is not shrunk here (that needs a
+    /// scan of the table to take the dropped entries off the free list;
+    /// done when its room is wanted, see [`Layout::shrink_table`]), so a
+    /// remove costs the same whether its record was the newest or the
+    /// oldest, at 1k or 1M records.
+    pub(super) fn release_slot(&mut self, slot: u32) {
+        let head = self.hdr().free_head;
         self.bptr_mut(slot).next = head;
         fence();
         self.hdr_mut().free_head = slot + 1;
-        Ok(())
+    }
+
+    /// Drops the unused entries at the top of the table (and rebuilds the
+    /// free list without them) when there are any: O(table), so it runs
+    /// only when their room is wanted: an insert that does not fit
+    /// otherwise, and after a compaction (which costs O(block section)
+    /// already). Returns whether the table shrank.
+    pub(super) fn shrink_table(&mut self) -> Result<bool> {
+        let n = self.hdr().n_bptr;
+        if n == 0 || self.bptr(n - 1).o_beg != 0 {
+            return Ok(false);
+        }
+        self.rebuild_derived()?;
+        Ok(true)
+    }
+
+    /// Whether the table's top entry is unused (so [`Layout::shrink_table`]
+    /// would give room back to the free gap).
+    fn top_entry_free(&self) -> bool {
+        let n = self.hdr().n_bptr;
+        n != 0 && self.bptr(n - 1).o_beg == 0
     }
 }

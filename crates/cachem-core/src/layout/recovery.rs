@@ -39,6 +39,7 @@ impl<'a> Layout<'a> {
         let mut head = 0u32;
         let mut used = 0u32;
         let size = self.size() as usize;
+        work(n as u64);
         let table: &mut [Bptr] = bytemuck::cast_slice_mut(&mut self.buf[size - n as usize * BPTR_SIZE..size]);
         // table[0] is the entry with the highest slot (n - 1).
         for (i, e) in table.iter_mut().enumerate() {

@@ -20,6 +20,11 @@ pub struct PidUsage {
     pub start_time: u64,
     pub records: u32,
     pub bytes: u64,
+    /// Of `records`, those a reap removes once the process is dead: its
+    /// process-scoped records, or all of them in a region created with
+    /// reap-all. Counted whether or not anyone reaps (`no_reap`), so a dead
+    /// process with some left means reaping is off or failing.
+    pub reapable: u32,
 }
 
 /// A snapshot of a region's state for status output.
@@ -124,6 +129,7 @@ impl<'a> Layout<'a> {
         let mut owners: BTreeMap<u32, OwnerUsage> = BTreeMap::new();
         let mut pids: BTreeMap<(u32, u64), PidUsage> = BTreeMap::new();
         let (mut records, mut names) = (0u32, 0u32);
+        let reap_all = h.options & OPT_REAP_ALL != 0;
         for (m, _) in self.iter() {
             if m.owner.is_names() {
                 // The name table: counted apart, not a user's record.
@@ -139,9 +145,13 @@ impl<'a> Layout<'a> {
                 start_time: m.start_time,
                 records: 0,
                 bytes: 0,
+                reapable: 0,
             });
             p.records += 1;
             p.bytes += m.len as u64;
+            if reap_all || m.owner.is_process() {
+                p.reapable += 1;
+            }
         }
         let (mut dead_bytes, mut dead_blocks) = (0u64, 0u32);
         let mut p = H;

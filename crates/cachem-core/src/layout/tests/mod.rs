@@ -1,11 +1,12 @@
 //! Unit, corruption, crash-simulation and model tests of the layout engine,
-//! one file per concern (`records`, `corrupt`, `crash`, `model`, `deferred`,
+//! one file per concern (`records`, `corrupt`, `cost`, `crash`, `model`, `deferred`,
 //! `owner_index`, `owner_index_reviews`); this file holds the helpers they
 //! share (heap images, owners, snapshots).
 
 use super::*;
 
 mod corrupt;
+mod cost;
 mod crash;
 mod deferred;
 mod model;

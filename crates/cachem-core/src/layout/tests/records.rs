@@ -74,7 +74,9 @@ fn full_and_too_large() {
         other => panic!("{other:?}"),
     }
     l.remove(big).unwrap();
-    assert_eq!(l.verify().unwrap().free_bytes, room(4096));
+    // Its table entry stays (a remove does not shrink the table) and is
+    // reused by the next insert.
+    assert_eq!(l.verify().unwrap().free_bytes, room(4096) - 32);
     // Fill with small records until full; every one is still readable.
     let mut ids = vec![];
     loop {
@@ -113,9 +115,10 @@ fn remove_compacts_and_keeps_ids_valid() {
     assert_eq!(st.records, 16);
     assert_eq!(st.counters.removes, 4);
     assert!(st.counters.bytes_moved > 0);
-    // Slot 19 was the top entry: the table shrank by one.
-    assert_eq!(st.slots, 19);
-    assert_eq!(st.free_slots, 3);
+    // Slot 19 was the top entry: a remove does not shrink the table (that
+    // waits until the room is wanted), so all four are free entries.
+    assert_eq!(st.slots, 20);
+    assert_eq!(st.free_slots, 4);
 }
 
 #[test]
@@ -143,18 +146,50 @@ fn stale_ids_never_reach_another_record() {
 }
 
 #[test]
-fn table_top_shrinks_like_mod_cachem() {
-    let mut img = Img::new(8192);
-    let mut l = img.l();
-    let ids: Vec<_> = (0..4).map(|_| l.insert(A, tag(1), b"x").unwrap()).collect();
-    l.remove(ids[1]).unwrap();
-    l.remove(ids[2]).unwrap();
-    assert_eq!(l.status().unwrap().slots, 4);
-    l.remove(ids[3]).unwrap();
-    // Entries 3, 2 and 1 are unused: the table shrinks to entry 0 alone.
-    let st = l.status().unwrap();
-    assert_eq!((st.slots, st.free_slots, st.table_bytes), (1, 0, 32));
-    l.verify().unwrap();
+fn the_table_top_shrinks_when_its_room_is_wanted() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        let mut img = Img::with(8192, policy);
+        let mut l = img.l();
+        let ids: Vec<_> = (0..4).map(|_| l.insert(A, tag(1), b"x").unwrap()).collect();
+        l.remove(ids[3]).unwrap();
+        // A remove only frees its entry (O(1)): entry 3 stays, unused.
+        let st = l.status().unwrap();
+        assert_eq!((st.slots, st.free_slots), (4, 1), "{policy:?}");
+        l.verify().unwrap();
+        // The insert after a remove of the newest record reuses its entry.
+        let again = l.insert(A, tag(1), b"y").unwrap();
+        assert_eq!(again.slot(), 3, "{policy:?}: the last freed entry first");
+        l.remove(again).unwrap();
+        l.remove(ids[1]).unwrap();
+        l.remove(ids[2]).unwrap();
+        if policy == Compaction::Eager {
+            let st = l.status().unwrap();
+            assert_eq!((st.slots, st.free_slots), (4, 3), "{policy:?}");
+        } else {
+            // A compaction (here on demand; also when dead bytes pass half
+            // of the block section) drops the unused top entries with the
+            // holes.
+            l.compact_now().unwrap();
+            let st = l.status().unwrap();
+            assert_eq!((st.slots, st.free_slots, st.table_bytes), (1, 0, 32), "{policy:?}");
+        }
+        l.verify().unwrap();
+        // Filling the region reclaims them too: as many records fit as in
+        // a region that never had the extra entries.
+        let mut fresh = Img::with(8192, policy);
+        let mut f = fresh.l();
+        f.insert(A, tag(1), b"x").unwrap();
+        let mut n_fresh = 0;
+        while f.insert(A, tag(1), &[7u8; 40]).is_ok() {
+            n_fresh += 1;
+        }
+        let mut n = 0;
+        while l.insert(A, tag(1), &[7u8; 40]).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, n_fresh, "{policy:?}");
+        l.verify().unwrap();
+    }
 }
 
 #[test]
@@ -234,6 +269,10 @@ fn retain_removes_in_one_pass() {
     assert_eq!(l.retain(|_, _| true).unwrap(), Removed::default());
     let r = l.retain(|_, _| false).unwrap();
     assert_eq!(r.records, 200 - ids.iter().enumerate().filter(|(i, _)| i % 7 == 3).count());
+    let v = l.verify().unwrap();
+    // The entries stay, free, until their room is wanted.
+    assert_eq!((v.records, v.slots, v.used_bytes), (0, 200, 0));
+    assert!(l.shrink_table().unwrap());
     let v = l.verify().unwrap();
     assert_eq!((v.records, v.slots, v.used_bytes), (0, 0, 0));
 }
