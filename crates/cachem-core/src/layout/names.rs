@@ -53,7 +53,7 @@ impl<'a> Layout<'a> {
     /// damaged counter never hands out an id twice).
     fn take_owner_id(&mut self, floor: u32) -> Option<OwnerId> {
         let id = self.next_owner().max(floor.saturating_add(1));
-        if id >= OwnerId::NAMES.0 {
+        if id == OwnerId::NAMES.0 {
             return None;
         }
         // One aligned 4-byte store: the id is spent from here on.
@@ -112,7 +112,7 @@ impl<'a> Layout<'a> {
         self.st()?;
         self.check_no_journal()?;
         let top = names.iter().map(|n| n.1 .0).max().unwrap_or(0);
-        let next = next.max(top.saturating_add(1)).min(OwnerId::NAMES.0);
+        let next = next.max(top.saturating_add(1));
         // Counter first, as for a registration: a kill midway leaves ids
         // spent, never reusable.
         self.hdr_mut().next_owner = next;
