@@ -158,7 +158,7 @@ fn parse<'a>(path: &Path, b: &'a [u8]) -> Result<Parsed<'a>> {
     for i in 0..n_owners {
         let id = word(cur.take(4, "owner id")?);
         let len = word(cur.take(4, "owner name length")?);
-        if id == OwnerId::PROCESS.get() || id == OwnerId::NAMES.get() {
+        if OwnerId(id).is_process() || OwnerId(id).is_names() {
             return Err(bad(
                 path,
                 format!("owner entry {i} has the reserved owner id {id}, which is never saved"),

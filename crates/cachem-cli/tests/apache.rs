@@ -719,9 +719,13 @@ fn cli_id(run: &Path, name: &str) -> u64 {
 /// registered before the restart.
 #[test]
 fn graceful_restart_with_a_new_size_keeps_every_id() {
-    let mut h = Httpd::start("resize", Mpm::Prefork, "CACHEM cache.shm 256K
+    let mut h = Httpd::start(
+        "resize",
+        Mpm::Prefork,
+        "CACHEM cache.shm 256K
 CACHEMReapInterval 1
-");
+",
+    );
     let run = h.run_dir();
     let _ = example(&h);
     let module = owner_id(h.port, "mod_cachem_example");

@@ -36,14 +36,20 @@ pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// the owner-name table (records of [`crate::OwnerId::NAMES`] on a chain of
 /// their own, and the id counter `next_owner` in the header).
 pub const FORMAT_VERSION: u32 = 4;
-/// Owner buckets of the owner index: a record of owner `o` is on the chain
-/// of bucket `o % (OWNER_BUCKETS - 1)`; the last bucket, [`NAMES_BUCKET`],
-/// holds only the name table ([`crate::OwnerId::NAMES`]). Owner ids from the registry are small
-/// consecutive numbers, so up to this many owners never share a chain.
+/// Owner buckets of the owner index: a record of user owner `o` is on the
+/// chain of bucket `o % (OWNER_BUCKETS - 2)`; the last bucket,
+/// [`NAMES_BUCKET`], holds only the name table ([`crate::OwnerId::NAMES`]),
+/// the one before, [`NAMES_INDEX_BUCKET`], only its hash index. Owner ids
+/// from the registry are small consecutive numbers, so up to 20 owners
+/// never share a chain.
 pub const OWNER_BUCKETS: usize = 22;
 /// The owner bucket of the name table's records ([`crate::OwnerId::NAMES`])
 /// and of nothing else, so a name lookup walks names only.
 pub const NAMES_BUCKET: usize = OWNER_BUCKETS - 1;
+/// The owner bucket of the name table's hash index (records of
+/// [`crate::OwnerId::NAMES_INDEX`], one but for a moment) and of nothing
+/// else, so the index is found in one step.
+pub const NAMES_INDEX_BUCKET: usize = OWNER_BUCKETS - 2;
 /// `Bptr::prev` of an unused entry whose `pid` and `start_time` hold a
 /// removal note (the removed record's generation and the record that
 /// followed it on its chain): lets `next_of_owner` continue after a record

@@ -28,8 +28,10 @@ use super::*;
 pub(super) fn bucket_of(owner: u32) -> usize {
     if owner == crate::ids::OwnerId::NAMES.0 {
         NAMES_BUCKET
+    } else if owner == crate::ids::OwnerId::NAMES_INDEX.0 {
+        NAMES_INDEX_BUCKET
     } else {
-        owner as usize % NAMES_BUCKET
+        owner as usize % NAMES_INDEX_BUCKET
     }
 }
 

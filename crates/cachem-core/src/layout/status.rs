@@ -132,8 +132,9 @@ impl<'a> Layout<'a> {
         let reap_all = h.options & OPT_REAP_ALL != 0;
         for (m, _) in self.iter() {
             if m.owner.is_names() {
-                // The name table: counted apart, not a user's record.
-                names += 1;
+                // The name table (and its index): counted apart, not a
+                // user's record.
+                names += u32::from(m.owner == OwnerId::NAMES);
                 continue;
             }
             records += 1;
