@@ -83,6 +83,8 @@ pub struct Config {
     no_reap: bool,
     compaction: Compaction,
     owner: Option<(u32, u32)>,
+    lock_timeout: Option<std::time::Duration>,
+    trust_dir: bool,
 }
 
 impl Config {
@@ -102,6 +104,8 @@ impl Config {
             no_reap: false,
             compaction: Compaction::Deferred,
             owner: None,
+            lock_timeout: None,
+            trust_dir: false,
         }
     }
 
@@ -121,6 +125,16 @@ impl Config {
     /// Runtime directory for relative names.
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Config {
         self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Vouch for the runtime directory (and the lockfile's and id store's):
+    /// skip the check that it is not a symlink, not another user's and not
+    /// writable by everyone (`Error::UnsafeDir`; see `docs/operations.md`,
+    /// "The runtime directory"). Files are still never opened through a
+    /// symlink. Default false.
+    pub fn trust_dir(mut self, trust: bool) -> Config {
+        self.trust_dir = trust;
         self
     }
 
@@ -191,6 +205,19 @@ impl Config {
         self
     }
 
+    /// How long a lock waits for a holder that is alive but does not let
+    /// go (stopped by SIGSTOP or a debugger, looping) before the call fails
+    /// with [`Error::LockTimeout`] naming it. `None` (the default): wait as
+    /// long as it takes, since the library cannot know how long its
+    /// callers hold the lock; servers and tools should set one (mod_cachem
+    /// and the CLI use 10 s). With or without it, a lock word naming a
+    /// thread that no longer exists is recovered from within one wait
+    /// slice (200 ms): see `docs/design.md`, "The lock".
+    pub fn lock_timeout(mut self, timeout: Option<std::time::Duration>) -> Config {
+        self.lock_timeout = timeout;
+        self
+    }
+
     fn region_options(&self) -> RegionOptions {
         RegionOptions {
             size: self.size,
@@ -203,6 +230,8 @@ impl Config {
             no_reap: self.no_reap,
             compaction: self.compaction,
             owner: self.owner,
+            lock_timeout: self.lock_timeout,
+            trust_dir: self.trust_dir,
         }
     }
 
