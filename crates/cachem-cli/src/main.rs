@@ -28,12 +28,21 @@ struct Cli {
     /// Runtime directory for region names (default: $CACHEM_DIR, else /dev/shm/cachem).
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Vouch for the runtime directory: skip the check that it is not a
+    /// symlink, not another user's and not writable by everyone (files are
+    /// still never opened through a symlink).
+    #[arg(long, global = true)]
+    trust_dir: bool,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How long to wait for the region lock when another process holds it
+    /// (seconds, fractions allowed); then exit 1 naming the holder.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_lock_timeout)]
+    lock_timeout: std::time::Duration,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -266,6 +275,7 @@ pub type CliResult<T = ()> = Result<T, Fail>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    let _ = LOCK_TIMEOUT.set(cli.lock_timeout);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg, code)) => {
@@ -321,9 +331,28 @@ fn lookup_id(file: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// `--lock-timeout`, set once in `main`.
+static LOCK_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// `--lock-timeout` (10 s when `main` did not set it).
+pub fn lock_timeout() -> Option<std::time::Duration> {
+    Some(*LOCK_TIMEOUT.get_or_init(|| std::time::Duration::from_secs(10)))
+}
+
+/// `--trust-dir`, for every config the commands build.
+static TRUST_DIR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn trust_dir() -> bool {
+    TRUST_DIR.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Config of an existing region (any size).
 pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
-    let c = Config::named(name).attach_only().attach_any_size();
+    let c = Config::named(name)
+        .attach_only()
+        .attach_any_size()
+        .trust_dir(trust_dir())
+        .lock_timeout(lock_timeout());
     match dir {
         Some(d) => c.dir(d),
         None => c,
@@ -338,10 +367,16 @@ pub fn inspect(dir: &Option<PathBuf>, name: &str) -> CliResult<Cache> {
 
 fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
+    TRUST_DIR.store(cli.trust_dir, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
-            let mut c = Config::named(&name).size(size).mode(mode).compaction(compaction);
+            let mut c = Config::named(&name)
+                .size(size)
+                .mode(mode)
+                .compaction(compaction)
+                .trust_dir(trust_dir())
+                .lock_timeout(lock_timeout());
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);
             }
@@ -572,6 +607,15 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds between 0 and 31536000")),
+    }
+}
+
+fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.001..=86_400.0).contains(&v) => {
+            Ok(std::time::Duration::from_secs_f64(v))
+        }
+        _ => Err(format!("{s:?} is not a number of seconds between 0.001 and 86400")),
     }
 }
 

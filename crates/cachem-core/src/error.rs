@@ -70,6 +70,12 @@ pub enum Error {
     #[error("bad region name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
 
+    /// The runtime directory (or a file in it) is not safe to use: a
+    /// symlink, another user's, or writable by everyone. `reason` says what
+    /// is wrong and how to fix it.
+    #[error("refusing {path}: {reason}")]
+    UnsafeDir { path: PathBuf, reason: String },
+
     /// Another process runs in a different pid namespace.
     #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
     PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
@@ -80,6 +86,13 @@ pub enum Error {
         "region {path}: this thread already holds the region lock; drop the first guard before locking again"
     )]
     AlreadyLocked { path: PathBuf },
+
+    /// The lock timeout passed while a live thread held the region lock
+    /// (see `RegionOptions::lock_timeout`).
+    #[error("{} (thread {holder_tid}) has held the lock of region {path} for at least {:.1} s; if it is stopped (SIGSTOP, a debugger), continue or kill it",
+        holder_pid.map_or_else(|| "a thread this process cannot see".to_string(), |p| format!("process {p}")),
+        waited.as_secs_f64())]
+    LockTimeout { path: PathBuf, holder_pid: Option<u32>, holder_tid: u32, waited: std::time::Duration },
 
     /// An option conflicts with the region: a creation-time option that the
     /// existing region was made without, or one that makes no sense for this
@@ -134,6 +147,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// This thread already holds the region lock.
     AlreadyLocked,
+    /// A live holder kept the region lock past the lock timeout.
+    LockTimeout,
     Io,
 }
 
@@ -155,6 +170,9 @@ impl Error {
             Error::LockUnrecoverable { .. } => ErrorKind::LockUnrecoverable,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::BadName { .. } => ErrorKind::BadName,
+            // The C API's CACHEM_E_PERMISSION too: access refused, here by
+            // cachem's own check of the directory.
+            Error::UnsafeDir { .. } => ErrorKind::PermissionDenied,
             Error::PidNamespace { .. } => ErrorKind::PidNamespace,
             Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
             Error::Snapshot { .. } => ErrorKind::Snapshot,
@@ -163,6 +181,7 @@ impl Error {
                 ErrorKind::PermissionDenied
             }
             Error::AlreadyLocked { .. } => ErrorKind::AlreadyLocked,
+            Error::LockTimeout { .. } => ErrorKind::LockTimeout,
             Error::Io { .. } => ErrorKind::Io,
         }
     }
