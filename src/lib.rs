@@ -83,6 +83,7 @@ pub struct Config {
     no_reap: bool,
     compaction: Compaction,
     owner: Option<(u32, u32)>,
+    trust_dir: bool,
 }
 
 impl Config {
@@ -102,6 +103,7 @@ impl Config {
             no_reap: false,
             compaction: Compaction::Deferred,
             owner: None,
+            trust_dir: false,
         }
     }
 
@@ -121,6 +123,16 @@ impl Config {
     /// Runtime directory for relative names.
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Config {
         self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Vouch for the runtime directory (and the lockfile's and id store's):
+    /// skip the check that it is not a symlink, not another user's and not
+    /// writable by everyone (`Error::UnsafeDir`; see `docs/operations.md`,
+    /// "The runtime directory"). Files are still never opened through a
+    /// symlink. Default false.
+    pub fn trust_dir(mut self, trust: bool) -> Config {
+        self.trust_dir = trust;
         self
     }
 
@@ -203,6 +215,7 @@ impl Config {
             no_reap: self.no_reap,
             compaction: self.compaction,
             owner: self.owner,
+            trust_dir: self.trust_dir,
         }
     }
 
@@ -285,6 +298,8 @@ pub struct Cache {
     anonymous: bool,
     open_reap: ReapReport,
     mode: u32,
+    /// The caller vouched for the directories (`Config::trust_dir`).
+    trust_dir: bool,
     /// The pid that opened this handle: a handle inherited through `fork`
     /// is not counted among the child's own.
     opener: u32,
@@ -331,6 +346,7 @@ impl Cache {
             anonymous,
             open_reap: ReapReport::default(),
             mode,
+            trust_dir: config.trust_dir,
             opener,
         };
         // Counted before anything can fail, so Drop's decrement matches.
@@ -366,23 +382,10 @@ impl Cache {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let owner = self.region.file_owner();
         if let Some(parent) = self.store.parent() {
-            if !parent.exists() {
-                let mode = region::dir_mode(self.mode);
-                match std::fs::DirBuilder::new().recursive(true).mode(mode).create(parent) {
-                    Ok(()) => {
-                        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode));
-                        region::chown_to(parent, owner)?;
-                    }
-                    Err(e) if parent.is_dir() => drop(e),
-                    Err(e) => {
-                        return Err(Error::Io {
-                            op: "create runtime directory",
-                            path: parent.to_path_buf(),
-                            source: e,
-                        })
-                    }
-                }
-            }
+            // The id store's directory: a named region's runtime directory
+            // (checked at open), an anonymous region's, or the one
+            // `id_store` names. Made if missing, then checked.
+            region::ensure_dir(parent, region::dir_mode(self.mode), owner, self.trust_dir)?;
         }
         // Keep a setgid bit inherited from the runtime directory, so sled's
         // files get the shared group.
@@ -402,9 +405,18 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_error("create id store", &self.store, e)),
         }
+        if !self.trust_dir {
+            region::check_store_dir(&self.store)?;
+        }
         // The lockfile of an anonymous region (a named region's was made at
         // open), with the configured mode, not the umask's.
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(self.mode).open(&self.lock_file) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.mode)
+            .custom_flags(region::OPEN_FLAGS)
+            .open(&self.lock_file)
+        {
             Ok(f) => {
                 f.set_permissions(std::fs::Permissions::from_mode(self.mode))
                     .map_err(|e| io_error("create lockfile", &self.lock_file, e))?;

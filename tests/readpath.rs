@@ -241,7 +241,7 @@ fn damage_between_two_locks_is_reported_not_read_through() {
         (offset_of!(Header, o_fr) as u64, o_fr + 4, "o_fr"),
         (offset_of!(Header, o_bptop) as u64, o_fr - 8, "o_bptop"),
         (offset_of!(Header, n_bptr) as u64, n_word + 1, "n_bptr"),
-        (entry, (read_u64(entry) & !0xffff_ffff) | o_fr, "block"),
+        (entry, (read_u64(entry) & !0xffff_ffff) | o_fr, "bptr.o_beg"),
         (o_beg, block ^ 1, "block.slot"),
     ];
     let mut buf = [0u8; 64];

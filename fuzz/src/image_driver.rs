@@ -200,8 +200,20 @@ fn run(buf: &mut [u8], data: &[u8]) -> bool {
         assert!(r.is_err() || l.verify().is_ok(), "recover Ok but verify fails");
         assert!(Layout::open(c.bytes()).is_ok(), "a mutation broke the immutable header");
     }
+    // A journal that does not fit the table is refused before recovery
+    // writes a byte: the evidence stays as found.
+    let fits = Layout::open(&mut *buf).unwrap().check_journal();
+    let found = buf.to_vec();
     let mut l = Layout::open(&mut *buf).unwrap();
     let r = l.recover();
+    if let Err(e) = fits {
+        assert!(
+            matches!(r, Err(Error::Corrupt { .. })),
+            "check_journal refuses ({e}) but recover gives {r:?}"
+        );
+        assert!(*buf == found[..], "recovery refused a false journal ({e}) but changed the image");
+        return true;
+    }
     assert!(r.is_ok() || before.is_none(), "recover fails on a verified image: {r:?}");
     if r.is_err() {
         return true;

@@ -41,7 +41,10 @@ pub unsafe extern "C" fn cachem_options_init(opts: *mut cachem_options_t) {
 /// - `CACHEM_E_SIZE_MISMATCH`: the region exists with another size;
 /// - `CACHEM_E_CORRUPT`, `CACHEM_E_VERSION`: the file is not a usable region;
 /// - `CACHEM_E_PERMISSION`, `CACHEM_E_IO`: the files could not be made,
-///   opened or given to `owner_uid` / `owner_gid` (root only);
+///   opened or given to `owner_uid` / `owner_gid` (root only), or the
+///   runtime directory is not safe to use (a symlink, another user's,
+///   writable by everyone without the sticky bit: the message says how to
+///   fix it; see docs/operations.md);
 /// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_PID_NAMESPACE`,
 ///   `CACHEM_E_ALREADY_LOCKED` (this thread holds the region's lock through
 ///   another handle), `CACHEM_E_INTERNAL`;

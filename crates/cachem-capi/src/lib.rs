@@ -75,7 +75,9 @@ pub enum cachem_error_t {
     CACHEM_E_SIZE_MISMATCH = 6,
     /// The region lock is unrecoverable: destroy and re-create the region.
     CACHEM_E_LOCK_UNRECOVERABLE = 7,
-    /// The operating system refused access (file modes, owners).
+    /// The operating system refused access (file modes, owners), or the
+    /// runtime directory is not safe to use (a symlink, another user's,
+    /// writable by everyone without the sticky bit).
     CACHEM_E_PERMISSION = 8,
     /// Another operating-system error (the detail names the call and path).
     CACHEM_E_IO = 9,

@@ -28,6 +28,11 @@ struct Cli {
     /// Runtime directory for region names (default: $CACHEM_DIR, else /dev/shm/cachem).
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Vouch for the runtime directory: skip the check that it is not a
+    /// symlink, not another user's and not writable by everyone (files are
+    /// still never opened through a symlink).
+    #[arg(long, global = true)]
+    trust_dir: bool,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -321,9 +326,16 @@ fn lookup_id(file: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// `--trust-dir`, for every config the commands build.
+static TRUST_DIR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn trust_dir() -> bool {
+    TRUST_DIR.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Config of an existing region (any size).
 pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
-    let c = Config::named(name).attach_only().attach_any_size();
+    let c = Config::named(name).attach_only().attach_any_size().trust_dir(trust_dir());
     match dir {
         Some(d) => c.dir(d),
         None => c,
@@ -338,10 +350,12 @@ pub fn inspect(dir: &Option<PathBuf>, name: &str) -> CliResult<Cache> {
 
 fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
+    TRUST_DIR.store(cli.trust_dir, std::sync::atomic::Ordering::Relaxed);
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
-            let mut c = Config::named(&name).size(size).mode(mode).compaction(compaction);
+            let mut c =
+                Config::named(&name).size(size).mode(mode).compaction(compaction).trust_dir(trust_dir());
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);
             }

@@ -447,3 +447,41 @@ fn a_format_v1_region_is_refused_with_what_to_do() {
     ok(p, &["destroy", "old"]);
     assert!(ok(p, &["create", "old", "--size", "64K"]).starts_with("created"));
 }
+
+/// Writes `v` (`n` bytes, host order) at `at` in the region file.
+fn poke(path: &Path, at: u64, v: u64, n: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&v.to_ne_bytes()[..n], at).unwrap();
+}
+
+#[test]
+fn recovery_logs_what_triggered_it() {
+    let t = TempDir::new("cli-trigger");
+    let d = t.path();
+    ok(d, &["create", "r", "--size", "64K"]);
+    ok(d, &["put", "r", "--owner", "a", "one"]);
+    let file = d.join("r");
+    // flags bit 0 alone (header offset 116).
+    poke(&file, 116, 1, 4);
+    let o = cachem(d, &["put", "r", "--owner", "a", "two"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("recovered region (recovery flag set)"), "{err}");
+    assert!(!err.contains("owner_died") && !err.contains("died holding"), "{err}");
+    // A journal pending (a true one: a compaction with nothing left to
+    // move, at the offsets of docs/format.md: journal at 120).
+    let o_fr = {
+        let b = std::fs::read(&file).unwrap();
+        u64::from_ne_bytes(b[88..96].try_into().unwrap())
+    };
+    for (at, v) in [(128, o_fr), (136, o_fr), (144, o_fr), (152, o_fr), (160, o_fr), (168, u64::MAX)] {
+        poke(&file, at, v, 8);
+    }
+    poke(&file, 120, 1, 4);
+    let o = cachem(d, &["put", "r", "--owner", "a", "three"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("recovered region (journal pending)"), "{err}");
+    ok(d, &["verify", "r"]);
+}

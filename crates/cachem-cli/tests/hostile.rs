@@ -189,3 +189,133 @@ fn api_misuse_gives_specific_errors() {
     // Same name, other size.
     assert!(matches!(Cache::open(&cfg("a", 131072)), Err(Error::SizeMismatch { .. })));
 }
+
+/// True as root; else says why the test is skipped.
+fn root_or_skip(why: &str) -> bool {
+    let root = cachem::sys::process::effective_ids().0 == 0;
+    if !root {
+        println!("skipped: needs root to {why}");
+    }
+    root
+}
+
+/// A stand-in for `/dev/shm`: root's, mode 1777, so another user can plant
+/// things in it.
+fn shm_like(tag: &str) -> TempDir {
+    let d = TempDir::new(tag);
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// `cachem` with `$CACHEM_DIR` (the default runtime directory's path).
+fn with_cachem_dir(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).env("CACHEM_DIR", dir).args(args).output().unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_runtime_directory_planted_by_another_user_is_refused() {
+    if !root_or_skip("plant a directory as another user") {
+        return;
+    }
+    let shm = shm_like("planted-dir");
+    let run = shm.path().join("cachem");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::lchown(&run, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for args in [&["create", "r", "--size", "64K"][..], &["ls", "r"]] {
+        let o = with_cachem_dir(&run, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("refusing") && err.contains("uid 65534") && err.contains("chown root"), "{err}");
+    }
+    // The same through the library, with an explicit dir.
+    match Cache::open(&Config::named("r").dir(&run).size(1 << 16)) {
+        Err(Error::UnsafeDir { path, reason }) => {
+            assert_eq!(path, run);
+            assert!(reason.contains("uid 65534"), "{reason}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a directory of nobody's, mode 0777, was accepted"),
+    }
+    assert!(entries(&run).is_empty(), "files were made in it: {:?}", entries(&run));
+    // Root's own directory, world-writable without the sticky bit: refused too.
+    std::os::unix::fs::lchown(&run, Some(0), Some(0)).unwrap();
+    let o = with_cachem_dir(&run, &["create", "r", "--size", "64K"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("sticky"), "{err}");
+    // The caller vouches for it: accepted.
+    let o = with_cachem_dir(&run, &["--trust-dir", "create", "r", "--size", "64K"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_symlink_planted_at_the_runtime_directory_is_refused_and_nothing_is_written_there() {
+    if !root_or_skip("plant a symlink as another user") {
+        return;
+    }
+    let shm = shm_like("planted-link");
+    let target = shm.path().join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    let run = shm.path().join("cachem");
+    std::os::unix::fs::symlink(&target, &run).unwrap();
+    std::os::unix::fs::lchown(&run, Some(65534), Some(65534)).unwrap();
+    let o = with_cachem_dir(&run, &["create", "r", "--size", "64K"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("symlink") && err.contains(run.to_str().unwrap()), "{err}");
+    assert!(entries(&target).is_empty(), "written through the symlink: {:?}", entries(&target));
+    // A region file or lockfile planted as a symlink in a good directory
+    // is refused too, and its target left alone.
+    let good = shm.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    std::os::unix::fs::symlink(target.join("x"), good.join("r.lock")).unwrap();
+    let o = with_cachem_dir(&good, &["create", "r", "--size", "64K"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("symlink"), "{err}");
+    assert!(entries(&target).is_empty(), "written through the symlink: {:?}", entries(&target));
+}
+
+#[test]
+fn a_sticky_shared_directory_and_the_default_path_work() {
+    if !root_or_skip("run as another user") {
+        return;
+    }
+    let shm = shm_like("sticky");
+    // /dev/shm itself as the runtime directory, for root: accepted.
+    let o = with_cachem_dir(shm.path(), &["create", "r", "--size", "64K"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The default path (not there yet) made by root: 0700, root's.
+    let run = shm.path().join("cachem");
+    let o = with_cachem_dir(&run, &["create", "r", "--size", "64K"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode_of(&run), 0o700);
+    // And by another user, in a directory of its own.
+    let theirs = shm.path().join("cachem-nobody");
+    let o = Command::new(BIN)
+        .env("CACHEM_DIR", &theirs)
+        .args(["create", "r", "--size", "64K"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    if o.status.code() == Some(126) {
+        println!("skipped: nobody cannot execute the test binary here");
+        return;
+    }
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = std::fs::metadata(&theirs).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (65534, 0o700));
+    // Root's directory is not nobody's to use.
+    let o =
+        Command::new(BIN).env("CACHEM_DIR", &run).args(["ls", "r"]).uid(65534).gid(65534).output().unwrap();
+    assert!(!o.status.success());
+}

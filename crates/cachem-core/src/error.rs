@@ -70,6 +70,12 @@ pub enum Error {
     #[error("bad region name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
 
+    /// The runtime directory (or a file in it) is not safe to use: a
+    /// symlink, another user's, or writable by everyone. `reason` says what
+    /// is wrong and how to fix it.
+    #[error("refusing {path}: {reason}")]
+    UnsafeDir { path: PathBuf, reason: String },
+
     /// Another process runs in a different pid namespace.
     #[error("region {path} was created in pid namespace {region_ns}, this process is in {our_ns}: pids cannot be compared across namespaces; open with reaping disabled or use a region of this namespace")]
     PidNamespace { path: PathBuf, region_ns: u64, our_ns: u64 },
@@ -155,6 +161,9 @@ impl Error {
             Error::LockUnrecoverable { .. } => ErrorKind::LockUnrecoverable,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::BadName { .. } => ErrorKind::BadName,
+            // The C API's CACHEM_E_PERMISSION too: access refused, here by
+            // cachem's own check of the directory.
+            Error::UnsafeDir { .. } => ErrorKind::PermissionDenied,
             Error::PidNamespace { .. } => ErrorKind::PidNamespace,
             Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
             Error::Snapshot { .. } => ErrorKind::Snapshot,

@@ -76,8 +76,10 @@ pub const MIN_REGION_SIZE: u64 = 4096;
 /// Largest region: block offsets in a table entry are `u32`.
 pub const MAX_REGION_SIZE: u64 = (u32::MAX as u64) & !(ALIGN as u64 - 1);
 
-/// `Header::flags` bit: a compaction journal is active; the region must be
-/// recovered before any other operation.
+/// `Header::flags` bit: the region must be recovered before any other
+/// operation. Set while a compaction journal is active, during every
+/// recovery (until `verify` passes), and by a holder that abandoned a
+/// mutation; set alone, it triggers a recovery at the next lock.
 pub const FLAG_RECOVERY_REQUIRED: u32 = 1;
 
 /// `Header::options` bit: reaping purges every record of a dead process,
@@ -239,6 +241,14 @@ const _: () = {
     assert!(offset_of!(Header, magic) == 0);
     assert!(offset_of!(Header, endian) == 8);
     assert!(offset_of!(Header, format_version) == 12);
+    // The values docs/format.md gives, not only the offsets: its title and
+    // header table say version 3, the journal table `NO_MOVE = u64::MAX`.
+    assert!(FORMAT_VERSION == 3);
+    assert!(ENDIAN_TAG == 0x0102_0304);
+    assert!(FLAG_RECOVERY_REQUIRED == 1 && OPT_REAP_ALL == 1 && OPT_NO_REAP == 2);
+    assert!(COMPACTION_EAGER == 1 && COMPACTION_DEFERRED == 2);
+    assert!(JOURNAL_NONE == 0 && JOURNAL_COMPACT == 1 && NO_MOVE == u64::MAX);
+    assert!(DEAD_SLOT == 0xFFFF_FFFF && REMOVED_NOTE == 0xFFFF_FFFF);
     assert!(offset_of!(Header, header_size) == 16);
     assert!(offset_of!(Header, bptr_size) == 20);
     assert!(offset_of!(Header, region_size) == 24);

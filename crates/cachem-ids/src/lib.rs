@@ -93,6 +93,7 @@ mod wire;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -514,6 +515,8 @@ impl LockGuard {
             .write(true)
             .create(true)
             .truncate(false)
+            // Never through a symlink planted at the lockfile's path.
+            .custom_flags(cachem_core::region::OPEN_FLAGS)
             .open(path)
             .map_err(lock_err)?;
         // std has inherent File::lock methods now; call fs2 explicitly.

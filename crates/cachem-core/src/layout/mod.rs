@@ -49,6 +49,7 @@ const DEAD_BOUND_DIV: u64 = 2;
 mod batch;
 mod compaction;
 mod format_image;
+mod journal_check;
 mod owner_index;
 mod records;
 mod recovery;
@@ -275,11 +276,50 @@ impl<'a> Layout<'a> {
             return Err(Error::Stale(id));
         }
         let o = e.o_beg as u64;
-        let b = self.block(o, st.o_fr)?;
+        let b = match self.block(o, st.o_fr) {
+            Ok(b) => b,
+            Err(e) => return Err(self.bad_entry(slot, o, st, e)),
+        };
         if b.slot != slot {
             return Err(bad_back_pointer(slot, o, b.slot));
         }
         Ok((e, o, b))
+    }
+
+    /// The error for used entry `slot` whose `o_beg` (`o`) does not lead
+    /// to a block below `o_fr`: names the entry and the field at fault
+    /// (`bptr.o_beg`, or the header's `o_fr` when it looks lowered), else
+    /// `err` (the block's own damage).
+    #[cold]
+    #[inline(never)]
+    fn bad_entry(&self, slot: u32, o: u64, st: &St, err: Error) -> Error {
+        if o < H {
+            return Error::corrupt(
+                "bptr.o_beg",
+                format!("slot {slot}: bptr.o_beg {o} is inside the header (below {H})"),
+            );
+        }
+        if o >= st.o_fr {
+            return self.past_o_fr(slot, o, st.o_fr, st.o_bptop);
+        }
+        err
+    }
+
+    /// The error for used entry `slot` pointing at `o` at or past `o_fr`:
+    /// when a block naming that slot lies there (below the table), the
+    /// header's `o_fr` is the likelier fault (lowered); else the entry's.
+    #[cold]
+    #[inline(never)]
+    fn past_o_fr(&self, slot: u32, o: u64, o_fr: u64, o_bptop: u64) -> Error {
+        if self.block(o, o_bptop).is_ok_and(|b| b.slot == slot) {
+            return Error::corrupt(
+                "o_fr",
+                format!(
+                    "header o_fr {o_fr} is not past the block of slot {slot} at {o} (entry and back-pointer agree): o_fr was lowered"
+                ),
+            );
+        }
+        Error::corrupt("bptr.o_beg", format!("slot {slot}: bptr.o_beg {o} is at or past o_fr {o_fr}"))
     }
 
     /// Takes the next generation from the header's counter. The counter is

@@ -211,7 +211,10 @@ impl<'a> Layout<'a> {
                 return Err(Error::Full { needed: need, free });
             }
             self.hdr_mut().free_head = e.next;
-            (slot, e.gen, st.o_bptop)
+            // Generation 0 is never handed out (a damaged entry may hold
+            // it; verify reports it): take a fresh one instead.
+            let gen = if e.gen == 0 { self.take_gen() } else { e.gen };
+            (slot, gen, st.o_bptop)
         } else {
             if need + B > free {
                 return Err(Error::Full { needed: need + B, free });

@@ -64,6 +64,13 @@ impl<'a> Layout<'a> {
     /// rebuilds the derived state (free list, counts, table top) and checks
     /// every invariant. Idempotent; cheap to run on a consistent image.
     pub fn recover(&mut self) -> Result<RecoveryReport> {
+        // Read-only checks first: a journal or an entry past `o_fr` that no
+        // interrupted operation can have left is refused before anything is
+        // written (a compaction resumed from a false journal would move
+        // blocks over live records; a lowered `o_fr` would roll back every
+        // record above it).
+        self.check_journal()?;
+        self.check_rollback()?;
         // The flag stays set until every invariant is checked, so a recovery
         // that fails (or is killed) is run again by the next locker.
         self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
@@ -75,6 +82,46 @@ impl<'a> Layout<'a> {
             return Err(e);
         }
         Ok(rep)
+    }
+
+    /// Read-only: the entries at or past `o_fr`, which recovery rolls
+    /// back as inserts cut short. An insert publishes its entry pointing
+    /// exactly at `o_fr` (its block written there) and then advances
+    /// `o_fr`, and inserts run one at a time: at most one entry can point
+    /// at `o_fr`, none past it. Anything else is damage (a lowered `o_fr`
+    /// or an entry's `o_beg`), refused before a record is rolled back. With
+    /// a journal pending, [`Layout::check_journal`] has already placed every
+    /// entry below the journal's end.
+    fn check_rollback(&self) -> Result<()> {
+        let h = self.hdr();
+        if h.journal.op != JOURNAL_NONE {
+            return Ok(());
+        }
+        let size = self.size();
+        let (o_fr, o_bptop) = (h.o_fr, h.o_bptop);
+        if o_bptop < H || o_bptop > size || (size - o_bptop) % B != 0 || o_fr < H || o_fr > o_bptop {
+            // recover_inner reports the geometry before writing anything.
+            return Ok(());
+        }
+        let n = ((size - o_bptop) / B) as u32;
+        let mut at_fr: Option<u32> = None;
+        for slot in 0..n {
+            let o = self.bptr(slot).o_beg as u64;
+            if o > o_fr {
+                return Err(self.past_o_fr(slot, o, o_fr, o_bptop));
+            }
+            if o != o_fr {
+                continue;
+            }
+            if let Some(first) = at_fr {
+                return Err(Error::corrupt(
+                    "bptr.o_beg",
+                    format!("slots {first} and {slot} both point at o_fr {o_fr}: one insert can be cut short, not two"),
+                ));
+            }
+            at_fr = Some(slot);
+        }
+        Ok(())
     }
 
     fn recover_inner(&mut self) -> Result<RecoveryReport> {
@@ -150,6 +197,18 @@ impl<'a> Layout<'a> {
     /// by a panic while the lock was held).
     pub fn mark_recovery_required(&mut self) {
         self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
+    }
+
+    /// What makes [`Layout::recovery_required`] true, for the log:
+    /// `"journal pending"` (an interrupted compaction) or `"recovery flag
+    /// set"` (flags bit 0 alone: a recovery or a mutation that did not
+    /// finish).
+    pub fn recovery_trigger(&self) -> &'static str {
+        if self.hdr().journal.op != JOURNAL_NONE {
+            "journal pending"
+        } else {
+            "recovery flag set"
+        }
     }
 
     /// True if an interrupted compaction is recorded.

@@ -43,6 +43,7 @@ impl<'a> Layout<'a> {
         while p < st.o_fr {
             let b = self.block(p, st.o_fr)?;
             if b.slot == DEAD_SLOT && !eager {
+                self.check_padding(p, &b)?;
                 dead_bytes += b.size;
                 dead_blocks += 1;
                 if dead_lo == 0 {
@@ -51,6 +52,7 @@ impl<'a> Layout<'a> {
                 p += b.size;
                 continue;
             }
+            self.check_padding(p, &b)?;
             if b.slot >= st.n_bptr {
                 return Err(Error::corrupt(
                     "block.slot",
@@ -58,6 +60,9 @@ impl<'a> Layout<'a> {
                 ));
             }
             let e = self.bptr(b.slot);
+            if e.o_beg as u64 >= st.o_fr {
+                return Err(self.past_o_fr(b.slot, e.o_beg as u64, st.o_fr, st.o_bptop));
+            }
             if e.o_beg as u64 != p {
                 return Err(Error::corrupt(
                     "bptr.o_beg",
@@ -72,10 +77,21 @@ impl<'a> Layout<'a> {
         let mut used = 0u32;
         for slot in 0..st.n_bptr {
             let e = self.bptr(slot);
+            if e.gen == 0 {
+                // take_gen never hands out 0, and an id of generation 0
+                // would end the "remove, then ask for the next" loop early.
+                return Err(Error::corrupt(
+                    "bptr.gen",
+                    format!("slot {slot}: generation 0, which no remove or insert hands out"),
+                ));
+            }
             if e.o_beg != 0 {
                 used += 1;
                 let o = e.o_beg as u64;
-                let b = self.block(o, st.o_fr)?;
+                let b = match self.block(o, st.o_fr) {
+                    Ok(b) => b,
+                    Err(err) => return Err(self.bad_entry(slot, o, &st, err)),
+                };
                 if b.slot != slot {
                     return Err(Error::corrupt(
                         "bptr.o_beg",
@@ -141,5 +157,26 @@ impl<'a> Layout<'a> {
             dead_bytes,
             dead_blocks,
         })
+    }
+
+    /// The padding after a block's data (up to the next 8-byte boundary)
+    /// is zero: every writer zeroes it (insert writes it, compaction copies
+    /// whole blocks, removes leave it), so a non-zero byte there means the
+    /// block's `len` was shortened (`get` would return the record short).
+    fn check_padding(&self, p: u64, b: &Blk) -> Result<()> {
+        let from = (p + BH) as usize + b.len as usize;
+        let to = (p + b.size) as usize;
+        if let Some(i) = self.buf[from..to].iter().position(|&x| x != 0) {
+            return Err(Error::corrupt(
+                "block.len",
+                format!(
+                    "block at {p} (slot {}) has len {} but padding byte {} is not zero: the length was shortened",
+                    b.slot,
+                    b.len,
+                    from + i
+                ),
+            ));
+        }
+        Ok(())
     }
 }

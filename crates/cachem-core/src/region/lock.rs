@@ -128,6 +128,7 @@ impl Region {
         let dirty = seqlock::load(&self.map) & 1 != 0;
         let mut g = Guard { region: self, layout, recovered: false, dirty, _not_send: PhantomData };
         if owner_died || g.layout.recovery_required() {
+            let trigger = if owner_died { "owner died" } else { g.layout.recovery_trigger() };
             g.begin_write();
             if owner_died {
                 // The flag first: once the lock is consistent again, a
@@ -146,14 +147,17 @@ impl Region {
             match &r {
                 Ok(rep) => tracing::warn!(
                     path = %self.display_path().display(),
-                    owner_died,
+                    trigger,
                     finished_compaction = rep.finished_compaction,
                     rolled_back_inserts = rep.rolled_back_inserts,
-                    "recovered region after a process died holding its lock"
+                    finished_removes = rep.finished_removes,
+                    "recovered region ({trigger})"
                 ),
                 // Returned to the caller below, who reports it: not logged
                 // as an error here, or it would be printed twice.
-                Err(e) => tracing::debug!(path = %self.display_path().display(), "recovery failed: {e}"),
+                Err(e) => {
+                    tracing::debug!(path = %self.display_path().display(), trigger, "recovery failed: {e}")
+                }
             }
             r?;
             g.recovered = true;

@@ -55,11 +55,13 @@ use crate::sys::{mutex, process, seqlock};
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod dir;
 mod guard;
 mod lock;
 mod open;
 mod reap;
 
+pub use dir::{check_dir, check_store_dir, ensure_dir, OPEN_FLAGS};
 use guard::mark_dirty;
 pub use guard::Guard;
 pub use open::{check_create_size, chown_to, default_lock_path, dir_mode, resolve_path, runtime_dir};
@@ -99,6 +101,11 @@ pub struct RegionOptions {
     /// `(uid, gid)`. Needs root unless it is the caller's own; when
     /// attaching as root, the region file and lockfile are given to it too.
     pub owner: Option<(u32, u32)>,
+    /// Skip the runtime directory's check (see `region/dir.rs` and
+    /// `docs/operations.md`): the caller vouches for the directory (and
+    /// for the lockfile's). Files are still never opened through a
+    /// symlink. Default false.
+    pub trust_dir: bool,
 }
 
 impl Default for RegionOptions {
@@ -114,6 +121,7 @@ impl Default for RegionOptions {
             no_reap: false,
             compaction: Compaction::default(),
             owner: None,
+            trust_dir: false,
         }
     }
 }

@@ -7,12 +7,13 @@
 //! Crash argument for creation: see the module docs of `region` ("Create or
 //! attach") and `docs/design.md` ("Regions").
 
+use super::dir;
 use super::*;
 use crate::format::{mutex_offset, Header, HEADER_SIZE, MAX_REGION_SIZE, OPT_NO_REAP, OPT_REAP_ALL};
 use crate::layout::FormatOptions;
 use fs2::FileExt;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Gives `path` to `owner` (if any). Root only; a no-op when it already has
 /// that owner.
@@ -24,6 +25,22 @@ pub fn chown_to(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.uid() == uid && m.gid() == gid => Ok(()),
         _ => std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err("chown", path)),
+    }
+}
+
+/// A region file or lockfile that is a symlink is refused (cachem opens
+/// them with `O_NOFOLLOW`; this says why instead of "too many levels of
+/// symbolic links").
+fn refuse_symlink(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::UnsafeDir {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it is a symlink; cachem never opens its files through one (someone may have planted it): remove it (rm {})",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -88,14 +105,17 @@ fn page_size() -> u64 {
 }
 
 /// Mode of a runtime directory for files of `mode`: rwx for the owner, and
-/// rwx for group / others that may read or write the files.
+/// rwx for group / others that may read or write the files (their members
+/// create the id store's files); the sticky bit when everyone may write,
+/// so nobody can rename or remove another user's files (the runtime
+/// directory check refuses a world-writable directory without it).
 pub fn dir_mode(mode: u32) -> u32 {
     let mut m = 0o700;
     if mode & 0o060 != 0 {
         m |= 0o070;
     }
     if mode & 0o006 != 0 {
-        m |= 0o007;
+        m |= 0o1007;
     }
     m
 }
@@ -120,7 +140,14 @@ impl GlobalLock {
     fn take(path: &Path, mode: u32) -> Result<GlobalLock> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         loop {
-            let f = match OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(path) {
+            let f = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(dir::OPEN_FLAGS)
+                .open(path)
+            {
                 Ok(f) => {
                     // The mode given at open is filtered by the umask; the
                     // lockfile we made gets exactly `mode`, so a group
@@ -129,7 +156,7 @@ impl GlobalLock {
                     f
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    match OpenOptions::new().read(true).write(true).open(path) {
+                    match OpenOptions::new().read(true).write(true).custom_flags(dir::OPEN_FLAGS).open(path) {
                         Ok(f) => f,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                         Err(e) => {
@@ -172,35 +199,38 @@ impl Region {
     pub fn open_path(path: PathBuf, opts: &RegionOptions) -> Result<Region> {
         opts.check_owner()?;
         let lock_path = opts.lock_file.clone().unwrap_or_else(|| default_lock_path(&path));
+        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        // An existing runtime directory is checked before anything in it is
+        // looked at (a missing one is made and checked below).
+        if !opts.trust_dir && fs::symlink_metadata(&parent).is_ok() {
+            dir::check_dir(&parent, opts.owner.map(|o| o.0))?;
+        }
         if !opts.create || opts.size.is_none() {
             // Attach only: leave no directory or lockfile behind for a
             // missing region.
-            match fs::metadata(&path) {
+            match fs::symlink_metadata(&path) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NotFound { path }),
                 Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
             }
         }
-        let parent = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-        if !parent.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(dir_mode(opts.mode))
-                .create(&parent)
-                .map_err(io_err("create runtime directory", &parent))?;
-            // The mode is filtered by the umask; the directory cachem made
-            // gets exactly the mode the files need, and their owner.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(&parent, fs::Permissions::from_mode(dir_mode(opts.mode)));
-            chown_to(&parent, opts.owner)?;
+        // The runtime directory: made (mode and owner exact) if missing,
+        // then checked, as is the lockfile's when it lies elsewhere (see
+        // `dir.rs`), before any file in them is opened or created.
+        dir::ensure_dir(&parent, dir_mode(opts.mode), opts.owner, opts.trust_dir)?;
+        let lock_dir = lock_path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        if lock_dir != parent && !opts.trust_dir {
+            dir::check_dir(&lock_dir, opts.owner.map(|o| o.0))?;
         }
+        refuse_symlink(&path)?;
+        refuse_symlink(&lock_path)?;
         let lock_existed = lock_path.exists();
         let global = GlobalLock::take(&lock_path, opts.mode)?;
         if !lock_existed {
             chown_to(&lock_path, opts.owner)?;
         }
         let mut created = false;
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        let file = match OpenOptions::new().read(true).write(true).custom_flags(dir::OPEN_FLAGS).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !opts.create {
@@ -275,6 +305,7 @@ impl Region {
             .write(true)
             .create_new(true)
             .mode(opts.mode)
+            .custom_flags(dir::OPEN_FLAGS)
             .open(&tmp)
             .map_err(io_err("create region", &tmp))?;
         let built = (|| {

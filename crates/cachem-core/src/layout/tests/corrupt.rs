@@ -2,6 +2,7 @@
 //! and journal is reported as `Corrupt` naming the field, never a panic.
 
 use super::*;
+use bytemuck::Zeroable;
 
 #[test]
 fn corrupt_truncated_images() {
@@ -178,14 +179,8 @@ fn corrupt_impossible_journal() {
     let fr = img.hdr().o_fr;
     {
         let h = img.hdr();
-        h.journal = Journal {
-            op: JOURNAL_COMPACT,
-            start: 384,
-            src: 300,
-            dst: 384,
-            end: fr,
-            ..bytemuck::Zeroable::zeroed()
-        };
+        h.journal =
+            Journal { op: JOURNAL_COMPACT, start: 384, src: 300, dst: 384, end: fr, ..Zeroable::zeroed() };
         h.flags = FLAG_RECOVERY_REQUIRED;
     }
     assert!(matches!(img.l().verify(), Err(Error::RecoveryRequired)));
@@ -203,7 +198,7 @@ fn corrupt_impossible_journal() {
         mv_src: 392,
         mv_dst: 384,
         mv_len: 1 << 20,
-        ..bytemuck::Zeroable::zeroed()
+        ..Zeroable::zeroed()
     };
     assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal.mv"));
     // live_from outside [start, end].
@@ -216,7 +211,7 @@ fn corrupt_impossible_journal() {
         dst: 392,
         end: fr,
         live_from: 8,
-        ..bytemuck::Zeroable::zeroed()
+        ..Zeroable::zeroed()
     };
     assert_eq!(img.l().recover().unwrap_err().corrupt_field(), Some("journal"));
     // A failed recovery leaves the region marked, so the next one runs again.
@@ -241,4 +236,175 @@ fn corrupt_top_entry_unused() {
     assert!(e.corrupt_field().is_some(), "{e}");
     img.bptr(top).o_beg = o;
     img.l().verify().unwrap();
+}
+
+/// Issue 21 case 4: four records on a 64 KiB region (blocks at 384, 424,
+/// 464 and 544, `o_fr` 624), then a false but well-formed journal written
+/// at the offsets of docs/format.md (header 116 `flags`, 120 the journal).
+fn false_journal_image(policy: Compaction) -> Img {
+    let mut img = Img::with(65536, policy);
+    let mut l = img.l();
+    for (i, len) in [32usize, 32, 72, 72].into_iter().enumerate() {
+        l.insert(A, tag(1), &vec![0x10 + i as u8; len]).unwrap();
+    }
+    assert_eq!(img.hdr().o_fr, 624);
+    let b = img.bytes();
+    let put =
+        |b: &mut [u8], at: usize, v: u64, n: usize| b[at..at + n].copy_from_slice(&v.to_ne_bytes()[..n]);
+    put(b, 116, 1, 4); // flags: RECOVERY_REQUIRED
+    put(b, 120, 1, 4); // journal.op: compaction
+    put(b, 128, 384, 8); // start
+    put(b, 136, 424, 8); // src
+    put(b, 144, 384, 8); // dst
+    put(b, 152, 624, 8); // end
+    put(b, 160, 624, 8); // live_from
+    img
+}
+
+/// A compaction journal with no move in progress.
+fn journal(start: u64, src: u64, dst: u64, end: u64, live_from: u64) -> Journal {
+    Journal { op: JOURNAL_COMPACT, start, src, dst, end, live_from, mv_src: NO_MOVE, ..Zeroable::zeroed() }
+}
+
+#[test]
+fn a_false_journal_is_refused_before_anything_is_written() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        let mut img = false_journal_image(policy);
+        let found = img.bytes().to_vec();
+        let e = img.l().check_journal().unwrap_err();
+        assert_eq!(e.corrupt_field(), Some("journal"), "{e}");
+        let e = img.l().recover().unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.corrupt_field(), Some("journal"), "{policy}: {e}");
+        assert!(msg.contains("slot 0") && msg.contains("bptr.o_beg 384"), "{msg}");
+        assert!(img.bytes() == &found[..], "{policy}: recovery changed the image before refusing");
+        // Still refused, still unchanged, every time it is tried.
+        assert!(img.l().recover().is_err());
+        assert!(img.bytes() == &found[..]);
+    }
+}
+
+#[test]
+fn journal_checks_before_moving_refuse_each_false_fact() {
+    // Each case: a well-formed journal that breaks one fact a true one
+    // guarantees; recovery refuses it, changing nothing.
+    type Edit = fn(&mut Img);
+    let cases: Vec<(&str, Edit)> = vec![
+        // A hole past the first record: record 2 (at 424) lies in it.
+        ("hole over a live block", |img| img.hdr().journal = journal(384, 464, 424, 624, 624)),
+        // Every block past live_from must be live: slot 3's block is not.
+        ("dead past live_from", |img| {
+            img.hdr().journal = journal(544, 544, 544, 624, 544);
+            img.bptr(3).o_beg = 0;
+            img.hdr().flags = 1;
+        }),
+        // o_fr is neither the journal's end nor its final dst.
+        ("o_fr", |img| {
+            img.hdr().journal = journal(544, 544, 544, 624, 624);
+            img.hdr().o_fr = 664;
+        }),
+        // A move whose run does not start with the entries' blocks: the
+        // run [464, 624) moved to 424 claims 80 bytes already copied, but
+        // 424 still holds record 2, whose entry points there.
+        ("run half copied over a live block", |img| {
+            img.hdr().journal = Journal {
+                op: 1,
+                start: 424,
+                src: 464,
+                dst: 424,
+                end: 624,
+                live_from: 624,
+                mv_src: 464,
+                mv_dst: 424,
+                mv_len: 160,
+                mv_done: 40,
+                ..Zeroable::zeroed()
+            }
+        }),
+    ];
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        for (what, edit) in &cases {
+            let mut img = false_journal_image(policy);
+            img.hdr().journal = Zeroable::zeroed();
+            edit(&mut img);
+            let found = img.bytes().to_vec();
+            let e = img.l().recover().expect_err(what);
+            assert!(matches!(e, Error::Corrupt { .. }), "{policy} {what}: {e}");
+            assert!(img.bytes() == &found[..], "{policy} {what}: recovery changed the image ({e})");
+        }
+    }
+}
+
+#[test]
+fn an_entry_past_o_fr_and_a_lowered_o_fr_name_the_field() {
+    // Entry 3 damaged to point at o_fr.
+    let mut img = false_journal_image(Compaction::Eager);
+    img.hdr().flags = 0;
+    img.hdr().journal = Zeroable::zeroed();
+    img.bptr(3).o_beg = 624;
+    let e = img.l().verify().unwrap_err();
+    assert_eq!(e.corrupt_field(), Some("bptr.o_beg"), "{e}");
+    assert!(e.to_string().contains("slot 3: bptr.o_beg 624 is at or past o_fr 624"), "{e}");
+    let l = img.l();
+    let e = l.try_get(RecordId::new(3, l.bptr(3).gen)).unwrap_err();
+    assert!(e.to_string().contains("slot 3: bptr.o_beg 624"), "{e}");
+    // o_fr lowered below the last two blocks.
+    let mut img = false_journal_image(Compaction::Eager);
+    img.hdr().flags = 0;
+    img.hdr().journal = Zeroable::zeroed();
+    img.hdr().o_fr = 464;
+    let e = img.l().verify().unwrap_err();
+    assert_eq!(e.corrupt_field(), Some("o_fr"), "{e}");
+    assert!(e.to_string().contains("header o_fr 464"), "{e}");
+    // Recovery (flag set) refuses too, instead of rolling back records 2
+    // and 3 as if they were inserts cut short.
+    img.hdr().flags = FLAG_RECOVERY_REQUIRED;
+    let found = img.bytes().to_vec();
+    let e = img.l().recover().unwrap_err();
+    assert_eq!(e.corrupt_field(), Some("o_fr"), "{e}");
+    assert!(img.bytes() == &found[..], "recovery rolled back records before refusing");
+}
+
+#[test]
+fn generation_zero_is_refused_and_never_handed_out() {
+    for policy in [Compaction::Eager, Compaction::Deferred] {
+        let mut img = Img::with(65536, policy);
+        let mut l = img.l();
+        let ids: Vec<_> = (0..6u8).map(|i| l.insert(A, tag(1), &[i; 16]).unwrap()).collect();
+        l.remove(ids[3]).unwrap();
+        l.compact_now().unwrap();
+        assert_eq!(img.bptr(3).o_beg, 0);
+        img.bptr(3).gen = 0;
+        let e = img.l().verify().unwrap_err();
+        assert_eq!(e.corrupt_field(), Some("bptr.gen"), "{e}");
+        assert!(e.to_string().contains("slot 3"), "{e}");
+        // An insert takes the free entry but not its generation 0.
+        let mut l = img.l();
+        let new = l.insert(A, tag(1), b"new").unwrap();
+        assert_eq!(new.slot(), 3);
+        assert_ne!(new.generation(), 0);
+        l.verify().unwrap();
+        // The documented loop (remove, then ask for the one after it)
+        // visits every record.
+        let want: Vec<_> = l.iter_owner(A).map(|(id, _)| id).collect();
+        assert_eq!(want.len(), 6);
+        let (mut got, mut cur) = (Vec::new(), l.next_of_owner(A, None));
+        while let Some(id) = cur {
+            got.push(id);
+            l.remove(id).unwrap();
+            cur = l.next_of_owner(A, Some(id));
+        }
+        assert_eq!(got, want, "{policy}");
+    }
+}
+
+#[test]
+fn a_length_shortened_within_its_padding_is_reported() {
+    let mut img = populated();
+    let o = img.bptr(2).o_beg as usize;
+    // 20 data bytes (all 2) padded to 24: shorten len to 19.
+    img.bytes()[o + 4..o + 8].copy_from_slice(&19u32.to_ne_bytes());
+    let e = img.l().verify().unwrap_err();
+    assert_eq!(e.corrupt_field(), Some("block.len"), "{e}");
+    assert!(e.to_string().contains("padding"), "{e}");
 }
