@@ -404,8 +404,8 @@ fn child_main(spec: &str) {
 }
 
 /// The latency run of `system`: cachem deferred runs until it has
-/// compacted several times (a compaction every ~N/2 removes, i.e. every
-/// ~2N ops of the mix: ~8 M ops at 1M live); the others as long as before
+/// compacted several times (a compaction every ~N removes, i.e. every ~4N
+/// ops of the mix: 16 M ops for 4 at 1M live); the others as long as before
 /// (under Eager every remove compacts; LMDB has no compaction).
 fn latency_run(quick: bool, system: &str) -> LatencyRun {
     let deferred = system == "cachem";

@@ -424,7 +424,8 @@ pub fn markdown(
         w,
         "  - insert: {n} records into an empty store; get: a random one of {n} live; remove N: all N \
          in random order (live shrinks from N to 0; per remove, compactions included); churn N: 50% get, 25% insert, 25% remove of \
-         random records at N live (kept within N ± N/16); iterate: all records of one owner of {} \
+         random records at N live (kept within N ± N/16); churn-lifo/fifo/random N: see \
+         \"Churn orders\" below; iterate: all records of one owner of {} \
          ({} records each, inserted interleaved), per record visited.",
         crate::stores::ITER_OWNERS,
         thousands(crate::stores::ITER_PER_OWNER as usize)
@@ -435,7 +436,8 @@ pub fn markdown(
          format v3. \"deferred\" (the default policy): a remove marks its block dead, one compaction \
          closes every hole when an insert does not fit or dead bytes pass half of the block \
          section. \"eager\": every remove compacts at once (format v1's only behaviour); its \
-         remove 100k and remove 1M are skipped (quadratic: ~27 s and hours). \
+         remove 100k and remove 1M are skipped (quadratic: ~27 s and hours), and so are its FIFO and \
+         random churn orders beyond 1k (O(tail) per remove). \
          The floor: lock + unlock of a process-shared, robust, error-checking pthread mutex in a \
          /dev/shm mapping (`cachem::sys::mutex`), once per op whatever the op."
     );
@@ -459,7 +461,9 @@ pub fn markdown(
          one connection with `test_on_check_out` off (on, as `Client::connect` builds it, every op \
          would first send a `version` request): set/get/delete. The crate writes a request to the \
          socket in pieces (a get in 4 send calls, a set in 12), which TCP_NODELAY lets leave as \
-         separate segments. Iterate: \
+         separate segments. The crate has no multi-set: memcached's untimed fills write `noreply` \
+         sets of the text protocol on a second connection (batches of 4,096, each closed by a \
+         `version` round trip); Redis's are pipelines of 256 SETs. Iterate: \
          Redis HGETALL of one hash per owner (into `Vec<(Vec<u8>, Vec<u8>)>`); memcached cannot \
          enumerate its keys (n/a).",
         crate::stores::REDIS_CRATE,
@@ -867,8 +871,9 @@ pub fn markdown(
              lock + op + unlock, or one LMDB transaction). cachem deferred runs until at least \
              {} ops were timed and {} compactions ran in the timed window (at most {} ops or \
              {:.0} s); cachem eager (every remove compacts) and LMDB run {} ops or {:.0} s. \
-             Under `Deferred` the tail is the compactions: one every ~N/2 removes (~2N ops of \
-             the mix), each closing every hole at once under one lock hold. There is no \
+             Under `Deferred` the tail is the compactions: one when the dead bytes pass half of \
+             the block section (~N removes, ~4N ops of the mix), each closing every hole at once \
+             under one lock hold. There is no \
              incremental mode yet, so the max is one compaction's pause.\n",
             short_count(lat[0].live),
             thousands(dl.min_ops),
