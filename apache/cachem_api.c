@@ -80,14 +80,37 @@ static ap_cachem_id_t mod_cachem_id(const char *s, apr_pool_t *p)
     return (ap_cachem_id_t)id;
 }
 
+/* A lock timeout is logged once per episode: while the same thread holds
+ * the lock (the library's detail names it as "(thread T)"), later timeouts
+ * in this process are logged at debug level only, so a stuck holder makes
+ * one error line per process, not one per request. A lock that succeeds
+ * ends the episode. Threads race on last_holder harmlessly (at worst one
+ * more line). */
+static unsigned long last_holder;
+
+static apr_status_t lock_timed_out(void)
+{
+    const char *d = detail();
+    const char *t = strstr(d, "(thread ");
+    unsigned long holder = t ? strtoul(t + 8, NULL, 10) : 0;
+    if (holder != 0 && holder == __atomic_load_n(&last_holder, __ATOMIC_RELAXED))
+        return fail(CACHEM_E_LOCK_TIMEOUT, APLOG_DEBUG, "cachem_lock");
+    __atomic_store_n(&last_holder, holder, __ATOMIC_RELAXED);
+    return fail(CACHEM_E_LOCK_TIMEOUT, APLOG_ERR, "cachem_lock");
+}
+
 static apr_status_t mod_cachem_lock(void)
 {
     cachem_error_t e;
     if (!g_cache)
         return not_ready("cachem_lock");
     e = cachem_lock(g_cache);
+    if (e == CACHEM_E_LOCK_TIMEOUT)
+        return lock_timed_out();
     if (e != CACHEM_OK)
         return fail(e, APLOG_ERR, "cachem_lock");
+    if (__atomic_load_n(&last_holder, __ATOMIC_RELAXED) != 0)
+        __atomic_store_n(&last_holder, 0, __ATOMIC_RELAXED);
     t_locked = 1;
     t_lock_request = t_request;
     return APR_SUCCESS;

@@ -17,6 +17,7 @@ void *create_server_config(apr_pool_t *p, server_rec *s)
     c->compaction = CACHEM_COMPACTION_DEFERRED;
     c->reap_interval = CACHEM_DEFAULT_REAP_INTERVAL;
     c->mode = 0600;
+    c->lock_timeout_ms = CACHEM_DEFAULT_LOCK_TIMEOUT_MS;
     return c;
 }
 
@@ -213,5 +214,32 @@ const char *set_mode(cmd_parms *cmd, void *dummy, const char *arg)
         return apr_pstrcat(cmd->pool, cmd->cmd->name, ": mode ", arg,
                            " must give the owner read and write (0600)", NULL);
     c->mode = (apr_uint32_t)v;
+    return NULL;
+}
+
+/* CACHEMLockTimeout SECONDS (fractions allowed, or NNNms): how long a
+ * request waits for the cache lock held by a live process that does not let
+ * go (stopped, in a debugger, looping) before ap_cachem_lock fails (the
+ * consumer answers 503). Checked here, so `apachectl -t` rejects a bad one. */
+const char *set_lock_timeout(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    cachem_cfg *c = server_cfg(cmd->server);
+    const char *err = global_only(cmd);
+    char *end = NULL;
+    double v;
+    (void)dummy;
+    if (err)
+        return err;
+    errno = 0;
+    v = strtod(arg, &end);
+    if (!errno && end != arg && strcmp(end, "ms") == 0)
+        v /= 1000.0;
+    else if (end == arg || *end)
+        errno = EINVAL;
+    if (errno || !(v >= 0.001 && v <= 86400.0))
+        return apr_pstrcat(cmd->pool, cmd->cmd->name, ": '", arg,
+                           "' is not a number of seconds from 0.001 to 86400 "
+                           "(fractions allowed, or milliseconds as NNNms)", NULL);
+    c->lock_timeout_ms = (apr_uint64_t)(v * 1000.0 + 0.5);
     return NULL;
 }

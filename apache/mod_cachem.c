@@ -52,6 +52,9 @@ static const command_rec cachem_cmds[] = {
                   "deferred|eager: how deleted records' space is reclaimed (default deferred)"),
     AP_INIT_TAKE1("CACHEMReapInterval", set_reap_interval, NULL, RSRC_CONF,
                   "seconds between reaps by the parent (default 5, 0 = off)"),
+    AP_INIT_TAKE1("CACHEMLockTimeout", set_lock_timeout, NULL, RSRC_CONF,
+                  "seconds a request waits for the cache lock held by a live process "
+                  "(fractions or NNNms allowed; default 10); then the call fails (503)"),
     AP_INIT_TAKE1("CACHEMMode", set_mode, NULL, RSRC_CONF,
                   "octal permission bits of the region, lockfile and id store (default 0600)"),
     {NULL}
@@ -97,6 +100,7 @@ static void fill_options(const cachem_state *st, cachem_options_t *o)
     o->id_store = st->dbm;
     o->reap = (uint32_t)st->reap;
     o->compaction = (uint32_t)st->compaction;
+    o->lock_timeout_ms = st->lock_timeout_ms;
 }
 
 /* At the parent's exit (a stop, not a graceful restart): save the records
@@ -202,14 +206,17 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     st->parent_pid = getpid();
     /* May change at a restart. */
     st->persist = want.persist ? apr_pstrdup(pp, want.persist) : NULL;
+    st->lock_timeout_ms = cfg->lock_timeout_ms;
 
     if (st->cache && same_str(st->path, want.path) && st->size == want.size
         && same_str(st->lock_file, want.lock_file) && same_str(st->dbm, want.dbm)
         && st->reap == want.reap && st->compaction == want.compaction
         && st->mode == want.mode && st->uid == want.uid
         && st->gid == want.gid) {
-        /* A graceful restart with the same region: keep it, and its ids. */
+        /* A graceful restart with the same region: keep it, and its ids
+         * (children inherit the handle: the timeout set here is theirs). */
         g_cache = st->cache;
+        cachem_set_lock_timeout(st->cache, st->lock_timeout_ms);
         ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
                      "mod_cachem: restart %lu keeps the region %s", st->starts,
                      st->path ? st->path : "(anonymous)");

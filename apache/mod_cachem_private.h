@@ -51,6 +51,8 @@ APLOG_USE_MODULE(cachem);
 /* Default region size when CACHEM's size is NULL (or CACHEM is absent). */
 #define CACHEM_DEFAULT_SIZE (256 * 1024)
 #define CACHEM_DEFAULT_REAP_INTERVAL 5
+/* CACHEMLockTimeout's default, milliseconds. */
+#define CACHEM_DEFAULT_LOCK_TIMEOUT_MS 10000
 #define CACHEM_STATE_KEY "mod_cachem.state"
 
 /* Configuration (global server config only) */
@@ -67,6 +69,7 @@ typedef struct {
     int compaction;        /* cachem_compaction_t */
     int reap_interval;     /* seconds, 0 = off */
     apr_uint32_t mode;
+    apr_uint64_t lock_timeout_ms; /* CACHEMLockTimeout */
 } cachem_cfg;
 
 /* ------------------------------------------------------------------ */
@@ -86,6 +89,7 @@ typedef struct {
     int reap;
     int compaction;
     apr_uint32_t mode;
+    apr_uint64_t lock_timeout_ms; /* may change at a restart */
     apr_int64_t uid, gid;   /* owner given to the files, -1: unchanged */
     pid_t parent_pid;
     apr_time_t last_reap;
@@ -120,6 +124,7 @@ const char *set_reap(cmd_parms *cmd, void *dummy, const char *arg);
 const char *set_compaction(cmd_parms *cmd, void *dummy, const char *arg);
 const char *set_reap_interval(cmd_parms *cmd, void *dummy, const char *arg);
 const char *set_mode(cmd_parms *cmd, void *dummy, const char *arg);
+const char *set_lock_timeout(cmd_parms *cmd, void *dummy, const char *arg);
 
 /* cachem_files.c */
 void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *st);

@@ -83,6 +83,7 @@ pub struct Config {
     no_reap: bool,
     compaction: Compaction,
     owner: Option<(u32, u32)>,
+    lock_timeout: Option<std::time::Duration>,
     trust_dir: bool,
 }
 
@@ -103,6 +104,7 @@ impl Config {
             no_reap: false,
             compaction: Compaction::Deferred,
             owner: None,
+            lock_timeout: None,
             trust_dir: false,
         }
     }
@@ -203,6 +205,19 @@ impl Config {
         self
     }
 
+    /// How long a lock waits for a holder that is alive but does not let
+    /// go (stopped by SIGSTOP or a debugger, looping) before the call fails
+    /// with [`Error::LockTimeout`] naming it. `None` (the default): wait as
+    /// long as it takes, since the library cannot know how long its
+    /// callers hold the lock; servers and tools should set one (mod_cachem
+    /// and the CLI use 10 s). With or without it, a lock word naming a
+    /// thread that no longer exists is recovered from within one wait
+    /// slice (200 ms): see `docs/design.md`, "The lock".
+    pub fn lock_timeout(mut self, timeout: Option<std::time::Duration>) -> Config {
+        self.lock_timeout = timeout;
+        self
+    }
+
     fn region_options(&self) -> RegionOptions {
         RegionOptions {
             size: self.size,
@@ -215,6 +230,7 @@ impl Config {
             no_reap: self.no_reap,
             compaction: self.compaction,
             owner: self.owner,
+            lock_timeout: self.lock_timeout,
             trust_dir: self.trust_dir,
         }
     }

@@ -34,6 +34,14 @@ fn snapshot(r: &Region) -> Snapshot {
     g.iter().map(|(m, d)| (m.id, (m.owner.0, d.to_vec()))).collect()
 }
 
+/// A worker's compaction step budget (`CACHEM_TEST_STEP` bytes; 0 or
+/// unset: the default).
+fn set_step_from_env() {
+    if let Ok(s) = std::env::var("CACHEM_TEST_STEP") {
+        cachem::layout::set_compaction_step(s.parse().unwrap());
+    }
+}
+
 /// Worker: one operation on the region, with CACHEM_FAILPOINT set.
 #[test]
 fn worker_op() {
@@ -41,6 +49,7 @@ fn worker_op() {
         return;
     }
     let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    set_step_from_env();
     let opts = RegionOptions { dir: Some(dir.into()), ..Default::default() };
     let r = Region::open("crash", &opts).unwrap();
     let mut g = r.lock().unwrap();
@@ -89,20 +98,32 @@ fn points_of(policy: Compaction, op: &str) -> Vec<&'static str> {
 fn every_fault_point_kill_recovers_to_before_or_after() {
     let mut cases = 0;
     let mut covered = BTreeSet::new();
-    for policy in [Compaction::Eager, Compaction::Deferred] {
+    // Deferred also with tiny compaction steps (`CACHEM_TEST_STEP`): the
+    // worker's compaction pauses between runs, so the kill lands in one
+    // step of an incremental compaction.
+    for (policy, step) in [(Compaction::Eager, 0), (Compaction::Deferred, 0), (Compaction::Deferred, 512)] {
         for op in ["insert", "remove", "purge", "compact"] {
             for point in points_of(policy, op) {
-                fault_case(policy, op, point);
+                // In steps, the purge's compaction pauses long before its
+                // end (the explicit compact runs to the end and passes it).
+                if step > 0 && op == "purge" && point == "compact.before_clear" {
+                    continue;
+                }
+                fault_case(policy, op, point, step);
                 covered.insert(point);
                 cases += 1;
             }
         }
     }
-    assert_eq!(cases, 50);
+    let deferred: usize = ["insert", "remove", "purge", "compact"]
+        .iter()
+        .map(|op| points_of(Compaction::Deferred, op).len())
+        .sum();
+    assert_eq!(cases, 50 + deferred - 1);
     assert_eq!(covered.len(), POINTS.len(), "every fault point is exercised");
 }
 
-fn fault_case(policy: Compaction, op: &str, point: &str) {
+fn fault_case(policy: Compaction, op: &str, point: &str, step: u64) {
     let d = TempDir::new("fault");
     let r = Region::open("crash", &ropts(d.path(), policy)).unwrap();
     let mut rng = Rng(0x1234_5678);
@@ -135,6 +156,7 @@ fn fault_case(policy: Compaction, op: &str, point: &str) {
         ("CACHEM_TEST_ID", victim.to_string()),
         ("CACHEM_TEST_PID", me.to_string()),
         ("CACHEM_FAILPOINT", point.to_string()),
+        ("CACHEM_TEST_STEP", step.to_string()),
     ];
     let mut w = spawn_worker("worker_op", &env);
     let st = wait_timeout(&mut w, Duration::from_secs(30));
@@ -193,6 +215,7 @@ fn worker_torture() {
     }
     let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
     let slot: u32 = std::env::var("CACHEM_TEST_SLOT").unwrap().parse().unwrap();
+    set_step_from_env();
     let stop = Path::new(&dir).join("stop");
     let r = Region::open("torture", &RegionOptions { dir: Some(dir.clone().into()), ..Default::default() })
         .unwrap();
@@ -289,8 +312,15 @@ fn torture_policy(compaction: Compaction, kills: u32, workers: u32) {
         &RegionOptions { size: Some(4 << 20), dir: Some(d.path().into()), compaction, ..Default::default() },
     )
     .unwrap();
+    // Under Deferred, every other worker compacts in tiny steps, so kills
+    // land in paused and resumed incremental compactions too.
     let env_for = |slot: u32| {
-        vec![("CACHEM_TEST_DIR", d.path().display().to_string()), ("CACHEM_TEST_SLOT", slot.to_string())]
+        let step = if compaction == Compaction::Deferred && slot % 2 == 1 { 512 } else { 0 };
+        vec![
+            ("CACHEM_TEST_DIR", d.path().display().to_string()),
+            ("CACHEM_TEST_SLOT", slot.to_string()),
+            ("CACHEM_TEST_STEP", step.to_string()),
+        ]
     };
     let start = Instant::now();
     let mut rng = Rng::seeded();

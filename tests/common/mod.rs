@@ -49,6 +49,11 @@ impl Drop for TempDir {
 /// Runs this test binary again as a worker: the test named `entry` (which
 /// must return at once unless `CACHEM_TEST_WORKER` is set) with `env`.
 pub fn spawn_worker(entry: &str, env: &[(&str, String)]) -> Child {
+    worker_command(entry, env).spawn().unwrap()
+}
+
+/// The command [`spawn_worker`] runs (to change its stdin, say).
+pub fn worker_command(entry: &str, env: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().unwrap();
     let mut c = Command::new(exe);
     c.args([entry, "--exact", "--nocapture", "--test-threads=1", "-q"])
@@ -60,7 +65,7 @@ pub fn spawn_worker(entry: &str, env: &[(&str, String)]) -> Child {
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().unwrap()
+    c
 }
 
 /// True in a worker process.

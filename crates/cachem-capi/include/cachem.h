@@ -36,7 +36,7 @@
 #include <stdint.h>
 
 /** Default options (a cachem_options_t initialiser); set fields after. */
-#define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS, CACHEM_COMPACTION_DEFERRED }
+#define CACHEM_OPTIONS_INIT { (uint32_t)sizeof(cachem_options_t), 0600, -1, -1, NULL, NULL, NULL, 0, 0, CACHEM_REAP_PROCESS, CACHEM_COMPACTION_DEFERRED, 0 }
 
 /** A cachem_status_t ready for cachem_status: its size set, the rest zero
  *  (C99; in C++ set struct_size by hand). */
@@ -163,6 +163,12 @@ typedef enum {
    * one first.
    */
   CACHEM_E_TOO_MANY_HANDLES = 21,
+  /**
+   * A live process held the region lock longer than the lock timeout
+   * (`cachem_options_t.lock_timeout_ms`); the detail names its pid and
+   * thread. Nothing was changed; try again later (a server answers 503).
+   */
+  CACHEM_E_LOCK_TIMEOUT = 22,
 } cachem_error_t;
 
 /**
@@ -250,6 +256,15 @@ typedef struct {
    * A `cachem_compaction_t` (used when this call creates the region).
    */
   uint32_t compaction;
+  /**
+   * How long a lock may wait for a live holder that does not let go
+   * (stopped, in a debugger, looping), in milliseconds, before the call
+   * fails with `CACHEM_E_LOCK_TIMEOUT`. 0: the library default, wait as
+   * long as it takes (a lock word naming a thread that no longer exists
+   * is recovered from either way). Added in 0.2: a struct of the old
+   * size (without it) is still accepted and gets 0.
+   */
+  uint64_t lock_timeout_ms;
 } cachem_options_t;
 
 /**
@@ -726,6 +741,8 @@ cachem_error_t cachem_id(cachem_t *c, const char *name, cachem_id_t *out);
  * - `CACHEM_E_ALREADY_LOCKED`: this thread holds it already (through this
  *   or another handle of the region): an error, never a hang;
  * - `CACHEM_E_MISUSE`: bad handle;
+ * - `CACHEM_E_LOCK_TIMEOUT`: a live process held the lock past
+ *   `opts->lock_timeout_ms` (the detail names its pid);
  * - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_CORRUPT` (recovery failed),
  *   `CACHEM_E_IO`.
  *
@@ -747,6 +764,21 @@ cachem_error_t cachem_lock(cachem_t *c);
  * None (any handle value is checked).
  */
 cachem_error_t cachem_unlock(cachem_t *c);
+
+/**
+ * Sets how long this handle's locks wait for a live holder that does not
+ * let go before failing with `CACHEM_E_LOCK_TIMEOUT`, in milliseconds; 0:
+ * wait as long as it takes (the library default). What
+ * `cachem_options_t.lock_timeout_ms` sets at open; this changes it on an
+ * open handle (a server whose configuration changed at a reload). Locks
+ * already waiting keep the timeout they started with.
+ *
+ * Returns `CACHEM_OK`, or `CACHEM_E_MISUSE` (bad handle).
+ *
+ * # Safety
+ * None (any handle value is checked).
+ */
+cachem_error_t cachem_set_lock_timeout(cachem_t *c, uint64_t ms);
 
 /**
  * Inserts a record of `len` bytes copied from `data`, owned by `owner`

@@ -57,7 +57,9 @@ pub(crate) unsafe fn read_options(p: *const cachem_options_t) -> Result<cachem_o
     // SAFETY: the first field of every version is the u32 size.
     let size = unsafe { std::ptr::read_unaligned(p.cast::<u32>()) } as usize;
     // Sizes of every published version of the struct, oldest first.
-    const KNOWN: [usize; 1] = [std::mem::size_of::<cachem_options_t>()];
+    // 64: without `lock_timeout_ms` (the first field added, at byte 64).
+    const _: () = assert!(std::mem::offset_of!(cachem_options_t, lock_timeout_ms) == 64);
+    const KNOWN: [usize; 2] = [64, std::mem::size_of::<cachem_options_t>()];
     if !KNOWN.contains(&size) {
         return Err(Fail::invalid(format!(
             "opts->struct_size is {size}; this library knows {KNOWN:?} (start from CACHEM_OPTIONS_INIT)"
@@ -103,6 +105,9 @@ pub(crate) unsafe fn config(name: *const c_char, size: u64, o: &cachem_options_t
     }
     if o.attach_any_size != 0 {
         c = c.attach_any_size();
+    }
+    if o.lock_timeout_ms != 0 {
+        c = c.lock_timeout(Some(std::time::Duration::from_millis(o.lock_timeout_ms)));
     }
     if o.attach_only != 0 {
         if name.is_none() {

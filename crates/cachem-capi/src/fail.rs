@@ -58,6 +58,7 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         },
         E::Snapshot { .. } => CACHEM_E_SNAPSHOT,
         E::AlreadyLocked { .. } => CACHEM_E_ALREADY_LOCKED,
+        E::LockTimeout { .. } => CACHEM_E_LOCK_TIMEOUT,
         E::OptionMismatch { .. } => CACHEM_E_INVALID_ARGUMENT,
         E::UnsafeDir { .. } => CACHEM_E_PERMISSION,
         E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => CACHEM_E_PERMISSION,

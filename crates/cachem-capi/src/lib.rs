@@ -108,6 +108,10 @@ pub enum cachem_error_t {
     /// `cachem_open` with 4096 handles open in this process already: close
     /// one first.
     CACHEM_E_TOO_MANY_HANDLES = 21,
+    /// A live process held the region lock longer than the lock timeout
+    /// (`cachem_options_t.lock_timeout_ms`); the detail names its pid and
+    /// thread. Nothing was changed; try again later (a server answers 503).
+    CACHEM_E_LOCK_TIMEOUT = 22,
 }
 
 /// What reaping removes from processes found dead (`cachem_options_t.reap`,
@@ -176,6 +180,13 @@ pub struct cachem_options_t {
     pub reap: u32,
     /// A `cachem_compaction_t` (used when this call creates the region).
     pub compaction: u32,
+    /// How long a lock may wait for a live holder that does not let go
+    /// (stopped, in a debugger, looping), in milliseconds, before the call
+    /// fails with `CACHEM_E_LOCK_TIMEOUT`. 0: the library default, wait as
+    /// long as it takes (a lock word naming a thread that no longer exists
+    /// is recovered from either way). Added in 0.2: a struct of the old
+    /// size (without it) is still accepted and gets 0.
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for cachem_options_t {
@@ -192,6 +203,7 @@ impl Default for cachem_options_t {
             attach_only: 0,
             reap: cachem_reap_t::CACHEM_REAP_PROCESS as u32,
             compaction: cachem_compaction_t::CACHEM_COMPACTION_DEFERRED as u32,
+            lock_timeout_ms: 0,
         }
     }
 }

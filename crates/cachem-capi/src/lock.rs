@@ -55,6 +55,8 @@ pub unsafe extern "C" fn cachem_id(
 /// - `CACHEM_E_ALREADY_LOCKED`: this thread holds it already (through this
 ///   or another handle of the region): an error, never a hang;
 /// - `CACHEM_E_MISUSE`: bad handle;
+/// - `CACHEM_E_LOCK_TIMEOUT`: a live process held the lock past
+///   `opts->lock_timeout_ms` (the detail names its pid);
 /// - `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_CORRUPT` (recovery failed),
 ///   `CACHEM_E_IO`.
 ///
@@ -85,5 +87,25 @@ pub unsafe extern "C" fn cachem_unlock(c: *mut cachem_t) -> cachem_error_t {
             return Err(Fail::misuse(format!("{:#x} is not a cachem handle", token(c))));
         }
         state::unlock(token(c))
+    })
+}
+
+/// Sets how long this handle's locks wait for a live holder that does not
+/// let go before failing with `CACHEM_E_LOCK_TIMEOUT`, in milliseconds; 0:
+/// wait as long as it takes (the library default). What
+/// `cachem_options_t.lock_timeout_ms` sets at open; this changes it on an
+/// open handle (a server whose configuration changed at a reload). Locks
+/// already waiting keep the timeout they started with.
+///
+/// Returns `CACHEM_OK`, or `CACHEM_E_MISUSE` (bad handle).
+///
+/// # Safety
+/// None (any handle value is checked).
+#[no_mangle]
+pub unsafe extern "C" fn cachem_set_lock_timeout(c: *mut cachem_t, ms: u64) -> cachem_error_t {
+    ffi("cachem_set_lock_timeout", || {
+        let t = (ms != 0).then(|| std::time::Duration::from_millis(ms));
+        handle(c)?.cache.region().set_lock_timeout(t);
+        Ok(())
     })
 }

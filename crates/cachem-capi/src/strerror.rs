@@ -33,6 +33,7 @@ pub extern "C" fn cachem_strerror(code: c_int) -> *const c_char {
         19 => b"handle busy (a thread holds its lock)\0",
         20 => b"region from another pid namespace\0",
         21 => b"too many handles open in this process\0",
+        22 => b"lock timeout: a live process holds the region lock\0",
         _ => b"unknown cachem error code\0",
     };
     s.as_ptr().cast()

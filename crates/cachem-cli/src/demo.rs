@@ -56,7 +56,8 @@ pub fn run() -> CliResult {
         "1. Create an 8 KiB region \"demo\" in {} (deferred compaction: a delete marks its block dead).",
         dir.display()
     ));
-    let cache = Cache::open(&Config::named("demo").dir(&dir).size(8 << 10))?;
+    let cache =
+        Cache::open(&Config::named("demo").dir(&dir).size(8 << 10).lock_timeout(crate::lock_timeout()))?;
     let ids = cache.ids(&["scoreboard", "jobs"])?;
     say(format!("   Registered owner names: scoreboard = {}, jobs = {}.", ids[0].get(), ids[1].get()));
 

@@ -39,6 +39,10 @@ struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How long to wait for the region lock when another process holds it
+    /// (seconds, fractions allowed); then exit 1 naming the holder.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "10", value_parser = parse_lock_timeout)]
+    lock_timeout: std::time::Duration,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -271,6 +275,7 @@ pub type CliResult<T = ()> = Result<T, Fail>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    let _ = LOCK_TIMEOUT.set(cli.lock_timeout);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg, code)) => {
@@ -326,6 +331,14 @@ fn lookup_id(file: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// `--lock-timeout`, set once in `main`.
+static LOCK_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// `--lock-timeout` (10 s when `main` did not set it).
+pub fn lock_timeout() -> Option<std::time::Duration> {
+    Some(*LOCK_TIMEOUT.get_or_init(|| std::time::Duration::from_secs(10)))
+}
+
 /// `--trust-dir`, for every config the commands build.
 static TRUST_DIR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -335,7 +348,11 @@ fn trust_dir() -> bool {
 
 /// Config of an existing region (any size).
 pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
-    let c = Config::named(name).attach_only().attach_any_size().trust_dir(trust_dir());
+    let c = Config::named(name)
+        .attach_only()
+        .attach_any_size()
+        .trust_dir(trust_dir())
+        .lock_timeout(lock_timeout());
     match dir {
         Some(d) => c.dir(d),
         None => c,
@@ -354,8 +371,12 @@ fn run(cli: Cli) -> CliResult {
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
-            let mut c =
-                Config::named(&name).size(size).mode(mode).compaction(compaction).trust_dir(trust_dir());
+            let mut c = Config::named(&name)
+                .size(size)
+                .mode(mode)
+                .compaction(compaction)
+                .trust_dir(trust_dir())
+                .lock_timeout(lock_timeout());
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);
             }
@@ -586,6 +607,15 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=31_536_000.0).contains(&v) => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds between 0 and 31536000")),
+    }
+}
+
+fn parse_lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.001..=86_400.0).contains(&v) => {
+            Ok(std::time::Duration::from_secs_f64(v))
+        }
+        _ => Err(format!("{s:?} is not a number of seconds between 0.001 and 86400")),
     }
 }
 

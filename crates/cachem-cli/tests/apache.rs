@@ -767,6 +767,55 @@ fn a_request_that_returns_holding_the_lock_does_not_hang_the_server() {
     }
 }
 
+/// Worker: attach the region at `CACHEM_TEST_REGION`, take its lock, say
+/// "locked" and hold it until killed.
+#[test]
+fn worker_hold_region_lock() {
+    if !common::is_worker() {
+        return;
+    }
+    let path = std::env::var("CACHEM_TEST_REGION").unwrap();
+    let c =
+        cachem::Cache::open(&cachem::Config::named(path).attach_only().attach_any_size().no_reap()).unwrap();
+    let g = c.lock().unwrap();
+    common::say("locked");
+    std::thread::sleep(Duration::from_secs(120));
+    drop(g);
+}
+
+#[test]
+fn a_request_meeting_a_stopped_lock_holder_gets_503_and_one_log_line() {
+    let h = Httpd::start("stopped", Mpm::Event, &format!("{NAMED}CACHEMLockTimeout 300ms\n"));
+    let region = h.run_dir().join("cache.shm");
+    let mut w = common::spawn_worker(
+        "worker_hold_region_lock",
+        &[("CACHEM_TEST_REGION", region.display().to_string())],
+    );
+    assert_eq!(common::read_line_timeout(&mut w, Duration::from_secs(20)), "locked");
+    let pid = w.id();
+    signal(pid, "STOP");
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let r = get_timeout(h.port, "/cachem", Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("a request behind a stopped holder hung: {e}\n{}", h.log()));
+        codes.push(r.status);
+    }
+    let children = h.children().len().max(1);
+    signal(pid, "KILL");
+    let _ = w.wait();
+    assert!(codes.iter().all(|&c| c == 503), "{codes:?}\n{}", h.log());
+    let needle = format!("process {pid} (thread ");
+    let lines = h.log().lines().filter(|l| l.contains(&needle) && l.contains("[cachem:error]")).count();
+    assert!(lines >= 1, "the timeout was not logged with the holder's pid\n{}", h.log());
+    // Once per episode per child process, not once per request (each
+    // request tries the lock twice: the example's counter and its handler).
+    assert!(lines <= children, "{lines} error lines for {children} children\n{}", h.log());
+    // The holder gone, the server works again (the lock's dead owner is
+    // recovered by the next request).
+    let r = get_timeout(h.port, "/cachem", Duration::from_secs(20)).unwrap();
+    assert_eq!(r.status, 200, "{}", h.log());
+}
+
 /// `CACHEMMode 0660` reaches every file and directory of the region despite
 /// the umask, so a member of the group (a monitoring script run as nobody
 /// with group www-data) can use it (issue 23).
@@ -1027,6 +1076,9 @@ fn bad_directive_values_fail_the_config_test() {
         ("CACHEMReapInterval -1", "CACHEMReapInterval"),
         ("CACHEMReapInterval soon", "CACHEMReapInterval"),
         ("CACHEMMode 0999", "CACHEMMode"),
+        ("CACHEMLockTimeout 0", "CACHEMLockTimeout"),
+        ("CACHEMLockTimeout soon", "CACHEMLockTimeout"),
+        ("CACHEMLockTimeout 10s", "CACHEMLockTimeout"),
         ("CACHEMMode 0400", "CACHEMMode"),
         ("CACHEMPersist /tmp/", "CACHEMPersist"),
         ("<VirtualHost 127.0.0.1:1>\nCACHEM vhost.shm 8192\n</VirtualHost>", "CACHEM"),

@@ -43,6 +43,10 @@ fn locked(c: &mut Criterion, dir: &std::path::Path) {
         })
     });
 
+    // The region lock itself: lock (with its checks) + unlock, uncontended.
+    let lu = open(dir, "lock_unlock", 64 << 10);
+    g.bench_function("lock_unlock", |b| b.iter(|| drop(black_box(lu.lock().unwrap()))));
+
     let r = open(dir, "get", 4 << 20);
     let ids: Vec<RecordId> = {
         let mut l = r.lock().unwrap();

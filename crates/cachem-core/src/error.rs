@@ -87,6 +87,13 @@ pub enum Error {
     )]
     AlreadyLocked { path: PathBuf },
 
+    /// The lock timeout passed while a live thread held the region lock
+    /// (see `RegionOptions::lock_timeout`).
+    #[error("{} (thread {holder_tid}) has held the lock of region {path} for at least {:.1} s; if it is stopped (SIGSTOP, a debugger), continue or kill it",
+        holder_pid.map_or_else(|| "a thread this process cannot see".to_string(), |p| format!("process {p}")),
+        waited.as_secs_f64())]
+    LockTimeout { path: PathBuf, holder_pid: Option<u32>, holder_tid: u32, waited: std::time::Duration },
+
     /// An option conflicts with the region: a creation-time option that the
     /// existing region was made without, or one that makes no sense for this
     /// kind of region. Options are never silently ignored.
@@ -140,6 +147,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// This thread already holds the region lock.
     AlreadyLocked,
+    /// A live holder kept the region lock past the lock timeout.
+    LockTimeout,
     Io,
 }
 
@@ -172,6 +181,7 @@ impl Error {
                 ErrorKind::PermissionDenied
             }
             Error::AlreadyLocked { .. } => ErrorKind::AlreadyLocked,
+            Error::LockTimeout { .. } => ErrorKind::LockTimeout,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

@@ -33,7 +33,7 @@ pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// Version of this layout. Bumped on any incompatible change. Version 2
 /// added the compaction policy, dead blocks and the lock trailer; version 3
 /// the owner index (per-bucket chains through the table entries).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Owner buckets of the owner index: a record of owner `o` is on the chain
 /// of bucket `o % OWNER_BUCKETS`. Owner ids from the registry are small
 /// consecutive numbers, so up to this many owners never share a chain.
@@ -243,7 +243,7 @@ const _: () = {
     assert!(offset_of!(Header, format_version) == 12);
     // The values docs/format.md gives, not only the offsets: its title and
     // header table say version 3, the journal table `NO_MOVE = u64::MAX`.
-    assert!(FORMAT_VERSION == 3);
+    assert!(FORMAT_VERSION == 4);
     assert!(ENDIAN_TAG == 0x0102_0304);
     assert!(FLAG_RECOVERY_REQUIRED == 1 && OPT_REAP_ALL == 1 && OPT_NO_REAP == 2);
     assert!(COMPACTION_EAGER == 1 && COMPACTION_DEFERRED == 2);

@@ -21,8 +21,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    block_size, bptr_offset, Header, BLOCK_HEADER_SIZE, BPTR_SIZE, FLAG_RECOVERY_REQUIRED, HEADER_SIZE,
-    JOURNAL_NONE, TRAILER_SIZE,
+    block_size, bptr_offset, Header, BLOCK_HEADER_SIZE, BPTR_SIZE, COMPACTION_DEFERRED,
+    FLAG_RECOVERY_REQUIRED, HEADER_SIZE, JOURNAL_COMPACT, JOURNAL_NONE, TRAILER_SIZE,
 };
 use crate::ids::RecordId;
 use std::mem::offset_of;
@@ -185,7 +185,12 @@ fn snapshot_opt<W: Words + ?Sized>(w: &W, id: RecordId, dst: &mut [u8]) -> Optio
     let view = size - TRAILER_SIZE as u64;
     let flags = u32_at(w, offset_of!(Header, flags))?;
     let op = u32_at(w, offset_of!(Header, journal))?;
-    if flags & FLAG_RECOVERY_REQUIRED != 0 || op != JOURNAL_NONE {
+    // A (Deferred) compaction paused between two lock holds is fine: no
+    // entry points into its hole (see `Layout::compaction_paused`).
+    if flags & FLAG_RECOVERY_REQUIRED != 0 || op != JOURNAL_NONE && op != JOURNAL_COMPACT {
+        return None;
+    }
+    if op == JOURNAL_COMPACT && u32_at(w, offset_of!(Header, compaction))? != COMPACTION_DEFERRED {
         return None;
     }
     let o_fr = w.word(offset_of!(Header, o_fr) as u64)?;

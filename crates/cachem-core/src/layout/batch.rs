@@ -129,8 +129,8 @@ impl<'a> Layout<'a> {
         }
         fence();
         hit("remove.after_clear");
-        let moved = self.compact(false)?;
-        self.count_compaction(moved);
+        let pass = self.compact(false, Budget::Whole)?;
+        self.count_compaction(&pass);
         let h = self.hdr_mut();
         h.u_blks = h.u_blks.wrapping_sub(victims.len() as u32);
         h.counters.removes = h.counters.removes.wrapping_add(victims.len() as u64);

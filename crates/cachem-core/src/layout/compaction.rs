@@ -9,6 +9,53 @@
 
 use super::*;
 
+/// How much one lock hold may do of a Deferred compaction before it
+/// pauses: bytes moved (a few hundred microseconds of memmove) and blocks
+/// examined.
+const STEP_BYTES: u64 = 256 << 10;
+const STEP_BLOCKS: u64 = 16 << 10;
+
+thread_local! {
+    /// The step's byte budget if a test set one on this thread (0:
+    /// [`STEP_BYTES`]).
+    static STEP_OVERRIDE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the byte budget of a compaction step for the calling thread (0:
+/// the default, 256 KiB; the block budget scales with it). For tests,
+/// which make every compaction pause many times on small regions.
+pub fn set_compaction_step(bytes: u64) {
+    STEP_OVERRIDE.with(|s| s.set(bytes));
+}
+
+/// How far [`Layout::compact`] may go in one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Budget {
+    /// To the end (an Eager remove, an explicit compaction, recovery).
+    Whole,
+    /// One step, then pause (a Deferred compaction under mutations).
+    Step,
+}
+
+impl Budget {
+    fn limits(self) -> (u64, u64) {
+        match self {
+            Budget::Whole => (u64::MAX, u64::MAX),
+            Budget::Step => match STEP_OVERRIDE.with(std::cell::Cell::get) {
+                0 => (STEP_BYTES, STEP_BLOCKS),
+                b => (b, (b / 16).max(1)),
+            },
+        }
+    }
+}
+
+/// What a call of [`Layout::compact`] did.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pass {
+    pub(super) moved: u64,
+    pub(super) done: bool,
+}
+
 impl<'a> Layout<'a> {
     /// The deferred remove of the block of `slot` at `o` (`size` bytes):
     /// mark the block dead, clear the entry, count the dead bytes. The
@@ -27,7 +74,11 @@ impl<'a> Layout<'a> {
         hit("defer.after_clear");
         let h = self.hdr_mut();
         h.dead_bytes = h.dead_bytes.wrapping_add(size);
-        if h.dead_lo == 0 || o < h.dead_lo {
+        // While a compaction is paused, `dead_lo` names the lowest dead
+        // block below the compacted part's end (`journal.dst`) only: the
+        // compaction takes the ones at or past `journal.src` itself.
+        let paused = h.journal.op == JOURNAL_COMPACT;
+        if (!paused || o < h.journal.dst) && (h.dead_lo == 0 || o < h.dead_lo) {
             h.dead_lo = o;
         }
         h.u_blks = h.u_blks.wrapping_sub(1);
@@ -36,31 +87,68 @@ impl<'a> Layout<'a> {
         hit("defer.after_count");
     }
 
-    /// Compacts if dead bytes are more than half of the block section: the
-    /// compaction then moves at most one live byte per dead byte, so the
-    /// amortised cost of a remove is a few record-sizes of memmove.
+    /// Advances the compaction after a mutation (Deferred): one bounded
+    /// step of a paused one, or, when dead bytes are more than half of the
+    /// block section, a new one's first step. The compaction then moves at
+    /// most one live byte per dead byte, so the amortised cost of a remove
+    /// is a few record-sizes of memmove, and no lock hold moves more than
+    /// a step's budget (see [`Layout::compaction_paused`]).
     pub(super) fn compact_if_due(&mut self) -> Result<()> {
+        if self.compaction_paused() {
+            self.resume_compaction(Budget::Step)?;
+            return Ok(());
+        }
         let h = self.hdr();
         if h.dead_bytes != 0 && h.dead_bytes.saturating_mul(DEAD_BOUND_DIV) > h.o_fr.saturating_sub(H) {
-            self.compact_now()?;
+            self.start_compaction(Budget::Step)?;
         }
         Ok(())
     }
 
-    /// Closes every hole of the block section in one compaction (journaled:
-    /// a process killed midway leaves a journal that the next locker
-    /// finishes), then drops the unused entries at the table's top. Returns
+    /// Closes every hole of the block section (journaled: a process killed
+    /// midway leaves a journal that the next locker finishes): finishes a
+    /// paused compaction, then compacts whatever dead blocks are left in
+    /// one pass, then drops the unused entries at the table's top. Returns
     /// the bytes moved. Moves nothing if there is no dead block (always so
-    /// under `Eager`).
+    /// under `Eager`). Unbounded: the explicit compaction, and an insert
+    /// that does not fit otherwise.
     pub fn compact_now(&mut self) -> Result<u64> {
-        let st = self.st()?;
-        self.check_no_journal()?;
-        let h = self.hdr();
-        if h.dead_bytes == 0 {
-            self.shrink_table()?;
-            return Ok(0);
+        let mut moved = 0;
+        if self.compaction_paused() {
+            moved += self.resume_compaction(Budget::Whole)?.moved;
         }
-        let start = h.dead_lo;
+        self.st()?;
+        self.check_no_journal()?;
+        if self.hdr().dead_bytes != 0 {
+            moved += self.start_compaction(Budget::Whole)?.moved;
+        }
+        // The table's unused top entries go too (an O(table) scan, within
+        // the O(block section) a whole compaction costs; removes leave
+        // them).
+        self.shrink_table()?;
+        Ok(moved)
+    }
+
+    /// Whether a Deferred compaction is paused between two lock holds: its
+    /// journal is active (`op` is `JOURNAL_COMPACT`) but no holder is
+    /// inside it (the recovery flag is clear). The block section is then
+    /// `[o_st, journal.dst)` compacted, the hole `[journal.dst,
+    /// journal.src)` that no entry points into, and `[journal.src, o_fr)`
+    /// still to do (blocks inserted meanwhile included). Readers and
+    /// writers carry on; the next mutation does the next step.
+    #[inline]
+    pub fn compaction_paused(&self) -> bool {
+        let h = self.hdr();
+        h.journal.op == JOURNAL_COMPACT
+            && h.flags & FLAG_RECOVERY_REQUIRED == 0
+            && h.compaction == COMPACTION_DEFERRED
+    }
+
+    /// Starts a Deferred compaction at the lowest dead block and runs it
+    /// within `budget`.
+    fn start_compaction(&mut self, budget: Budget) -> Result<Pass> {
+        let st = self.st()?;
+        let start = self.hdr().dead_lo;
         if start < H || start >= st.o_fr || start % 8 != 0 {
             return Err(Error::corrupt("dead_lo", format!("{start} is outside [{H}, o_fr={})", st.o_fr)));
         }
@@ -69,12 +157,56 @@ impl<'a> Layout<'a> {
         }
         self.start_journal(start, st.o_fr, st.o_fr);
         hit("compact.after_journal");
-        let moved = self.compact(false)?;
-        self.count_compaction(moved);
-        // The table's unused top entries go too (an O(table) scan, within
-        // the O(block section) a compaction costs; removes leave them).
-        self.shrink_table()?;
-        Ok(moved)
+        // Every dead block lies at or past `start`: none below `dst` yet.
+        self.hdr_mut().dead_lo = 0;
+        let pass = self.compact(false, budget)?;
+        self.count_compaction(&pass);
+        Ok(pass)
+    }
+
+    /// Resumes a paused compaction (the caller checked
+    /// [`Layout::compaction_paused`]) and runs it within `budget`. Blocks
+    /// inserted since it paused lie past `journal.end`: the compaction
+    /// takes them in (`end` and `live_from` move up to `o_fr`, under the
+    /// recovery flag). The journal was read from the shared region, so the
+    /// loop checks it as recovery does.
+    pub(super) fn resume_compaction(&mut self, budget: Budget) -> Result<Pass> {
+        self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
+        fence();
+        self.extend_paused_journal()?;
+        let pass = self.compact(true, budget)?;
+        self.count_compaction(&pass);
+        Ok(pass)
+    }
+
+    /// Moves a paused Deferred compaction's `end` (and `live_from`, which a
+    /// Deferred compaction keeps equal to it) up to `o_fr`: the blocks
+    /// past `end` were inserted (committed) while it was paused. Also run
+    /// by recovery before it finishes a journal. An Eager compaction never
+    /// pauses, so `o_fr` past its `end` is damage.
+    pub(super) fn extend_paused_journal(&mut self) -> Result<()> {
+        let h = self.hdr();
+        let (end, o_fr) = (h.journal.end, h.o_fr);
+        // (`o_fr` below `end`: the compaction is done moving and `o_fr` is
+        // its `dst` already.)
+        if o_fr <= end {
+            return Ok(());
+        }
+        if h.compaction != COMPACTION_DEFERRED || h.journal.live_from != end {
+            return Err(Error::corrupt(
+                "journal.end",
+                format!(
+                    "{end} with o_fr {o_fr} and live_from {} (a compaction takes in blocks past its end only when Deferred and paused)",
+                    h.journal.live_from
+                ),
+            ));
+        }
+        let h = self.hdr_mut();
+        h.journal.live_from = o_fr;
+        fence();
+        h.journal.end = o_fr;
+        fence();
+        Ok(())
     }
 
     /// The journal, read one word at a time: `black_box` keeps the compiler
@@ -100,11 +232,15 @@ impl<'a> Layout<'a> {
         }
     }
 
-    pub(super) fn count_compaction(&mut self, moved: u64) {
+    /// Counts a pass: its bytes, the largest pause (bytes one lock hold
+    /// moved), and a compaction when it finished.
+    pub(super) fn count_compaction(&mut self, pass: &Pass) {
         let c = &mut self.hdr_mut().counters;
-        c.bytes_moved = c.bytes_moved.wrapping_add(moved);
-        c.compactions = c.compactions.wrapping_add(1);
-        c.largest_compaction = c.largest_compaction.max(moved);
+        c.bytes_moved = c.bytes_moved.wrapping_add(pass.moved);
+        if pass.done {
+            c.compactions = c.compactions.wrapping_add(1);
+        }
+        c.largest_compaction = c.largest_compaction.max(pass.moved);
     }
 
     /// Bytes of dead blocks waiting for a compaction (from the header).
@@ -112,9 +248,14 @@ impl<'a> Layout<'a> {
         self.hdr().dead_bytes
     }
 
+    /// Errors if the image needs recovery first: the recovery flag, or a
+    /// journal that is not a paused Deferred compaction (which mutations
+    /// carry on with; see [`Layout::compaction_paused`]).
     pub(super) fn check_no_journal(&self) -> Result<()> {
         let h = self.hdr();
-        if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
+        if h.flags & FLAG_RECOVERY_REQUIRED != 0
+            || (h.journal.op != JOURNAL_NONE && !self.compaction_paused())
+        {
             return Err(Error::RecoveryRequired);
         }
         Ok(())
@@ -143,11 +284,21 @@ impl<'a> Layout<'a> {
     }
 
     /// Runs (or resumes) the compaction described by the journal, then sets
-    /// `o_fr` and clears the journal. Returns the bytes moved. The same code
-    /// serves a fresh remove and recovery: every step is idempotent.
-    pub(super) fn compact(&mut self, recovering: bool) -> Result<u64> {
+    /// `o_fr` and clears the journal; or, under [`Budget::Step`], pauses it
+    /// once a step's budget is spent (between two runs: the journal then
+    /// describes a consistent paused state, and the recovery flag is
+    /// cleared). Returns the bytes moved and whether it finished. The same
+    /// code serves a fresh remove, a resumed compaction and recovery: every
+    /// step is idempotent. `checked`: the journal was read from the region
+    /// (recovery, a resumed compaction), so every step checks it.
+    pub(super) fn compact(&mut self, checked: bool, budget: Budget) -> Result<Pass> {
         let size = self.size();
         let mut moved = 0u64;
+        let (max_bytes, max_blocks) = budget.limits();
+        let mut examined = 0u64;
+        // Recovery finishes whatever it finds, and only it must not use the
+        // table fixup (not idempotent).
+        let recovering = checked && budget == Budget::Whole;
         let n_bptr = self.hdr().n_bptr;
         // Average block size, for choosing the fixup (computed once).
         let avg = {
@@ -171,10 +322,18 @@ impl<'a> Layout<'a> {
                 fence();
                 continue;
             }
+            // Pause between two runs once the step's budget is spent.
+            if (moved >= max_bytes || examined >= max_blocks) && j.mv_src != j.src && j.src != end {
+                fence();
+                self.hdr_mut().flags &= !FLAG_RECOVERY_REQUIRED;
+                fence();
+                return Ok(Pass { moved, done: false });
+            }
             // The journal of a fresh compaction holds only values this loop
             // derived from checked ones (and bounds-checked slicing backs
-            // them up); one found by recovery is checked on every step.
-            if recovering
+            // them up); one found by recovery, or resumed after a pause, is
+            // checked on every step.
+            if checked
                 && (!(H <= j.start
                     && j.start <= j.dst
                     && j.dst <= j.src
@@ -192,7 +351,7 @@ impl<'a> Layout<'a> {
             if j.mv_src == j.src && j.src != end {
                 // A run move is in progress (or about to start).
                 let (src, dst, len) = (j.mv_src, j.mv_dst, j.mv_len);
-                if recovering
+                if checked
                     && (dst != j.dst
                         || len == 0
                         || len % 8 != 0
@@ -240,6 +399,7 @@ impl<'a> Layout<'a> {
             let live = |l: &Self, at: u64, b: &Blk| b.slot < n_bptr && l.bptr(b.slot).o_beg as u64 == at;
             let deferred = self.compaction() == Compaction::Deferred;
             let b = self.block(j.src, end)?;
+            examined += 1;
             if !live(self, j.src, &b) {
                 if deferred && b.slot != DEAD_SLOT {
                     return Err(Error::corrupt(
@@ -248,8 +408,9 @@ impl<'a> Layout<'a> {
                     ));
                 }
                 let mut p = j.src + b.size;
-                while p < end {
+                while p < end && examined < max_blocks {
                     let b = self.block(p, end)?;
+                    examined += 1;
                     if live(self, p, &b) {
                         break;
                     }
@@ -266,15 +427,19 @@ impl<'a> Layout<'a> {
                 continue;
             }
             // Extend the run over live blocks; past live_from all are live.
+            // Under a step's budget a run stops after the bytes and blocks
+            // left in it (a live block at a time: at least one).
+            let room = max_bytes.saturating_sub(moved);
             let mut p = j.src + b.size;
-            while p < end && p < j.live_from {
+            while p < end && p < j.live_from && p - j.src < room && examined < max_blocks {
                 let b = self.block(p, end)?;
+                examined += 1;
                 if !live(self, p, &b) {
                     break;
                 }
                 p += b.size;
             }
-            let run_end = if p >= j.live_from { end } else { p };
+            let run_end = if p >= j.live_from && max_bytes == u64::MAX { end } else { p };
             // (Walking blocks is a chain of dependent loads; scanning the
             // table is not: the fixup scans the table when it is not much
             // longer than the run.)
@@ -286,20 +451,26 @@ impl<'a> Layout<'a> {
             h.journal.mv_src = j.src;
             fence();
         }
-        let dst = self.hdr().journal.dst;
+        let (dst, end) = (self.hdr().journal.dst, self.hdr().journal.end);
+        let deferred = self.compaction() == Compaction::Deferred;
         let h = self.hdr_mut();
         h.o_fr = dst;
-        // Every compaction starts at or below the lowest dead block, so no
-        // dead block is left (derived state; recovery recounts anyway).
-        h.dead_bytes = 0;
-        h.dead_lo = 0;
+        // The hole [dst, end) is gone. Under Deferred, `dead_bytes` counted
+        // it (every dead block the compaction passed became hole); what is
+        // left are blocks removed below `dst` while it was paused, the
+        // lowest of which `dead_lo` names. Eager keeps no dead bytes.
+        // (Derived state; recovery recounts anyway.)
+        h.dead_bytes = if deferred { h.dead_bytes.saturating_sub(end - dst) } else { 0 };
+        if h.dead_bytes == 0 {
+            h.dead_lo = 0;
+        }
         fence();
         hit("compact.before_clear");
         h.journal.op = JOURNAL_NONE;
         fence();
         h.flags &= !FLAG_RECOVERY_REQUIRED;
         fence();
-        Ok(moved)
+        Ok(Pass { moved, done: true })
     }
 
     /// Fixes the entries of the blocks now in `[dst, dst + len)` by walking

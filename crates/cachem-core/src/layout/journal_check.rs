@@ -29,7 +29,13 @@
 //!   entry points at its block's old place (or, once the copy is done and
 //!   the fixup may have begun, at the old or the new place).
 //! - Every used entry is accounted for: it points at exactly one of the
-//!   blocks above, which names it.
+//!   blocks above, which names it; or, one at most, at `o_fr` itself: an
+//!   insert cut short while a Deferred compaction was paused.
+//! - A Deferred compaction paused between two lock holds (see
+//!   `Layout::compaction_paused`) may find `o_fr` past its `end`: the
+//!   blocks inserted meanwhile, which recovery takes in by moving `end`
+//!   and `live_from` up to `o_fr` before it resumes; they are checked as
+//!   untouched blocks.
 
 use super::*;
 
@@ -65,6 +71,16 @@ impl<'a> Layout<'a> {
         {
             j.src = j.mv_src + j.mv_len;
         }
+        let deferred = self.compaction() == Compaction::Deferred;
+        let o_fr = h.o_fr;
+        // A Deferred compaction paused between two lock holds takes in the
+        // blocks inserted since it paused: recovery moves its end (and
+        // live_from, which Deferred keeps equal) up to o_fr before resuming
+        // it (`extend_paused_journal`), so check it as extended.
+        if deferred && j.live_from == j.end && o_fr > j.end && o_fr <= o_bptop {
+            j.end = o_fr;
+            j.live_from = o_fr;
+        }
         let end = j.end;
         if !(H <= j.start
             && j.start <= j.dst
@@ -83,8 +99,6 @@ impl<'a> Layout<'a> {
                 ),
             ));
         }
-        let deferred = self.compaction() == Compaction::Deferred;
-        let o_fr = h.o_fr;
         if o_fr != end && !(j.src == end && o_fr == j.dst) {
             return Err(Error::corrupt(
                 "o_fr",
@@ -118,9 +132,17 @@ impl<'a> Layout<'a> {
 
         // Every used entry points into a part of the section a true journal
         // leaves entries in, never into the hole the compaction overwrites.
+        // One may point at o_fr (= end): an insert cut short after it
+        // published its entry, while the compaction was paused (recovery
+        // rolls it back).
+        let mut cut_short: Option<u32> = None;
         for slot in 0..n_bptr {
             let o = self.bptr(slot).o_beg as u64;
             if o == 0 {
+                continue;
+            }
+            if deferred && o == end && o_fr == end && cut_short.is_none() {
+                cut_short = Some(slot);
                 continue;
             }
             let in_run_new = fixing && o >= j.dst && o < j.dst + len;
@@ -203,7 +225,7 @@ impl<'a> Layout<'a> {
         // Every used entry was claimed by exactly one block.
         for slot in 0..n_bptr {
             let o = self.bptr(slot).o_beg;
-            if o != 0 && !seen[slot as usize] {
+            if o != 0 && !seen[slot as usize] && cut_short != Some(slot) {
                 return Err(Error::corrupt(
                     "journal",
                     format!("slot {slot}: bptr.o_beg {o} is not a block the journal's compaction would keep (gap {gap})"),

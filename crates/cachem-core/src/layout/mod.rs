@@ -48,6 +48,8 @@ const DEAD_BOUND_DIV: u64 = 2;
 
 mod batch;
 mod compaction;
+pub use compaction::set_compaction_step;
+use compaction::Budget;
 mod format_image;
 mod journal_check;
 mod owner_index;

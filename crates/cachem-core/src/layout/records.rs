@@ -169,14 +169,19 @@ impl<'a> Layout<'a> {
         }
         let mut st = self.st()?;
         self.check_no_journal()?;
+        if self.compaction_paused() {
+            // A mutation carries a paused compaction one step on.
+            self.resume_compaction(Budget::Step)?;
+            st = self.st()?;
+        }
         let need = block_size(len);
         let mut head = self.hdr().free_head;
         let want = need + if head == 0 { B } else { 0 };
         if want > st.o_bptop - st.o_fr {
             // Dead blocks or unused entries at the table's top may hold
-            // the room: close every hole (which also shrinks the table), or
-            // shrink the table, then try.
-            if self.hdr().dead_bytes != 0 {
+            // the room: close every hole (finishing a paused compaction;
+            // this also shrinks the table), or shrink the table, then try.
+            if self.hdr().dead_bytes != 0 || self.compaction_paused() {
                 self.compact_now()?;
             } else {
                 self.shrink_table()?;
@@ -279,7 +284,8 @@ impl<'a> Layout<'a> {
         let Ok(st) = self.st() else { return true };
         let h = self.hdr();
         let want = block_size(len as u64) + if h.free_head == 0 { B } else { 0 };
-        want > st.o_bptop - st.o_fr && (h.dead_bytes != 0 || self.top_entry_free())
+        self.compaction_paused()
+            || want > st.o_bptop - st.o_fr && (h.dead_bytes != 0 || self.top_entry_free())
     }
 
     /// Whether removing `id` may move or rewrite another live record's
@@ -289,7 +295,7 @@ impl<'a> Layout<'a> {
     /// store each): a reader of the removed record gets its last value or
     /// `Stale`, readers of other records are untouched. True when in doubt.
     pub fn remove_would_compact(&self, id: RecordId) -> bool {
-        if self.compaction() != Compaction::Deferred {
+        if self.compaction() != Compaction::Deferred || self.compaction_paused() {
             return true;
         }
         let Ok(st) = self.st() else { return true };
@@ -334,8 +340,8 @@ impl<'a> Layout<'a> {
         fence();
         hit("remove.after_clear");
         self.note_removed(id, succ, true);
-        let moved = self.compact(false)?;
-        self.count_compaction(moved);
+        let pass = self.compact(false, Budget::Whole)?;
+        self.count_compaction(&pass);
         let h = self.hdr_mut();
         h.u_blks = h.u_blks.wrapping_sub(1);
         h.counters.removes = h.counters.removes.wrapping_add(1);

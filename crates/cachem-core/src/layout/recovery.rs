@@ -139,7 +139,11 @@ impl<'a> Layout<'a> {
         let st = self.st()?;
         let h = self.hdr();
         if h.journal.op == JOURNAL_COMPACT {
-            self.compact(true)?;
+            // A compaction paused between holds took in the blocks inserted
+            // since; a holder killed after such an insert left o_fr past
+            // the journal's end.
+            self.extend_paused_journal()?;
+            self.compact(true, Budget::Whole)?;
             rep.finished_compaction = true;
             self.hdr_mut().flags |= FLAG_RECOVERY_REQUIRED;
         } else if h.journal.op != JOURNAL_NONE {
@@ -211,10 +215,12 @@ impl<'a> Layout<'a> {
         }
     }
 
-    /// True if an interrupted compaction is recorded.
+    /// True if the recovery flag is set, or a journal is active that is not
+    /// a compaction paused between two lock holds (which the next mutation
+    /// carries on: [`Layout::compaction_paused`]).
     #[inline]
     pub fn recovery_required(&self) -> bool {
         let h = self.hdr();
-        h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0
+        h.flags & FLAG_RECOVERY_REQUIRED != 0 || (h.journal.op != JOURNAL_NONE && !self.compaction_paused())
     }
 }

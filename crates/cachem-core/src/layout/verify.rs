@@ -29,9 +29,13 @@ impl<'a> Layout<'a> {
         check_header(self.hdr(), self.region_size())?;
         let st = self.st()?;
         let h = self.hdr();
-        if h.journal.op != JOURNAL_NONE || h.flags & FLAG_RECOVERY_REQUIRED != 0 {
+        let paused = self.compaction_paused();
+        if h.flags & FLAG_RECOVERY_REQUIRED != 0 || (h.journal.op != JOURNAL_NONE && !paused) {
             return Err(Error::RecoveryRequired);
         }
+        // A compaction paused between two holds: its hole [dst, src) holds
+        // no block (the walk jumps it) and counts as dead bytes.
+        let (hole_lo, hole_hi) = if paused { self.check_paused_journal(&st)? } else { (st.o_fr, st.o_fr) };
         if h.flags & !FLAG_RECOVERY_REQUIRED != 0 {
             return Err(Error::corrupt("flags", format!("unknown bits {:#x}", h.flags)));
         }
@@ -41,12 +45,20 @@ impl<'a> Layout<'a> {
         let (mut dead_bytes, mut dead_blocks, mut dead_lo) = (0u64, 0u32, 0u64);
         let eager = h.compaction == COMPACTION_EAGER;
         while p < st.o_fr {
-            let b = self.block(p, st.o_fr)?;
+            if p == hole_lo && hole_hi > hole_lo {
+                dead_bytes += hole_hi - hole_lo;
+                p = hole_hi;
+                continue;
+            }
+            // Below the hole, blocks end at its start exactly.
+            let b = self.block(p, if p < hole_lo { hole_lo } else { st.o_fr })?;
             if b.slot == DEAD_SLOT && !eager {
                 self.check_padding(p, &b)?;
                 dead_bytes += b.size;
                 dead_blocks += 1;
-                if dead_lo == 0 {
+                // While a compaction is paused, `dead_lo` names the lowest
+                // dead block below its hole only.
+                if dead_lo == 0 && (!paused || p < hole_lo) {
                     dead_lo = p;
                 }
                 p += b.size;
@@ -88,6 +100,12 @@ impl<'a> Layout<'a> {
             if e.o_beg != 0 {
                 used += 1;
                 let o = e.o_beg as u64;
+                if o >= hole_lo && o < hole_hi {
+                    return Err(Error::corrupt(
+                        "bptr.o_beg",
+                        format!("entry {slot} points to {o}, inside the paused compaction's hole [{hole_lo}, {hole_hi})"),
+                    ));
+                }
                 let b = match self.block(o, st.o_fr) {
                     Ok(b) => b,
                     Err(err) => return Err(self.bad_entry(slot, o, &st, err)),
@@ -178,5 +196,33 @@ impl<'a> Layout<'a> {
             ));
         }
         Ok(())
+    }
+}
+
+impl Layout<'_> {
+    /// The journal of a paused compaction, checked: `start <= dst <= src <=
+    /// end <= o_fr` inside the block section, 8-aligned, `live_from ==
+    /// end` (Deferred examines every block), no run move in progress.
+    /// Returns its hole `[dst, src)`.
+    fn check_paused_journal(&self, st: &St) -> Result<(u64, u64)> {
+        let j = self.hdr().journal;
+        let ordered =
+            H <= j.start && j.start <= j.dst && j.dst <= j.src && j.src <= j.end && j.end <= st.o_fr;
+        if !ordered || (j.start | j.dst | j.src | j.end) % 8 != 0 || j.live_from != j.end {
+            return Err(Error::corrupt(
+                "journal",
+                format!(
+                    "paused compaction start={} dst={} src={} end={} live_from={} with o_fr={}",
+                    j.start, j.dst, j.src, j.end, j.live_from, st.o_fr
+                ),
+            ));
+        }
+        if j.mv_src == j.src {
+            return Err(Error::corrupt(
+                "journal.mv_src",
+                format!("a run move at {} in a paused compaction", j.src),
+            ));
+        }
+        Ok((j.dst, j.src))
     }
 }

@@ -9,6 +9,11 @@ use super::*;
 use crate::format::mutex_offset;
 use std::marker::PhantomData;
 
+/// The longest single wait for the region lock: after it, the waiter checks
+/// that the holder named by the lock word exists (the dead-tid rule) and
+/// whether its timeout passed. A dead tid is found within one slice.
+pub(crate) const SLICE: std::time::Duration = std::time::Duration::from_millis(200);
+
 impl Region {
     #[inline(always)]
     pub(super) fn mutex_ptr(&self) -> *mut libc::pthread_mutex_t {
@@ -37,7 +42,10 @@ impl Region {
         let m = self.mutex_ptr();
         // SAFETY: the mutex was initialised at creation (or re-armed on
         // attach) and stays mapped as long as `self`.
-        let state = unsafe { mutex::lock(m) };
+        let mut state = unsafe { mutex::try_lock(m) };
+        if matches!(state, Err(mutex::LockError::Busy)) {
+            state = self.lock_wait(m)?;
+        }
         let clean = matches!(state, Ok(mutex::Locked::Clean)) && {
             // SAFETY: `mutex::lock` succeeded, so this thread holds the
             // lock; the view ends with this block.
@@ -76,6 +84,62 @@ impl Region {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map.len() - TRAILER_SIZE) }
     }
 
+    /// The contended part of the lock: waits in slices of at most
+    /// [`SLICE`] until the lock is taken or the timeout passes. After each
+    /// slice, the dead-tid rule: a lock word naming a thread that does not
+    /// exist (a holder the kernel's robust-futex cleanup never knew, e.g.
+    /// from a pid namespace that is gone, or bytes written by hand) is
+    /// marked owner-died, so the next `lock` gets `EOWNERDEAD` and
+    /// recovers. Returns what the mutex call returned (with the lock held
+    /// on `Ok`), or `LockTimeout` naming the holder.
+    #[cold]
+    #[inline(never)]
+    fn lock_wait(
+        &self,
+        m: *mut libc::pthread_mutex_t,
+    ) -> Result<std::result::Result<mutex::Locked, mutex::LockError>> {
+        let start = std::time::Instant::now();
+        loop {
+            let left = self.lock_timeout().map(|t| t.saturating_sub(start.elapsed()));
+            if left == Some(std::time::Duration::ZERO) {
+                // SAFETY: as in lock_inner.
+                let last = unsafe { mutex::try_lock(m) };
+                if !matches!(last, Err(mutex::LockError::Busy)) {
+                    return Ok(last);
+                }
+                let holder = self.lock_holder();
+                return Err(Error::LockTimeout {
+                    path: self.display_path(),
+                    holder_pid: holder.and_then(|h| h.pid),
+                    holder_tid: holder.map_or(0, |h| h.tid),
+                    waited: start.elapsed(),
+                });
+            }
+            // SAFETY: as in lock_inner.
+            match unsafe { mutex::lock_for(m, left.map_or(SLICE, |l| l.min(SLICE))) } {
+                Err(mutex::LockError::Busy) => {}
+                other => return Ok(other),
+            }
+            if self.judge_tids {
+                // SAFETY: the mutex bytes are the trailer of the live mapping.
+                let word = unsafe { mutex::owner_word(m) };
+                let tid = word & mutex::FUTEX_TID_MASK;
+                if tid != 0 && word & mutex::FUTEX_OWNER_DIED == 0 && !process::thread_exists(tid) {
+                    // SAFETY: as above; the CAS changes the word only if it
+                    // still names the missing thread.
+                    if unsafe { mutex::mark_owner_died(m, word) } {
+                        tracing::warn!(
+                            path = %self.display_path().display(),
+                            tid,
+                            "the region lock named thread {tid}, which does not exist: marked its owner dead, \
+                             the next locker recovers"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Releases the lock after a failure under it (making it consistent
     /// first if it came back owner-dead) and returns the error.
     #[cold]
@@ -112,6 +176,14 @@ impl Region {
             }
             Err(mutex::LockError::Deadlock) => {
                 return Err(Error::AlreadyLocked { path: self.display_path() })
+            }
+            // lock_inner waits out a busy lock (or returns LockTimeout).
+            Err(mutex::LockError::Busy) => {
+                return Err(Error::Io {
+                    op: "lock",
+                    path: self.display_path(),
+                    source: io::Error::from_raw_os_error(libc::EBUSY),
+                })
             }
             Err(mutex::LockError::Other(e)) => {
                 return Err(Error::Io { op: "lock", path: self.display_path(), source: e })

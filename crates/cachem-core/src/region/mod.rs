@@ -101,6 +101,13 @@ pub struct RegionOptions {
     /// `(uid, gid)`. Needs root unless it is the caller's own; when
     /// attaching as root, the region file and lockfile are given to it too.
     pub owner: Option<(u32, u32)>,
+    /// How long [`Region::lock`] waits for a holder that is alive but does
+    /// not release the lock (stopped, in a debugger, looping) before it
+    /// fails with [`Error::LockTimeout`]. `None` (the default): wait as
+    /// long as it takes. Either way a lock word naming a thread that no
+    /// longer exists is found within one wait slice and recovered from
+    /// (see `docs/design.md`, "The lock").
+    pub lock_timeout: Option<std::time::Duration>,
     /// Skip the runtime directory's check (see `region/dir.rs` and
     /// `docs/operations.md`): the caller vouches for the directory (and
     /// for the lockfile's). Files are still never opened through a
@@ -121,6 +128,7 @@ impl Default for RegionOptions {
             no_reap: false,
             compaction: Compaction::default(),
             owner: None,
+            lock_timeout: None,
             trust_dir: false,
         }
     }
@@ -161,6 +169,18 @@ pub struct OpenReport {
     pub recovered: bool,
 }
 
+/// The holder of a region lock, as its lock word names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    /// The holding thread's id (in the region's pid namespace).
+    pub tid: u32,
+    /// Its process (`Tgid` of `/proc/<tid>/status`); None if no such
+    /// thread is visible here.
+    pub pid: Option<u32>,
+    /// The word also carries the owner-died bit.
+    pub owner_died: bool,
+}
+
 /// One mapping of a region. See the module docs.
 #[derive(Debug)]
 pub struct Region {
@@ -179,6 +199,20 @@ pub struct Region {
     /// when this process runs as root: the configured owner, else the region
     /// file's owner. None: leave them to whoever makes them.
     file_owner: Option<(u32, u32)>,
+    /// See [`RegionOptions::lock_timeout`]: nanoseconds, `u64::MAX` for
+    /// none. Atomic so that a shared handle's timeout can change (a server
+    /// reloading its configuration); read only by a lock that must wait.
+    lock_timeout: std::sync::atomic::AtomicU64,
+    /// The tids in the lock word are this process's to judge (same boot,
+    /// same pid namespace as the region's creator, a /proc of this
+    /// namespace, glibc's mutex layout): the dead-tid rule applies.
+    judge_tids: bool,
+}
+
+/// A lock timeout as stored in [`Region`]: nanoseconds (at most about 584
+/// years), `u64::MAX` for none.
+fn timeout_ns(t: Option<std::time::Duration>) -> u64 {
+    t.map_or(u64::MAX, |d| d.as_nanos().min(u64::MAX as u128 - 1) as u64)
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -234,6 +268,33 @@ impl Region {
     /// see [`RegionOptions::owner`].
     pub fn file_owner(&self) -> Option<(u32, u32)> {
         self.file_owner
+    }
+
+    /// How long [`Region::lock`] waits for a live holder (None: no bound).
+    pub fn lock_timeout(&self) -> Option<std::time::Duration> {
+        match self.lock_timeout.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Changes how long [`Region::lock`] waits for a live holder (for the
+    /// locks that start waiting after this call).
+    pub fn set_lock_timeout(&self, timeout: Option<std::time::Duration>) {
+        self.lock_timeout.store(timeout_ns(timeout), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Who holds the lock right now, read from the lock word without
+    /// taking it: `None` if it is free.
+    pub fn lock_holder(&self) -> Option<LockHolder> {
+        // SAFETY: the mutex bytes are the trailer of the live mapping.
+        let w = unsafe { mutex::owner_word(self.mutex_ptr()) };
+        let tid = w & mutex::FUTEX_TID_MASK;
+        (tid != 0 && mutex::layout_ok().is_some()).then(|| LockHolder {
+            tid,
+            pid: process::thread_group(tid),
+            owner_died: w & mutex::FUTEX_OWNER_DIED != 0,
+        })
     }
 
     /// Largest record this region could ever hold (when empty).

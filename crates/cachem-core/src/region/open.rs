@@ -374,6 +374,16 @@ impl Region {
                 what: format!("pthread_mutex_t of {} bytes, here {}", hdr.mutex_size, mutex::SIZE),
             });
         }
+        // A lock word from another boot may be owned by a thread that is on
+        // no robust list: re-arm the mutex (no process of that boot is left)
+        // and recover. We hold the global lockfile, so no one else attaches.
+        // A stored boot id of zeros means "unknown" (the creator could not
+        // read it): never re-arm then, live processes may use the mutex.
+        let now = process::boot_id();
+        let rearm = now != [0; 16] && hdr.boot_id != [0; 16] && hdr.boot_id != now;
+        if !rearm {
+            check_mutex(&map)?;
+        }
         let mut region = Region {
             map,
             path: Some(path.to_path_buf()),
@@ -385,10 +395,14 @@ impl Region {
             foreign_ns: false,
             report: OpenReport::default(),
             file_owner: None,
+            lock_timeout: timeout_ns(opts.lock_timeout).into(),
+            judge_tids: false,
         };
         // Pids are meaningless across pid namespaces: refuse to reap there.
         let ours = process::pid_namespace(None);
         region.foreign_ns = hdr.pid_ns != 0 && ours != 0 && hdr.pid_ns != ours;
+        region.judge_tids =
+            !region.foreign_ns && now != [0; 16] && hdr.boot_id != [0; 16] && judge_tids(hdr.pid_ns);
         if region.reap && region.foreign_ns {
             return Err(Error::PidNamespace {
                 path: path.to_path_buf(),
@@ -396,13 +410,7 @@ impl Region {
                 our_ns: ours,
             });
         }
-        // A lock word from another boot may be owned by a thread that is on
-        // no robust list: re-arm the mutex (no process of that boot is left)
-        // and recover. We hold the global lockfile, so no one else attaches.
-        // A stored boot id of zeros means "unknown" (the creator could not
-        // read it): never re-arm then, live processes may use the mutex.
-        let now = process::boot_id();
-        if now != [0; 16] && hdr.boot_id != [0; 16] && hdr.boot_id != now {
+        if rearm {
             tracing::warn!(path = %path.display(), "region is from another boot: re-initialising its lock and recovering");
             // SAFETY: the mutex bytes lie inside the mapping, 8-aligned; no
             // process of the boot that used it exists any more.
@@ -472,6 +480,8 @@ impl Region {
             foreign_ns: false,
             report: OpenReport { created: true, ..Default::default() },
             file_owner: if process::effective_ids().0 == 0 { opts.owner } else { None },
+            lock_timeout: timeout_ns(opts.lock_timeout).into(),
+            judge_tids: judge_tids(h.pid_ns),
         })
     }
 
@@ -561,4 +571,38 @@ fn random_u64() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64);
         t ^ ((std::process::id() as u64) << 32)
     }
+}
+
+/// Whether this process may judge the tids in the lock word of a region
+/// created in pid namespace `region_ns` (the boot is checked by the
+/// caller): the same, known, pid namespace; a /proc that shows this
+/// namespace (`/proc/self` is our pid); and glibc's mutex layout.
+fn judge_tids(region_ns: u64) -> bool {
+    let ours = process::pid_namespace(None);
+    region_ns != 0 && region_ns == ours && process::proc_is_ours() && mutex::layout_ok().is_some()
+}
+
+/// Attach's check of the mutex bytes (the trailer's first `mutex_size`
+/// bytes): its kind must be the one `mutex::init` gives here (robust,
+/// process-shared, error-checking). A zeroed or foreign mutex would lose
+/// the robust attribute (a dead holder then blocks every waiter) or fail
+/// every lock with EINVAL.
+fn check_mutex(map: &Mapping) -> Result<()> {
+    let Some(want) = mutex::layout_ok() else { return Ok(()) };
+    let m = map.as_ptr().wrapping_add(mutex_offset(map.len() as u64) as usize).cast();
+    // SAFETY: the trailer lies inside the mapping (its length was checked
+    // against the header size), 8-aligned (the region size is a multiple
+    // of 8, checked by check_header).
+    let kind = unsafe { mutex::kind(m) };
+    if kind != want {
+        return Err(Error::corrupt(
+            "trailer mutex kind",
+            format!(
+                "{kind}, expected {want} (robust, process-shared, error-checking): the lock's bytes are damaged \
+                 or were written by another libc; destroy and re-create the region (cachem destroy NAME), \
+                 see docs/operations.md (a damaged region)"
+            ),
+        ));
+    }
+    Ok(())
 }

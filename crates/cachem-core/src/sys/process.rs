@@ -28,6 +28,35 @@ pub fn pid_namespace(pid: Option<u32>) -> u64 {
     std::fs::metadata(p).map(|m| m.ino()).unwrap_or(0)
 }
 
+/// The process (thread group id, `Tgid` of `/proc/<tid>/status`) of thread
+/// `tid`, None if no such thread is visible.
+pub fn thread_group(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether thread `tid` exists (in the pid namespace of /proc): its
+/// `/proc/<tid>` (which any thread id resolves, not only a process's)
+/// exists and it has not ended (a zombie or dead task released its robust
+/// locks already). When in doubt (an error other than "not found"),
+/// it exists.
+pub fn thread_exists(tid: u32) -> bool {
+    if tid == 0 || tid > i32::MAX as u32 {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{tid}/stat")) {
+        Ok(stat) => parse_stat(&stat).is_none_or(|s| s.state != b'Z' && s.state != b'X'),
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Whether /proc is the procfs of this process's pid namespace (its
+/// `/proc/self` names our pid): only then does it tell which tids exist.
+pub fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
+}
+
 /// Start time (field 22 of `/proc/<pid>/stat`, clock ticks since boot) of
 /// `pid`, or None if there is no such process.
 pub fn start_time(pid: u32) -> Option<u64> {

@@ -79,7 +79,11 @@ fn every_fault_point_recovers_to_before_or_after() {
         ("purge", Box::new(|l: &mut Layout<'_>| l.purge(O, 1).map(|_| ()))),
         ("retain", Box::new(|l: &mut Layout<'_>| l.retain(|m, _| m.len % 3 != 0).map(|_| ()))),
     ];
-    for policy in [Compaction::Eager, Compaction::Deferred] {
+    // Deferred also with tiny compaction steps: every compaction then
+    // pauses between runs, so the operations start from, run in, and are
+    // killed in paused compactions.
+    for (policy, step) in [(Compaction::Eager, 0), (Compaction::Deferred, 0), (Compaction::Deferred, 64)] {
+        crate::layout::set_compaction_step(step);
         let mut hits = 0;
         let mut points = std::collections::BTreeSet::new();
         for (name, op) in &ops {
@@ -101,14 +105,15 @@ fn every_fault_point_recovers_to_before_or_after() {
                 }
             }
         }
-        assert!(hits >= 25, "{policy:?}: only {hits} fault-point cases were reached");
+        assert!(hits >= 25, "{policy:?} step {step}: only {hits} fault-point cases were reached");
         // Every point of the policy's paths is reached by some operation.
         for p in POINTS {
             let applies = match policy {
                 Compaction::Eager => !p.starts_with("defer") && *p != "compact.after_journal",
                 Compaction::Deferred => !p.starts_with("remove."),
             };
-            assert_eq!(points.contains(p), applies, "{policy:?}: point {p}");
+            assert_eq!(points.contains(p), applies, "{policy:?} step {step}: point {p}");
         }
     }
+    crate::layout::set_compaction_step(0);
 }
