@@ -607,13 +607,14 @@ fn main() {
             let (v, compactions) = latency(stores[si].as_mut(), live, run);
             let row = report::Latency::of(si, live, &v, compactions);
             eprintln!(
-                "latency {:>5} {:<40} p50 {} p99 {} p99.9 {} max {} ({} ops, {} compactions, {:.1} s)",
+                "latency {:>5} {:<40} p50 {} p99 {} p99.9 {} max {} ({} over 1 ms; {} ops, {} compactions, {:.1} s)",
                 report::short_count(live),
                 sys.label,
                 report::fmt_ns(row.p50),
                 report::fmt_ns(row.p99),
                 report::fmt_ns(row.p999),
                 report::fmt_ns(row.max),
+                row.over_1ms,
                 row.ops,
                 row.compactions.map_or("no".into(), |c| c.to_string()),
                 t.elapsed().as_secs_f64()

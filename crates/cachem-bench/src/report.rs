@@ -143,6 +143,8 @@ pub struct Latency {
     pub max: f64,
     /// Compactions during the timed window (None: the store has none).
     pub compactions: Option<u64>,
+    /// Ops that took over 1 ms (a compaction step, or the machine).
+    pub over_1ms: usize,
     /// Sorted samples, thinned for the plot (quantile, ns).
     pub curve: Vec<(f64, f64)>,
 }
@@ -179,6 +181,7 @@ impl Latency {
             p999: q(0.999),
             max: sorted.last().copied().unwrap_or(f64::NAN),
             compactions,
+            over_1ms: sorted.len() - sorted.partition_point(|&x| x <= 1e6),
             curve,
         }
     }
@@ -771,7 +774,7 @@ pub fn markdown(
         if systems[l.system].key == "cachem" {
             targets.push((
                 format!(
-                    "deferred churn at {} live: max per op under 1 ms, over {} compactions (the issue asks it of incremental compaction, not built)",
+                    "deferred churn at {} live: max per op under 1 ms, over {} compactions",
                     short_count(l.live),
                     l.compactions.unwrap_or(0)
                 ),
@@ -871,10 +874,11 @@ pub fn markdown(
              lock + op + unlock, or one LMDB transaction). cachem deferred runs until at least \
              {} ops were timed and {} compactions ran in the timed window (at most {} ops or \
              {:.0} s); cachem eager (every remove compacts) and LMDB run {} ops or {:.0} s. \
-             Under `Deferred` the tail is the compactions: one when the dead bytes pass half of \
-             the block section (~N removes, ~4N ops of the mix), each closing every hole at once \
-             under one lock hold. There is no \
-             incremental mode yet, so the max is one compaction's pause.\n",
+             Under `Deferred` the tail is the compactions: one starts when the dead bytes pass \
+             half of the block section (~N removes, ~4N ops of the mix) and, since format 4, \
+             runs in steps of at most 256 KiB moved (16,384 blocks examined) per lock hold, \
+             resumed by the next mutations (docs/design.md); the count is of compactions \
+             completed in the window.\n",
             short_count(lat[0].live),
             thousands(dl.min_ops),
             dl.min_compactions,
@@ -886,18 +890,19 @@ pub fn markdown(
         let _ = writeln!(w, "![latency per op, log]({lat_svg})\n");
         let _ = writeln!(
             w,
-            "| system | ops timed | p50 | p99 | p99.9 | max | compactions in the window |\n|---|---:|---:|---:|---:|---:|---:|"
+            "| system | ops timed | p50 | p99 | p99.9 | max | ops over 1 ms | compactions in the window |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for l in lat {
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 systems[l.system].label,
                 thousands(l.ops),
                 fmt_ns(l.p50),
                 fmt_ns(l.p99),
                 fmt_ns(l.p999),
                 fmt_ns(l.max),
+                thousands(l.over_1ms),
                 l.compactions.map_or("n/a".into(), thousands_u64)
             );
         }
