@@ -42,6 +42,36 @@ pub struct Access {
     pub compactions: u64,
 }
 
+impl Access {
+    /// (short name, table label, ns per op) of each measure.
+    pub fn rows(&self) -> [(&'static str, &'static str, f64); 7] {
+        [
+            ("pair", "bare robust mutex lock + unlock", self.pair),
+            (
+                "limit",
+                "the limit: two dependent random loads + a 64-byte copy, one access at a time",
+                self.limit,
+            ),
+            (
+                "unchained",
+                "the same accesses independent of each other (misses may overlap)",
+                self.limit_overlapped,
+            ),
+            ("insert", "cachem lock + insert 64 B + unlock", self.insert),
+            ("locked get", "cachem lock + get + copy 64 B out + unlock (locked get)", self.locked_get),
+            ("optimistic get", "cachem `get_into` (optimistic get)", self.optimistic_get),
+            ("remove", "cachem lock + remove of a random record + unlock", self.remove),
+        ]
+    }
+
+    /// One progress line.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> =
+            self.rows().iter().map(|&(k, _, v)| format!("{k} {}", crate::report::fmt_ns(v))).collect();
+        format!("{} ({} removes, {} compactions)", parts.join(", "), self.removes, self.compactions)
+    }
+}
+
 /// The stand-in for the region: `n` table entries of `TABLE_ENTRY` bytes,
 /// each holding the offset of one of `n` blocks of `BLOCK` bytes (a random
 /// permutation, as after churn).

@@ -631,17 +631,9 @@ fn main() {
         let t = Instant::now();
         let a = access::measure(d, live, budget.runs, budget.run_time);
         eprintln!(
-            "access {:>5}: pair {} limit {} insert {} locked get {} optimistic get {} remove {} \
-             ({} removes, {} compactions, {:.1} s)",
+            "access {:>5}: {} ({:.1} s)",
             report::short_count(live),
-            report::fmt_ns(a.pair),
-            report::fmt_ns(a.limit),
-            report::fmt_ns(a.insert),
-            report::fmt_ns(a.locked_get),
-            report::fmt_ns(a.optimistic_get),
-            report::fmt_ns(a.remove),
-            a.removes,
-            a.compactions,
+            a.summary(),
             t.elapsed().as_secs_f64()
         );
         acc = Some(a);

@@ -628,15 +628,7 @@ pub fn markdown(
             thousands(a.removes)
         );
         let _ = writeln!(w, "| operation | per op | / limit | / bare pair |\n|---|---:|---:|---:|");
-        for (what, x) in [
-            ("bare robust mutex lock + unlock", a.pair),
-            ("the limit: two dependent random loads + a 64-byte copy, one access at a time", a.limit),
-            ("the same accesses independent of each other (misses may overlap)", a.limit_overlapped),
-            ("cachem lock + insert 64 B + unlock", a.insert),
-            ("cachem lock + get + copy 64 B out + unlock (locked get)", a.locked_get),
-            ("cachem `get_into` (optimistic get)", a.optimistic_get),
-            ("cachem lock + remove of a random record + unlock", a.remove),
-        ] {
+        for (_, what, x) in a.rows() {
             let _ = writeln!(
                 w,
                 "| {what} | {} | {} | {} |",
