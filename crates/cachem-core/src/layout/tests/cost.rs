@@ -182,5 +182,8 @@ fn remove_costs_do_not_grow_with_the_table() {
             failures.push(format!("{policy:?} {order:?}: one operation did {most} at {LARGE}"));
         }
     }
-    assert!(failures.is_empty(), "work per operation grew with the table, or one operation paused long: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "work per operation grew with the table, or one operation paused long: {failures:?}"
+    );
 }
