@@ -167,9 +167,22 @@ pub fn reap(out: &mut impl Write, rep: &ReapReport, json: bool) -> CliResult {
             "dead": rep.dead.iter().map(|d| json!({
                 "pid": d.pid, "start_time": d.start_time, "records": d.records, "bytes": d.bytes,
             })).collect::<Vec<_>>(),
+            "unjudged": rep.unjudged.iter().map(|u| json!({
+                "pid": u.pid, "start_time": u.start_time, "records": u.records, "reason": u.reason.to_string(),
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
         return Ok(());
+    }
+    for u in &rep.unjudged {
+        writeln!(
+            out,
+            "not reaped: {} record{} of pid {} (its start time does not match, but {})",
+            u.records,
+            if u.records == 1 { "" } else { "s" },
+            u.pid,
+            u.reason
+        )?;
     }
     if rep.records == 0 {
         writeln!(out, "nothing to reap: no dead process has reapable records")?;

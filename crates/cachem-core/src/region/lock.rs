@@ -235,7 +235,7 @@ impl Region {
             g.recovered = true;
             if owner_died && self.reap {
                 // The dead owner is likely not the only dead process.
-                if let Err(e) = g.reap() {
+                if let Err(e) = g.reap_judging(true) {
                     tracing::error!("reaping after recovery failed: {e}");
                 }
             }

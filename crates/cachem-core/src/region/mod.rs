@@ -65,7 +65,7 @@ pub use dir::{check_dir, check_store_dir, ensure_dir, OPEN_FLAGS};
 use guard::mark_dirty;
 pub use guard::Guard;
 pub use open::{check_create_size, chown_to, default_lock_path, dir_mode, resolve_path, runtime_dir};
-pub use reap::{DeadProcess, ReapReport};
+pub use reap::{DeadProcess, ReapReport, UnjudgedProcess};
 
 /// Runtime directory for relative region names when `$CACHEM_DIR` is unset.
 pub const DEFAULT_DIR: &str = "/dev/shm/cachem";
