@@ -41,6 +41,11 @@ impl CacheStatus {
                 "bytes": p.bytes,
                 "reapable": p.reapable,
             })).collect::<Vec<_>>(),
+            "lock": {
+                "holder_pid": self.lock_holder.and_then(|h| h.pid),
+                "holder_tid": self.lock_holder.map(|h| h.tid),
+                "waited_ms": self.lock_waited.as_secs_f64() * 1e3,
+            },
             "dead_reapable_processes": self.dead_reapable_processes(),
             "dead_pids_with_kept_records": self.dead_pids_with_kept_records(),
             "counters": {
@@ -84,6 +89,13 @@ impl Cache {
                 reapable: p.reapable,
             })
             .collect();
-        Ok(CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids })
+        Ok(CacheStatus {
+            path: self.region.path().map(Path::to_path_buf),
+            region,
+            owner_names,
+            pids,
+            lock_holder: None,
+            lock_waited: std::time::Duration::ZERO,
+        })
     }
 }

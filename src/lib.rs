@@ -534,8 +534,15 @@ impl Cache {
     /// liveness.
     pub fn status(&self) -> Result<CacheStatus> {
         // The registry is read after the region lock is released.
-        let region = self.region.lock()?.status()?;
-        self.status_of(region)
+        let holder = self.region.lock_holder();
+        let started = std::time::Instant::now();
+        let g = self.region.lock()?;
+        let waited = started.elapsed();
+        let region = g.status()?;
+        drop(g);
+        let mut st = self.status_of(region)?;
+        (st.lock_holder, st.lock_waited) = (holder, waited);
+        Ok(st)
     }
 
     /// The underlying region.
@@ -628,6 +635,14 @@ pub struct CacheStatus {
     pub region: Status,
     pub owner_names: BTreeMap<OwnerId, String>,
     pub pids: Vec<PidStatus>,
+    /// Who held the region lock when the status was asked for (read from
+    /// the lock word before waiting for it; None: it was free, or this is
+    /// [`Cache::status_locked`]).
+    pub lock_holder: Option<LockHolder>,
+    /// How long taking the lock for this status waited (a long wait with a
+    /// holder: a process holds the lock that long; see
+    /// docs/operations.md).
+    pub lock_waited: std::time::Duration,
 }
 
 impl CacheStatus {

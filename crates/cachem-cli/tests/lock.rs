@@ -280,3 +280,55 @@ fn a_damaged_mutex_kind_is_refused_at_attach() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("trailer mutex kind"), "{o:?}");
 }
+
+/// `cachem stat` waits for a held lock (up to its timeout) and reports who
+/// held it and how long it waited, in the picture, `--json` and the
+/// Prometheus text.
+#[test]
+fn stat_shows_who_holds_the_lock_and_how_long_it_waited() {
+    let d = TempDir::new("statholder");
+    let r = Region::open("r", &opts(d.path())).unwrap();
+    let path = r.path().unwrap().to_path_buf();
+    let (mut holder, holder_tid, said) = spawn_holder(&d);
+    let pid = holder.id();
+    let stat = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["--dir", d.path().to_str().unwrap(), "stat", "r"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut s = Reaped(stat(&["--json"]));
+    // Until stat sleeps on the word (it sets the waiters bit), then let go.
+    let mut slept = false;
+    for _ in 0..2000 {
+        if read_word(&path) & WAITERS != 0 {
+            slept = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(slept, "stat never waited for the lock");
+    holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(said.recv_timeout(LIMIT).unwrap(), "released");
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["lock"]["holder_pid"], pid, "{out}");
+    assert_eq!(v["lock"]["holder_tid"], holder_tid, "{out}");
+    assert!(v["lock"]["waited_ms"].as_f64().unwrap() > 0.0, "{out}");
+    // Free now: the picture and the Prometheus text say so.
+    let mut s = Reaped(stat(&[]));
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.lines().any(|l| l.starts_with("lock      free")), "{out}");
+    let mut s = Reaped(stat(&["--format", "prometheus"]));
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("cachem_lock_waited_microseconds{"), "{out}");
+    assert!(!out.contains("cachem_lock_holder{"), "{out}");
+}

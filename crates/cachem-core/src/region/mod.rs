@@ -167,6 +167,11 @@ pub struct OpenReport {
     pub rearmed_after_reboot: bool,
     /// The first lock found a dead owner or a pending journal and recovered.
     pub recovered: bool,
+    /// Who held the lock when attach went to take it (None: free, or a
+    /// region this call created or an anonymous one).
+    pub lock_holder: Option<LockHolder>,
+    /// How long attach waited for the lock.
+    pub lock_waited: std::time::Duration,
 }
 
 /// The holder of a region lock, as its lock word names it.
