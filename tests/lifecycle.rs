@@ -111,14 +111,21 @@ fn reap_reports_what_it_reclaimed() {
 fn pid_reuse_is_told_apart_by_start_time() {
     let d = TempDir::new("reuse");
     let cache = Cache::open(&config(d.path())).unwrap();
-    // pid 1 is alive; one record carries its real start time, one a forged one.
-    let start1 = cachem::sys::process::start_time(1).expect("/proc/1/stat");
+    // A live child of ours (its /proc/<pid>/ns/time is readable: a pid
+    // whose time namespace cannot be read is never judged, see
+    // tests/timens.rs); one record carries its real start time, one a
+    // forged one.
+    let mut child = Reaped(
+        std::process::Command::new("sleep").arg("60").stdin(std::process::Stdio::null()).spawn().unwrap(),
+    );
+    let pid = child.0.id();
+    let start1 = cachem::sys::process::start_time(pid).expect("/proc/<pid>/stat");
     let (real, forged) = {
         let mut g = cache.lock().unwrap();
         let mut l = g.layout();
-        let real = l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 }, b"init's").unwrap();
+        let real = l.insert(OwnerId::PROCESS, ProcTag { pid, start_time: start1 }, b"the child's").unwrap();
         let forged =
-            l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 + 777 }, b"old pid 1").unwrap();
+            l.insert(OwnerId::PROCESS, ProcTag { pid, start_time: start1 + 777 }, b"an old process").unwrap();
         (real, forged)
     };
     let rep = cache.reap().unwrap();
@@ -126,6 +133,18 @@ fn pid_reuse_is_told_apart_by_start_time() {
     let g = cache.lock().unwrap();
     assert!(g.get(real).is_some(), "matching start time: alive, kept");
     assert!(g.get(forged).is_none(), "same pid, other start time: dead, reaped");
+    drop(g);
+    let _ = child.0.kill();
+}
+
+/// A child killed and waited for when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
