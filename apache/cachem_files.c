@@ -1,10 +1,9 @@
 /*
  * cachem_files.c - ownership of the files mod_cachem makes. A server
- * started as root runs its children as User/Group: the region, lockfile
- * and id store must be theirs before anyone uses them. prepare_path
- * creates a file or directory with the region's mode and owner; chown_tree
- * gives a directory tree (the id store) away. Both walk by descriptors and
- * never follow a symlink.
+ * started as root runs its children as User/Group: the region and lockfile
+ * must be theirs before anyone uses them. prepare_path creates a file or
+ * directory with the region's mode and owner, never through a symlink.
+ * (Owner names live in the region since issue 22: there is no id store.)
  */
 #include "mod_cachem_private.h"
 
@@ -45,46 +44,4 @@ void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *
         ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s,
                      "mod_cachem: cannot give %s to uid %" APR_INT64_T_FMT, path, st->uid);
     close(fd);
-}
-
-/* Gives name (relative to the directory at) and, for a directory,
- * everything below it to the children's user. Walks by descriptors and
- * never follows a symlink, so a user who can write inside the tree cannot
- * swap a directory for a link and have root chown what it points to. */
-static void chown_at(server_rec *s, int at, const char *name, const cachem_state *st, int depth)
-{
-    struct stat sb;
-    int fd = openat(at, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return; /* gone, or a symlink (ELOOP): leave it */
-    if (fstat(fd, &sb) != 0) {
-        close(fd);
-        return;
-    }
-    if (fchown(fd, (uid_t)st->uid, (gid_t)st->gid) != 0)
-        ap_log_error(APLOG_MARK, APLOG_WARNING, errno, s, "mod_cachem: cannot chown %s", name);
-    if (S_ISDIR(sb.st_mode) && depth < 8) {
-        DIR *d = fdopendir(fd);
-        struct dirent *de;
-        if (!d) {
-            close(fd);
-            return;
-        }
-        while ((de = readdir(d))) {
-            if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-                chown_at(s, dirfd(d), de->d_name, st, depth + 1);
-        }
-        closedir(d);
-        return;
-    }
-    close(fd);
-}
-
-/* Gives a directory tree (the id store) to the children's user: the
- * parent's registry use (CACHEMPersist's restore) creates files as root. */
-void chown_tree(server_rec *s, const char *path, const cachem_state *st, int depth)
-{
-    if (st->uid < 0 && st->gid < 0)
-        return;
-    chown_at(s, AT_FDCWD, path, st, depth);
 }

@@ -43,7 +43,7 @@ static const command_rec cachem_cmds[] = {
     AP_INIT_TAKE1("CACHEMlockFile", set_abs_path, (void *)APR_OFFSETOF(cachem_cfg, lock_file), RSRC_CONF,
                   "absolute path of the global lockfile (default <region>.lock)"),
     AP_INIT_TAKE1("CACHEMDBM", set_abs_path, (void *)APR_OFFSETOF(cachem_cfg, dbm), RSRC_CONF,
-                  "absolute path of the owner-id store (default <region>.ids)"),
+                  "accepted for compatibility: owner ids live in the region; a fresh start removes this directory (default <region>.ids)"),
     AP_INIT_TAKE1("CACHEMPersist", set_persist, NULL, RSRC_CONF,
                   "snapshot file: saved at a clean stop, restored at start (default off)"),
     AP_INIT_TAKE1("CACHEMReap", set_reap, NULL, RSRC_CONF,
@@ -209,7 +209,7 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     st->lock_timeout_ms = cfg->lock_timeout_ms;
 
     if (st->cache && same_str(st->path, want.path) && st->size == want.size
-        && same_str(st->lock_file, want.lock_file) && same_str(st->dbm, want.dbm)
+        && same_str(st->lock_file, want.lock_file)
         && st->reap == want.reap && st->compaction == want.compaction
         && st->mode == want.mode && st->uid == want.uid
         && st->gid == want.gid) {
@@ -273,10 +273,11 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
                          "mod_cachem: removing the old region %s: %s (%s)", st->path,
                          cachem_strerror(e), cachem_last_error_message(NULL));
     }
-    /* The children run as User/Group: the lockfile and id store must be
-     * theirs before anyone uses them. */
+    /* The children run as User/Group: the lockfile must be theirs before
+     * anyone uses it. Names live in the region (issue 22): no id store is
+     * made; CACHEMDBM only names the directory a fresh start removes (a
+     * mirror `cachem ids sync` may have written there). */
     prepare_path(s, st->lock_file, 0, st);
-    prepare_path(s, st->dbm, 1, st);
 
     st->cache = cachem_open(st->path, st->size, &opts, &e);
     if (!st->cache && e == CACHEM_E_INVALID_ARGUMENT && (st->uid >= 0 || st->gid >= 0)) {
@@ -288,7 +289,6 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
             if (st->path)
                 prepare_path(s, st->path, 0, st);
             prepare_path(s, st->lock_file, 0, st);
-            chown_tree(s, st->dbm, st, 0);
         }
     }
     if (!st->cache) {
@@ -317,7 +317,6 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
             else
                 ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
                              "mod_cachem: records restored from %s", from);
-            chown_tree(s, st->dbm, st, 0);
         }
         if (carried)
             apr_file_remove(carried, ptemp);

@@ -128,7 +128,6 @@ const char *set_lock_timeout(cmd_parms *cmd, void *dummy, const char *arg);
 
 /* cachem_files.c */
 void prepare_path(server_rec *s, const char *path, int dir, const cachem_state *st);
-void chown_tree(server_rec *s, const char *path, const cachem_state *st, int depth);
 
 /* cachem_reaper.c */
 void reap_and_log(cachem_state *st, server_rec *s);

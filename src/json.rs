@@ -1,6 +1,7 @@
 //! The status report as JSON: the text of `cachem stat --json` and of the C
 //! ABI's `cachem_status_json`. The keys are stable.
 
+use crate::OwnerId;
 use crate::{sys, Cache, CacheStatus, Guard, PidStatus, Result, Status};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -65,18 +66,12 @@ impl Cache {
     /// [`Cache::status`] through a guard this thread already holds (taking
     /// the lock again would be an error).
     pub fn status_locked(&self, g: &Guard<'_>) -> Result<CacheStatus> {
-        self.status_of(g.status()?)
+        Ok(self.status_of(g.status()?, crate::names_of(g)))
     }
 
     /// Adds owner names and process liveness to an engine status.
-    pub(crate) fn status_of(&self, region: Status) -> Result<CacheStatus> {
-        // A region whose registry was never used has no names; looking
-        // must not create the store.
-        let owner_names: BTreeMap<_, String> = if self.store.exists() {
-            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id, n)).collect()
-        } else {
-            BTreeMap::new()
-        };
+    pub(crate) fn status_of(&self, region: Status, names: Vec<(String, OwnerId)>) -> CacheStatus {
+        let owner_names: BTreeMap<_, String> = names.into_iter().map(|(n, id)| (id, n)).collect();
         let pids = region
             .pids
             .iter()
@@ -89,13 +84,13 @@ impl Cache {
                 reapable: p.reapable,
             })
             .collect();
-        Ok(CacheStatus {
+        CacheStatus {
             path: self.region.path().map(Path::to_path_buf),
             region,
             owner_names,
             pids,
             lock_holder: None,
             lock_waited: std::time::Duration::ZERO,
-        })
+        }
     }
 }

@@ -63,10 +63,10 @@ pub use cachem_ids::{Error as IdError, IdRegistry};
 use std::collections::BTreeMap;
 
 mod json;
+mod memo;
 mod snapshot;
 pub use snapshot::SnapshotReport;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How to open a cache: which region, where, how large.
 #[derive(Clone, Debug)]
@@ -252,42 +252,19 @@ pub fn destroy(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Gives the id store's files the region's mode (sled creates them with the
-/// umask's) and, when running as root, the region's owner, so the users and
-/// groups that may use the region may use its registry. Run after every
-/// registry cycle (sled writes new snapshot files); best effort: only files
-/// this user owns can be changed.
-fn share_files(dir: &Path, mode: u32, owner: Option<(u32, u32)>) {
-    use std::os::unix::fs::PermissionsExt;
-    if mode == 0o600 && owner.is_none() {
-        return;
-    }
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            let _ = region::chown_to(&p, owner);
-            if mode == 0o600 {
-                if p.is_dir() {
-                    share_files(&p, mode, owner);
-                }
-                continue;
-            }
-            if p.is_dir() {
-                let setgid = std::fs::metadata(&p).map_or(0, |m| m.permissions().mode() & 0o2000);
-                let _ = std::fs::set_permissions(
-                    &p,
-                    std::fs::Permissions::from_mode(region::dir_mode(mode) | setgid),
-                );
-                share_files(&p, mode, owner);
-            } else {
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
-            }
-        }
-    }
+/// Checks a name for registration (the registry's rules and message).
+fn check_name(name: &str) -> Result<()> {
+    cachem_ids::validate_name(name).map_err(|e| Error::Registry(Box::new(e)))
 }
 
-fn io_error(op: &'static str, path: &Path, source: std::io::Error) -> Error {
-    Error::Io { op, path: path.to_path_buf(), source }
+fn exhausted() -> Error {
+    Error::Registry(Box::new(IdError::Exhausted))
+}
+
+/// The region's name table as strings (a name that is not UTF-8 is shown
+/// lossily: names are checked when registered, the bytes are not trusted).
+fn names_of(g: &Guard<'_>) -> Vec<(String, OwnerId)> {
+    g.names().into_iter().map(|(n, id)| (String::from_utf8_lossy(&n).into_owned(), id)).collect()
 }
 
 fn ids_path(region: &Path) -> PathBuf {
@@ -304,18 +281,14 @@ fn ids_path(region: &Path) -> PathBuf {
 /// insert, or [`Cache::reap`] in any process.
 pub struct Cache {
     region: Region,
-    store: PathBuf,
-    lock_file: PathBuf,
-    /// The registry (no I/O until the first id call; its memo is
-    /// fork-safe).
-    ids: IdRegistry,
-    /// The id store's directory and lockfile exist (made on first use).
-    store_ready: AtomicBool,
-    anonymous: bool,
+    /// The id store of a named region (`<region>.ids/`): the sled mirror
+    /// the command-line tool writes (see `docs/ids.md`); removed by
+    /// [`Cache::destroy`].
+    store: Option<PathBuf>,
+    /// name -> id for names this handle resolved (lock-free, fork-safe).
+    memo: memo::Memo,
     open_reap: ReapReport,
     mode: u32,
-    /// The caller vouched for the directories (`Config::trust_dir`).
-    trust_dir: bool,
     /// The pid that opened this handle: a handle inherited through `fork`
     /// is not counted among the child's own.
     opener: u32,
@@ -324,24 +297,20 @@ pub struct Cache {
 impl Cache {
     /// Creates or attaches the region, then reaps dead processes' records.
     pub fn open(config: &Config) -> Result<Cache> {
-        let (region, store, lock_file, anonymous) = match &config.name {
+        let (region, store) = match &config.name {
             Some(name) => {
                 let region = Region::open(name, &config.region_options())?;
                 let path = region.path().map(Path::to_path_buf).unwrap_or_default();
                 let store = config.id_store.clone().unwrap_or_else(|| ids_path(&path));
-                let lock = region.lock_path().map(Path::to_path_buf).unwrap_or_default();
-                (region, store, lock, false)
+                (region, Some(store))
             }
             None => {
                 let size = config
                     .size
                     .ok_or(Error::BadSize { size: 0, reason: "an anonymous region needs a size" })?;
-                let region = Region::anonymous_with(size, &config.region_options())?;
-                let dir = region::runtime_dir(config.dir.as_deref());
-                let base = dir.join(format!("anon-{:016x}", region.generation()));
-                let store = config.id_store.clone().unwrap_or_else(|| ids_path(&base));
-                let lock = config.lock_file.clone().unwrap_or_else(|| region::default_lock_path(&base));
-                (region, store, lock, true)
+                // Its names live in the region: nothing in the runtime
+                // directory.
+                (Region::anonymous_with(size, &config.region_options())?, None)
             }
         };
         // The id store takes the region file's mode (whoever makes it), so a
@@ -352,117 +321,94 @@ impl Cache {
             .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
             .unwrap_or(config.mode);
         let (opener, _) = sys::process::me();
-        let ids = IdRegistry::new(&store, &lock_file, region.generation());
-        let mut cache = Cache {
-            region,
-            store,
-            lock_file,
-            ids,
-            store_ready: AtomicBool::new(false),
-            anonymous,
-            open_reap: ReapReport::default(),
-            mode,
-            trust_dir: config.trust_dir,
-            opener,
-        };
+        let mut cache =
+            Cache { region, store, memo: memo::Memo::new(), open_reap: ReapReport::default(), mode, opener };
         // Counted before anything can fail, so Drop's decrement matches.
         sys::process::handles::opened(cache.region.generation());
         cache.open_reap = cache.reap()?;
         Ok(cache)
     }
 
-    /// Runs `f` on the registry. No lock of the cache is held meanwhile (a
-    /// cycle takes milliseconds, and a child forked by another thread
-    /// during it must not find a lock held by a thread it does not have).
-    fn registry<T>(&self, f: impl FnOnce(&IdRegistry) -> cachem_ids::Result<T>) -> Result<T> {
-        if !self.store_ready.load(Ordering::Acquire) {
-            // Idempotent: racing threads both prepare, harmlessly.
-            self.prepare_store()?;
-            self.store_ready.store(true, Ordering::Release);
-        }
-        let before = self.ids.cycles();
-        let r = f(&self.ids).map_err(|e| Error::Registry(Box::new(e)));
-        if self.ids.cycles() != before {
-            // sled may have written new files in this cycle (a memoised
-            // answer ran none, and touches no file).
-            share_files(&self.store, self.mode, self.region.file_owner());
-        }
-        r
-    }
-
-    /// Makes the id store's directory and the lockfile with the region's
-    /// mode and owner, if missing. Many processes may race here on a fresh
-    /// region: whoever creates a file first wins, and "already exists" is
-    /// success for everyone else.
-    fn prepare_store(&self) -> Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-        let owner = self.region.file_owner();
-        if let Some(parent) = self.store.parent() {
-            // The id store's directory: a named region's runtime directory
-            // (checked at open), an anonymous region's, or the one
-            // `id_store` names. Made if missing, then checked.
-            region::ensure_dir(parent, region::dir_mode(self.mode), owner, self.trust_dir)?;
-        }
-        // Keep a setgid bit inherited from the runtime directory, so sled's
-        // files get the shared group.
-        let setgid = self
-            .store
-            .parent()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.permissions().mode() & 0o2000);
-        let mode = region::dir_mode(self.mode) | setgid;
-        match std::fs::DirBuilder::new().mode(mode).create(&self.store) {
-            Ok(()) => {
-                // The mode given at creation is filtered by the umask.
-                std::fs::set_permissions(&self.store, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| io_error("create id store", &self.store, e))?;
-                region::chown_to(&self.store, owner)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_error("create id store", &self.store, e)),
-        }
-        if !self.trust_dir {
-            region::check_store_dir(&self.store)?;
-        }
-        // The lockfile of an anonymous region (a named region's was made at
-        // open), with the configured mode, not the umask's.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(self.mode)
-            .custom_flags(region::OPEN_FLAGS)
-            .open(&self.lock_file)
-        {
-            Ok(f) => {
-                f.set_permissions(std::fs::Permissions::from_mode(self.mode))
-                    .map_err(|e| io_error("create lockfile", &self.lock_file, e))?;
-                region::chown_to(&self.lock_file, owner)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_error("create lockfile", &self.lock_file, e)),
-        }
-        Ok(())
-    }
-
     /// The owner id of `name`: the same in every process, for the lifetime
-    /// of the region. mod_cachem's `cachem_id(name)`.
+    /// of the region (a graceful restart that re-creates the region keeps
+    /// it, through a snapshot). mod_cachem's `cachem_id(name)`.
+    ///
+    /// Answered from this handle's memo (no lock), else from the region's
+    /// name table under the region lock, registering the name there if it
+    /// is new. No helper process, no file, no fork. See `docs/ids.md`.
+    ///
+    /// A thread that holds the lock already gets `AlreadyLocked` for a name
+    /// this handle has not resolved yet: use [`Cache::id_in`] with its
+    /// guard.
     pub fn id(&self, name: &str) -> Result<OwnerId> {
-        self.registry(|r| r.id(name))
+        if let Some(id) = self.memo.get(name.as_bytes()) {
+            return Ok(id);
+        }
+        self.id_in(&mut self.lock()?, name)
     }
 
-    /// Owner ids of several names in one registry cycle.
+    /// [`Cache::id`] under a guard this thread already holds.
+    pub fn id_in(&self, g: &mut Guard<'_>, name: &str) -> Result<OwnerId> {
+        if let Some(id) = self.memo.get(name.as_bytes()) {
+            return Ok(id);
+        }
+        check_name(name)?;
+        let id = g.register_name(name.as_bytes())?.ok_or_else(exhausted)?;
+        self.memo.put(name.as_bytes(), id);
+        Ok(id)
+    }
+
+    /// The id of `name` if this handle has resolved it before (no lock, no
+    /// region access).
+    #[inline]
+    pub fn memoised(&self, name: &str) -> Option<OwnerId> {
+        self.memo.get(name.as_bytes())
+    }
+
+    /// [`Cache::unique_id`] under a guard this thread already holds.
+    pub fn unique_id_in(&self, g: &mut Guard<'_>) -> Result<OwnerId> {
+        g.unique_owner()?.ok_or_else(exhausted)
+    }
+
+    /// Owner ids of several names, under one lock.
     pub fn ids(&self, names: &[&str]) -> Result<Vec<OwnerId>> {
-        self.registry(|r| r.ids(names))
+        for name in names {
+            check_name(name)?;
+        }
+        let ids = {
+            let mut g = self.lock()?;
+            names
+                .iter()
+                .map(|n| g.register_name(n.as_bytes())?.ok_or_else(exhausted))
+                .collect::<Result<Vec<_>>>()?
+        };
+        for (n, id) in names.iter().zip(&ids) {
+            self.memo.put(n.as_bytes(), *id);
+        }
+        Ok(ids)
     }
 
     /// An owner id never returned before. mod_cachem's `cachem_id(NULL)`.
     pub fn unique_id(&self) -> Result<OwnerId> {
-        self.registry(|r| r.unique_id())
+        self.unique_id_in(&mut self.lock()?)
     }
 
     /// The id of `name` if it was registered (no insert).
     pub fn lookup(&self, name: &str) -> Result<Option<OwnerId>> {
-        self.registry(|r| r.lookup(name))
+        if let Some(id) = self.memo.get(name.as_bytes()) {
+            return Ok(Some(id));
+        }
+        check_name(name)?;
+        let found = self.lock()?.name_lookup(name.as_bytes());
+        if let Some(id) = found {
+            self.memo.put(name.as_bytes(), id);
+        }
+        Ok(found)
+    }
+
+    /// Every registered name with its id, in registration order.
+    pub fn names(&self) -> Result<Vec<(String, OwnerId)>> {
+        Ok(names_of(&self.lock()?))
     }
 
     /// Takes the region lock (recovering first if a holder died).
@@ -533,14 +479,14 @@ impl Cache {
     /// Engine status, owner names from the registry, and per-process
     /// liveness.
     pub fn status(&self) -> Result<CacheStatus> {
-        // The registry is read after the region lock is released.
         let holder = self.region.lock_holder();
         let started = std::time::Instant::now();
-        let g = self.region.lock()?;
-        let waited = started.elapsed();
-        let region = g.status()?;
-        drop(g);
-        let mut st = self.status_of(region)?;
+        let (region, names, waited) = {
+            let g = self.region.lock()?;
+            let waited = started.elapsed();
+            (g.status()?, names_of(&g), waited)
+        };
+        let mut st = self.status_of(region, names);
         (st.lock_holder, st.lock_waited) = (holder, waited);
         Ok(st)
     }
@@ -550,20 +496,19 @@ impl Cache {
         &self.region
     }
 
-    /// Removes the region file, its lockfile and its id store (for an
-    /// anonymous region: its id store). Other processes keep their mapping.
+    /// Removes the region file, its lockfile and its id store (an
+    /// anonymous region has no files). Other processes keep their mapping.
     pub fn destroy(self) -> Result<()> {
         let store = self.store.clone();
-        let lock = self.lock_file.clone();
+        let lock = self.region.lock_path().map(Path::to_path_buf);
         let path = self.region.path().map(Path::to_path_buf);
-        let anonymous = self.anonymous;
         drop(self);
         if let Some(p) = path {
-            Region::destroy_path(p, &RegionOptions { lock_file: Some(lock), ..Default::default() })?;
-        } else if anonymous {
-            let _ = std::fs::remove_file(lock);
+            Region::destroy_path(p, &RegionOptions { lock_file: lock, ..Default::default() })?;
         }
-        let _ = std::fs::remove_dir_all(store);
+        if let Some(store) = store {
+            let _ = std::fs::remove_dir_all(store);
+        }
         Ok(())
     }
 }

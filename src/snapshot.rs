@@ -5,24 +5,29 @@
 //!
 //! What is saved: every record whose owner is not [`OwnerId::PROCESS`], with
 //! its owner's registered name (process-scoped records die with their
-//! process, so they are not saved). Owner ids are not portable (another
-//! region hands out other ids), so restore resolves each name again; an owner
-//! without a name (a [`Cache::unique_id`]) gets one fresh unique id for all
-//! its records. Restored records carry the restoring process's pid: in a
+//! process, so they are not saved), and the region's whole name table (every
+//! registered name with its id, records or not) and id counter. Restored
+//! into a region that has handed out no owner id yet (a region just
+//! re-created: a graceful restart with a new size or policy), the name table
+//! is installed as it was, so every owner keeps its id. Into any other
+//! region, restore resolves each name again (ids are not portable between
+//! regions); an owner without a name (a [`Cache::unique_id`]) gets one fresh
+//! unique id for all its records. Restored records carry the restoring process's pid: in a
 //! region created with `reap_all_records_of_dead_processes` they are reaped
 //! once that process is gone, so restore from the long-lived process that
 //! owns them (the `cachem restore` command refuses such a region).
 //!
-//! ## File format (version 1, every integer little-endian)
+//! ## File format (version 2, every integer little-endian)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CACHEMSN` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; version 1 files, without the next field, are read too) |
 //! | 12 | 4 | flags (0) |
 //! | 16 | 4 | number of owners |
 //! | 20 | 4 | number of records |
-//! | 24 | ... | owners: saved id (u32), name length (u32; `0xFFFFFFFF` = no name, no bytes follow), name (UTF-8) |
+//! | 24 | 4 | the next owner id of the saved region's name table |
+//! | 28 | ... | owners (every registered name, and every unnamed owner of a record): saved id (u32), name length (u32; `0xFFFFFFFF` = no name, no bytes follow), name (UTF-8) |
 //! | ... | ... | records: saved owner id (u32), length (u32), bytes |
 //! | end - 8 | 8 | FNV-1a 64 of every byte before it |
 //!
@@ -41,9 +46,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"CACHEMSN";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const UNNAMED: u32 = u32::MAX;
-const HEAD: usize = 24;
+const HEAD: usize = 28;
+/// Version 1's header: no next-owner field.
+const HEAD_V1: usize = 24;
 /// Largest snapshot read (a region is at most this size, and a snapshot
 /// carries less than its region).
 const MAX_FILE: u64 = 1 << 40;
@@ -79,6 +86,8 @@ struct Parsed<'a> {
     /// Saved owner id -> name.
     owners: BTreeMap<u32, Option<&'a str>>,
     records: Vec<(u32, &'a [u8])>,
+    /// The saved region's next owner id (0: unknown, a version 1 file).
+    next: u32,
 }
 
 struct Cursor<'a, 'p> {
@@ -106,14 +115,28 @@ fn parse<'a>(path: &Path, b: &'a [u8]) -> Result<Parsed<'a>> {
     if b.len() < 8 || &b[..8] != MAGIC {
         return Err(bad(path, "not a cachem snapshot (bad magic)"));
     }
-    if b.len() < HEAD + 8 {
-        return Err(bad(path, format!("truncated: {} bytes, a snapshot has at least {}", b.len(), HEAD + 8)));
+    if b.len() < HEAD_V1 + 8 {
+        return Err(bad(
+            path,
+            format!("truncated: {} bytes, a snapshot has at least {}", b.len(), HEAD_V1 + 8),
+        ));
     }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
     let version = u32_at(8);
-    if version != VERSION {
-        return Err(bad(path, format!("format version {version}, this build reads version {VERSION}")));
+    let head = match version {
+        1 => HEAD_V1,
+        VERSION => HEAD,
+        _ => {
+            return Err(bad(
+                path,
+                format!("format version {version}, this build reads versions 1 and {VERSION}"),
+            ))
+        }
+    };
+    if b.len() < head + 8 {
+        return Err(bad(path, format!("truncated: {} bytes, a snapshot has at least {}", b.len(), head + 8)));
     }
+    let next = if version == 1 { 0 } else { u32_at(24) };
     let (body, sum) = b.split_at(b.len() - 8);
     let stored = u64::from_le_bytes(sum.try_into().map_err(|_| bad(path, "truncated checksum"))?);
     let actual = fnv1a(body);
@@ -129,16 +152,16 @@ fn parse<'a>(path: &Path, b: &'a [u8]) -> Result<Parsed<'a>> {
     }
     let n_owners = u32_at(16) as usize;
     let n_records = u32_at(20) as usize;
-    let mut cur = Cursor { body, at: HEAD, path };
+    let mut cur = Cursor { body, at: head, path };
     let word = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     let mut owners = BTreeMap::new();
     for i in 0..n_owners {
         let id = word(cur.take(4, "owner id")?);
         let len = word(cur.take(4, "owner name length")?);
-        if id == OwnerId::PROCESS.get() {
+        if OwnerId(id).is_process() || OwnerId(id).is_names() {
             return Err(bad(
                 path,
-                format!("owner entry {i} has the process owner id 0, which is never saved"),
+                format!("owner entry {i} has the reserved owner id {id}, which is never saved"),
             ));
         }
         let name = if len == UNNAMED {
@@ -175,16 +198,17 @@ fn parse<'a>(path: &Path, b: &'a [u8]) -> Result<Parsed<'a>> {
     if cur.at != body.len() {
         return Err(bad(path, format!("{} unexpected bytes after the last record", body.len() - cur.at)));
     }
-    Ok(Parsed { owners, records })
+    Ok(Parsed { owners, records, next })
 }
 
-fn encode(owners: &BTreeMap<u32, Option<String>>, records: &[(u32, Vec<u8>)]) -> Vec<u8> {
+fn encode(owners: &BTreeMap<u32, Option<String>>, records: &[(u32, Vec<u8>)], next: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(HEAD + 8 + records.iter().map(|r| 8 + r.1.len()).sum::<usize>());
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&(owners.len() as u32).to_le_bytes());
     b.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    b.extend_from_slice(&next.to_le_bytes());
     for (id, name) in owners {
         b.extend_from_slice(&id.to_le_bytes());
         match name {
@@ -244,50 +268,44 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 impl Cache {
-    /// Writes the region's records (all but process-scoped ones) with their
-    /// owners' names to `path`, atomically. See the [module docs](self).
-    ///
-    /// The records are copied under the lock; the names are read after it
-    /// is released.
+    /// Writes the region's records (all but process-scoped ones), its name
+    /// table and id counter to `path`, atomically. See the [module
+    /// docs](self). Everything is copied under one lock.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<SnapshotReport> {
         let path = path.as_ref();
         let mut skipped = 0;
-        let records: Vec<(u32, Vec<u8>)> = {
+        let (records, names, next) = {
             let g = self.lock()?;
-            g.iter()
+            let records: Vec<(u32, Vec<u8>)> = g
+                .iter()
                 .filter(|(m, _)| {
                     skipped += m.owner.is_process() as usize;
                     !m.owner.is_process()
                 })
                 .map(|(m, d)| (m.owner.get(), d.to_vec()))
-                .collect()
+                .collect();
+            (records, crate::names_of(&g), g.next_owner())
         };
-        let used: BTreeSet<u32> = records.iter().map(|r| r.0).collect();
-        // Ids are stable for the region's life and names are never removed,
-        // so names read now cover every owner copied above.
-        let names: HashMap<u32, String> = if used.is_empty() || !self.store.exists() {
-            HashMap::new()
-        } else {
-            self.registry(|r| r.names())?.into_iter().map(|(n, id)| (id.get(), n)).collect()
-        };
-        let owners: BTreeMap<u32, Option<String>> =
-            used.iter().map(|&id| (id, names.get(&id).cloned())).collect();
-        let bytes = encode(&owners, &records);
+        let mut owners: BTreeMap<u32, Option<String>> = records.iter().map(|r| (r.0, None)).collect();
+        let used = owners.len();
+        owners.extend(names.into_iter().map(|(n, id)| (id.get(), Some(n))));
+        let bytes = encode(&owners, &records, next);
         write_atomically(path, &bytes, self.mode)?;
         Ok(SnapshotReport {
             records: records.len(),
             bytes: records.iter().map(|r| r.1.len() as u64).sum(),
-            owners: owners.len(),
+            owners: used,
             skipped_process_records: skipped,
         })
     }
 
     /// Adds the records of the snapshot at `path` to this region, with
-    /// owner ids resolved again from the saved names (see the [module
-    /// docs](self)). All or nothing: a damaged or foreign file, a record
-    /// that can never fit, or a region without room for all of them is an
-    /// error and leaves the records as they were (names the snapshot
-    /// carries may have been registered by then).
+    /// the saved owner ids kept (a region that has handed out no id yet) or
+    /// resolved again from the saved names (see the [module docs](self)).
+    /// All or nothing: a damaged or foreign file, a record that can never
+    /// fit, or a region without room for all of them is an error and leaves
+    /// the records as they were (names the snapshot carries may have been
+    /// registered by then).
     pub fn restore(&self, path: impl AsRef<Path>) -> Result<SnapshotReport> {
         let path = path.as_ref();
         let io = |op: &'static str| move |source| Error::Io { op, path: path.to_path_buf(), source };
@@ -304,19 +322,23 @@ impl Cache {
                 format!("record {i} has {} bytes; this region holds at most {max} bytes per record", d.len()),
             ));
         }
-        // Resolve names in one registry cycle, unnamed owners one by one.
-        let named: Vec<(u32, &str)> = snap.owners.iter().filter_map(|(&id, n)| n.map(|n| (id, n))).collect();
+        let named: Vec<(&[u8], OwnerId)> =
+            snap.owners.iter().filter_map(|(&id, n)| n.map(|n| (n.as_bytes(), OwnerId(id)))).collect();
+        let top = snap.owners.keys().max().copied().unwrap_or(0);
+        let mut g = self.lock()?;
         let mut map: HashMap<u32, OwnerId> = HashMap::new();
-        if !named.is_empty() {
-            let ids = self.ids(&named.iter().map(|n| n.1).collect::<Vec<_>>())?;
-            map.extend(named.iter().map(|n| n.0).zip(ids));
-        }
-        for (&id, name) in &snap.owners {
-            if name.is_none() {
-                map.insert(id, self.unique_id()?);
+        if g.adopt_names(&named, snap.next.max(top.saturating_add(1)))? {
+            // A fresh table: every owner keeps its saved id.
+            map.extend(snap.owners.keys().map(|&id| (id, OwnerId(id))));
+        } else {
+            for (&id, name) in &snap.owners {
+                let new = match name {
+                    Some(n) => g.register_name(n.as_bytes())?,
+                    None => g.unique_owner()?,
+                };
+                map.insert(id, new.ok_or_else(crate::exhausted)?);
             }
         }
-        let mut g = self.lock()?;
         let mut added = Vec::with_capacity(snap.records.len());
         for (owner, data) in &snap.records {
             let owner = *map.get(owner).ok_or_else(|| bad(path, "owner table changed under us"))?;
@@ -336,7 +358,7 @@ impl Cache {
         Ok(SnapshotReport {
             records: added.len(),
             bytes: snap.records.iter().map(|r| r.1.len() as u64).sum(),
-            owners: snap.owners.len(),
+            owners: snap.records.iter().map(|r| r.0).collect::<BTreeSet<_>>().len(),
             skipped_process_records: 0,
         })
     }
@@ -348,7 +370,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let owners: BTreeMap<u32, Option<String>> = [(3, Some("mod_a".to_string())), (9, None)].into();
-        encode(&owners, &[(3, b"one".to_vec()), (9, vec![]), (3, vec![7; 100])])
+        encode(&owners, &[(3, b"one".to_vec()), (9, vec![]), (3, vec![7; 100])], 12)
     }
 
     #[test]
@@ -383,18 +405,18 @@ mod tests {
         let e = parse(Path::new("x"), b"{\"json\": true}").err().unwrap().to_string();
         assert!(e.contains("not a cachem snapshot"), "{e}");
         let mut v = sample();
-        v[8] = 2;
+        v[8] = 3;
         let n = v.len() - 8;
         let sum = fnv1a(&v[..n]);
         v[n..].copy_from_slice(&sum.to_le_bytes());
         let e = parse(Path::new("x"), &v).err().unwrap().to_string();
-        assert!(e.contains("format version 2"), "{e}");
+        assert!(e.contains("format version 3"), "{e}");
     }
 
     #[test]
     fn a_huge_record_count_is_rejected_before_allocating() {
         let owners = BTreeMap::new();
-        let mut v = encode(&owners, &[]);
+        let mut v = encode(&owners, &[], 1);
         v[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         let n = v.len() - 8;
         let sum = fnv1a(&v[..n]);

@@ -402,7 +402,8 @@ fn a_region_given_to_another_user_works_for_that_user_only() {
     assert_eq!(code, 0, "{}", errors_of(d.path()));
     assert!(cache.lookup("made_by_nobody").unwrap().is_some());
 
-    // Everything cachem made is nobody's, the id store's files included.
+    // Everything cachem made is nobody's (the run directory, the region,
+    // its lockfile; names live in the region, so no id store).
     let mut checked = 0;
     let mut stack = vec![run.clone()];
     while let Some(p) = stack.pop() {
@@ -413,7 +414,7 @@ fn a_region_given_to_another_user_works_for_that_user_only() {
             stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
         }
     }
-    assert!(checked >= 5, "only {checked} files checked");
+    assert!(checked >= 3, "only {checked} files checked");
 
     // Another unrelated user is refused, with the path.
     let code = as_user(d.path(), 1, 1, || match Cache::open(&cfg) {

@@ -712,8 +712,10 @@ cachem_error_t cachem_check_size(uint64_t size);
 /**
  * The owner id of `name`: the same in every process for the life of the
  * region (mod_cachem's cachem_id). NULL `name`: a fresh id never returned
- * before. The answer is memoised per process. Needs no lock (and may be
- * called holding it).
+ * before. Answered from the region's own name table (no helper process, no
+ * file): a name resolved before by this handle costs no lock; any other
+ * takes the region lock for about a microsecond (or uses the lock this
+ * thread holds: it may be called holding it).
  *
  * Returns `CACHEM_OK` with `*out` set, or `CACHEM_E_INVALID_ARGUMENT` (`out`
  * NULL, name not UTF-8), `CACHEM_E_MISUSE` (bad handle),

@@ -45,7 +45,9 @@ pub(crate) fn code_of(e: &cachem_rs::Error) -> cachem_error_t {
         E::TooLarge { .. } => CACHEM_E_TOO_LARGE,
         E::Stale(_) => CACHEM_E_STALE,
         E::BufferTooSmall { .. } => CACHEM_E_BUFFER_TOO_SMALL,
-        E::PodMismatch { .. } | E::BadSize { .. } | E::BadName { .. } => CACHEM_E_INVALID_ARGUMENT,
+        E::PodMismatch { .. } | E::BadSize { .. } | E::BadName { .. } | E::ReservedOwner(_) => {
+            CACHEM_E_INVALID_ARGUMENT
+        }
         E::Version { .. } | E::ForeignAbi { .. } => CACHEM_E_VERSION,
         E::Corrupt { .. } | E::RecoveryRequired => CACHEM_E_CORRUPT,
         E::SizeMismatch { .. } => CACHEM_E_SIZE_MISMATCH,

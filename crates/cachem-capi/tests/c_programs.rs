@@ -119,6 +119,12 @@ fn the_c_test_program_calls_every_function_and_every_misuse_is_an_error_code() {
 }
 
 #[test]
+fn ids_resolve_in_threads_under_asan_across_fork_and_pid_namespaces() {
+    // Issue 22, findings 1, 2, 3, 5 and 6 (the program says which is which).
+    compile_and_run("ids_threads");
+}
+
+#[test]
 fn the_seed_usage_loops_run_in_c_as_a_mod_cachem_user_writes_them() {
     compile_and_run("seed_usage");
 }

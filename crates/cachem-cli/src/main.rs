@@ -521,8 +521,8 @@ fn run(cli: Cli) -> CliResult {
             let rep = cache.lock()?.verify()?;
             writeln!(
                 out,
-                "ok: {} records in {} table entries, {} bytes used, {} bytes free",
-                rep.records, rep.slots, rep.used_bytes, rep.free_bytes
+                "ok: {} records (+{} of the name table) in {} table entries, {} bytes used, {} bytes free",
+                rep.records, rep.names, rep.slots, rep.used_bytes, rep.free_bytes
             )?;
         }
         Cmd::Save { name, file } => {

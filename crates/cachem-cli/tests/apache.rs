@@ -707,6 +707,54 @@ fn graceful_restart_keeps_records_and_ids_anonymous() {
     graceful_restart_and_stop("graceful-anon", "CACHEM NULL 65536\nCACHEMReapInterval 1\n");
 }
 
+/// `cachem id` on the server's region (the CLI registers or looks up a name).
+fn cli_id(run: &Path, name: &str) -> u64 {
+    let out = cachem_cli(&["--dir", run.to_str().unwrap(), "id", "cache.shm", name]);
+    assert!(out.status.success(), "cachem id: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("cachem id prints a number")
+}
+
+/// Issue 22, finding 4: a graceful restart that re-creates the region (a
+/// new size) keeps every owner id: the example module's and a name the CLI
+/// registered before the restart.
+#[test]
+fn graceful_restart_with_a_new_size_keeps_every_id() {
+    let mut h = Httpd::start(
+        "resize",
+        Mpm::Prefork,
+        "CACHEM cache.shm 256K
+CACHEMReapInterval 1
+",
+    );
+    let run = h.run_dir();
+    let _ = example(&h);
+    let module = owner_id(h.port, "mod_cachem_example");
+    let cli = cli_id(&run, "an-operator-script");
+    // A later name so that ids differ if the table were started again.
+    let other = cli_id(&run, "another-script");
+    assert_ne!(cli, other);
+    assert_eq!(stat_json(&run, "cache.shm")["size"], 256 * 1024, "the region's size before");
+    let conf = std::fs::read_to_string(&h.conf).unwrap();
+    assert!(conf.contains("CACHEM cache.shm 256K\n"));
+    std::fs::write(&h.conf, conf.replace("CACHEM cache.shm 256K\n", "CACHEM cache.shm 512K\n")).unwrap();
+    h.graceful();
+    // The region was re-created with the new size...
+    let end = Instant::now() + Duration::from_secs(20);
+    while stat_json(&run, "cache.shm")["size"] != 512 * 1024 {
+        assert!(Instant::now() < end, "the region was not re-created at 512K:\n{}", h.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...and every id is the one handed out before.
+    let _ = example(&h);
+    assert_eq!(owner_id(h.port, "mod_cachem_example"), module, "the module's id changed:\n{}", h.log());
+    assert_eq!(cli_id(&run, "an-operator-script"), cli, "the CLI's name got a new id");
+    assert_eq!(cli_id(&run, "another-script"), other);
+    // A new name gets a fresh id, not one of the old ones.
+    let fresh = cli_id(&run, "a-new-script");
+    assert!(![module, cli, other].contains(&fresh), "id {fresh} handed out twice");
+    h.assert_no_crash();
+}
+
 #[test]
 fn stop_and_start_with_and_without_persist() {
     let mut h = Httpd::configure(
@@ -825,7 +873,8 @@ fn cachem_mode_0660_lets_the_group_use_every_file() {
         panic!("this test needs root (User/Group www-data and a run as nobody)");
     }
     let h = Httpd::start("mode", Mpm::Prefork, &format!("{NAMED}CACHEMMode 0660\n"));
-    // The example module resolves its owner names: the id store exists.
+    // The example module resolves its owner names (in the region's name
+    // table since issue 22: no id store file is made).
     let _ = example(&h);
     for p in [h.dir().to_path_buf(), h.run_dir()] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -834,16 +883,14 @@ fn cachem_mode_0660_lets_the_group_use_every_file() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
     assert_eq!(mode(&run.join("cache.shm")), 0o660, "region");
     assert_eq!(mode(&run.join("cache.shm.lock")), 0o660, "lockfile");
-    let ids = run.join("cache.shm.ids");
-    assert_eq!(mode(&ids) & 0o777, 0o770, "id store");
-    let mut files = 0;
-    for e in std::fs::read_dir(&ids).unwrap().flatten() {
-        let m = mode(&e.path()) & 0o777;
-        let want = if e.path().is_dir() { 0o770 } else { 0o660 };
-        assert_eq!(m, want, "{}", e.path().display());
-        files += 1;
+    assert!(!run.join("cache.shm.ids").exists(), "an id store was made");
+    // Every file the module left in the runtime directory is the group's.
+    for e in std::fs::read_dir(&run).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cache.shm") {
+            assert_eq!(mode(&e.path()) & 0o777, 0o660, "{name}");
+        }
     }
-    assert!(files > 0, "an empty id store");
     // www-data's group, a stranger's uid.
     let gid = std::fs::metadata(run.join("cache.shm")).unwrap().gid();
     let o = Command::new(env!("CARGO_BIN_EXE_cachem"))
@@ -1011,9 +1058,13 @@ fn the_lockfile_and_id_store_directives_are_honoured() {
     let (hits, _) = example(&h);
     assert!(hits >= 1);
     assert!(lock.exists(), "CACHEMlockFile ignored:\n{}", h.log());
-    assert!(ids.is_dir(), "CACHEMDBM ignored:\n{}", h.log());
-    assert!(std::fs::read_dir(&ids).unwrap().count() > 0, "the id store at CACHEMDBM is empty");
-    assert!(!h.run_dir().join("cache.shm.ids").exists(), "the default id store was used");
+    // CACHEMDBM is accepted for compatibility (issue 22): names live in the
+    // region, so the module makes no id store, there or by default.
+    assert!(!ids.exists(), "an id store was made at CACHEMDBM:\n{}", h.log());
+    assert!(!h.run_dir().join("cache.shm.ids").exists(), "the default id store was made");
+    // The example module's owner was resolved and the CLI sees the same id.
+    let owners = page(&h).owners;
+    assert_eq!(owner_id(h.port, "mod_cachem_example"), owners["mod_cachem_example"]);
 }
 
 fn threaded_no_lost_update(mpm: Mpm) {

@@ -105,6 +105,11 @@ pub enum Error {
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
 
+    /// An insert named the reserved owner id of the name table
+    /// ([`crate::OwnerId::NAMES`], `u32::MAX`).
+    #[error("owner id {0} is reserved for the region's name table; use an id from cachem_id")]
+    ReservedOwner(u32),
+
     /// The owner-id registry failed (its message names the path).
     #[error("owner-id registry: {0}")]
     Registry(Box<dyn std::error::Error + Send + Sync>),
@@ -142,6 +147,7 @@ pub enum ErrorKind {
     PidNamespace,
     OptionMismatch,
     Snapshot,
+    ReservedOwner,
     Registry,
     /// An OS call failed with "permission denied" (EACCES / EPERM).
     PermissionDenied,
@@ -176,6 +182,7 @@ impl Error {
             Error::PidNamespace { .. } => ErrorKind::PidNamespace,
             Error::OptionMismatch { .. } => ErrorKind::OptionMismatch,
             Error::Snapshot { .. } => ErrorKind::Snapshot,
+            Error::ReservedOwner(_) => ErrorKind::ReservedOwner,
             Error::Registry(_) => ErrorKind::Registry,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
                 ErrorKind::PermissionDenied

@@ -32,12 +32,26 @@ pub const MAGIC: [u8; 8] = *b"CACHEM\x00\x01";
 pub const ENDIAN_TAG: u32 = 0x0102_0304;
 /// Version of this layout. Bumped on any incompatible change. Version 2
 /// added the compaction policy, dead blocks and the lock trailer; version 3
-/// the owner index (per-bucket chains through the table entries).
-pub const FORMAT_VERSION: u32 = 4;
-/// Owner buckets of the owner index: a record of owner `o` is on the chain
-/// of bucket `o % OWNER_BUCKETS`. Owner ids from the registry are small
-/// consecutive numbers, so up to this many owners never share a chain.
+/// the owner index (per-bucket chains through the table entries); version 4
+/// incremental compaction (a paused compaction's journal); version 5 the
+/// owner-name table (records of [`crate::OwnerId::NAMES`] on a chain of
+/// their own, its hash index, and the id counter `next_owner` in the
+/// header).
+pub const FORMAT_VERSION: u32 = 5;
+/// Owner buckets of the owner index: a record of user owner `o` is on the
+/// chain of bucket `o % (OWNER_BUCKETS - 2)`; the last bucket,
+/// [`NAMES_BUCKET`], holds only the name table ([`crate::OwnerId::NAMES`]),
+/// the one before, [`NAMES_INDEX_BUCKET`], only its hash index. Owner ids
+/// from the registry are small consecutive numbers, so up to 20 owners
+/// never share a chain.
 pub const OWNER_BUCKETS: usize = 22;
+/// The owner bucket of the name table's records ([`crate::OwnerId::NAMES`])
+/// and of nothing else, so a name lookup walks names only.
+pub const NAMES_BUCKET: usize = OWNER_BUCKETS - 1;
+/// The owner bucket of the name table's hash index (records of
+/// [`crate::OwnerId::NAMES_INDEX`], one but for a moment) and of nothing
+/// else, so the index is found in one step.
+pub const NAMES_INDEX_BUCKET: usize = OWNER_BUCKETS - 2;
 /// `Bptr::prev` of an unused entry whose `pid` and `start_time` hold a
 /// removal note (the removed record's generation and the record that
 /// followed it on its chain): lets `next_of_owner` continue after a record
@@ -178,7 +192,13 @@ pub struct Header {
     /// entry takes the next value, so a `(slot, gen)` pair is never reissued
     /// (until 2^32 deletes wrap it).
     pub last_gen: u32,
-    pub _reserved0: u32,
+    /// The next owner id the name table hands out (0 means 1: a fresh
+    /// region). Bumped with one aligned 4-byte store *before* the name
+    /// record that uses the id is inserted, so a process killed between the
+    /// two wastes an id but never hands one out twice. `u32::MAX`
+    /// ([`crate::OwnerId::NAMES`]) is never handed out: reaching it means
+    /// every id is used.
+    pub next_owner: u32,
     /// Bytes of dead blocks in the block section (derived: recovery
     /// rebuilds it by walking the blocks).
     pub dead_bytes: u64,
@@ -243,7 +263,7 @@ const _: () = {
     assert!(offset_of!(Header, format_version) == 12);
     // The values docs/format.md gives, not only the offsets: its title and
     // header table say version 3, the journal table `NO_MOVE = u64::MAX`.
-    assert!(FORMAT_VERSION == 4);
+    assert!(FORMAT_VERSION == 5);
     assert!(ENDIAN_TAG == 0x0102_0304);
     assert!(FLAG_RECOVERY_REQUIRED == 1 && OPT_REAP_ALL == 1 && OPT_NO_REAP == 2);
     assert!(COMPACTION_EAGER == 1 && COMPACTION_DEFERRED == 2);

@@ -15,6 +15,16 @@ impl OwnerId {
     /// The reserved owner of process-scoped records.
     pub const PROCESS: OwnerId = OwnerId(0);
 
+    /// The reserved owner of the region's name table (`u32::MAX`): never
+    /// handed out, refused by inserts, hidden from iteration, status and
+    /// reaping. See `docs/ids.md`.
+    pub const NAMES: OwnerId = OwnerId(u32::MAX);
+
+    /// The reserved owner of the name table's hash index (`u32::MAX - 1`):
+    /// reserved like [`OwnerId::NAMES`] (never handed out, refused by
+    /// inserts, hidden). See `docs/ids.md`.
+    pub const NAMES_INDEX: OwnerId = OwnerId(u32::MAX - 1);
+
     /// The raw integer, as stored in a table entry.
     pub const fn get(self) -> u32 {
         self.0
@@ -24,12 +34,22 @@ impl OwnerId {
     pub const fn is_process(self) -> bool {
         self.0 == 0
     }
+
+    /// True for the name table's reserved owners, [`OwnerId::NAMES`] and
+    /// [`OwnerId::NAMES_INDEX`].
+    pub const fn is_names(self) -> bool {
+        self.0 >= u32::MAX - 1
+    }
 }
 
 impl fmt::Debug for OwnerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_process() {
             f.write_str("OwnerId::PROCESS")
+        } else if self.0 == u32::MAX {
+            f.write_str("OwnerId::NAMES")
+        } else if self.is_names() {
+            f.write_str("OwnerId::NAMES_INDEX")
         } else {
             write!(f, "OwnerId({})", self.0)
         }

@@ -762,7 +762,9 @@ fn id_key(id: OwnerId) -> [u8; 5] {
 }
 
 /// Checks a name before it is registered or looked up.
-fn validate_name(name: &str) -> Result<()> {
+/// Checks a name for registration: not empty, at most [`MAX_NAME_LEN`]
+/// bytes, no NUL.
+pub fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "the name is empty".to_owned()
     } else if name.len() > MAX_NAME_LEN {

@@ -52,6 +52,7 @@ pub use compaction::set_compaction_step;
 use compaction::Budget;
 mod format_image;
 mod journal_check;
+mod names;
 mod owner_index;
 mod records;
 mod recovery;

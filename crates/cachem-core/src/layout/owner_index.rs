@@ -26,7 +26,13 @@ use super::*;
 /// The owner bucket of an owner id.
 #[inline(always)]
 pub(super) fn bucket_of(owner: u32) -> usize {
-    owner as usize % OWNER_BUCKETS
+    if owner == crate::ids::OwnerId::NAMES.0 {
+        NAMES_BUCKET
+    } else if owner == crate::ids::OwnerId::NAMES_INDEX.0 {
+        NAMES_INDEX_BUCKET
+    } else {
+        owner as usize % NAMES_INDEX_BUCKET
+    }
 }
 
 // Entries examined by chain walks on this thread (tests check that an

@@ -40,8 +40,14 @@ pub struct Status {
     pub free_bytes: u64,
     /// Bytes of the block-pointer table.
     pub table_bytes: u64,
+    /// Records of users (the name table's are not counted here).
     pub records: u32,
     pub slots: u32,
+    /// Registered owner names (records of [`OwnerId::NAMES`]; their bytes
+    /// are part of `used_bytes`).
+    pub names: u32,
+    /// The next owner id the name table hands out.
+    pub next_owner: u32,
     pub free_slots: u32,
     pub owners: Vec<OwnerUsage>,
     /// One row per (pid, start time).
@@ -122,9 +128,15 @@ impl<'a> Layout<'a> {
         let h = *self.hdr();
         let mut owners: BTreeMap<u32, OwnerUsage> = BTreeMap::new();
         let mut pids: BTreeMap<(u32, u64), PidUsage> = BTreeMap::new();
-        let mut records = 0u32;
+        let (mut records, mut names) = (0u32, 0u32);
         let reap_all = h.options & OPT_REAP_ALL != 0;
         for (m, _) in self.iter() {
+            if m.owner.is_names() {
+                // The name table (and its index): counted apart, not a
+                // user's record.
+                names += u32::from(m.owner == OwnerId::NAMES);
+                continue;
+            }
             records += 1;
             let o = owners.entry(m.owner.0).or_insert(OwnerUsage { owner: m.owner, records: 0, bytes: 0 });
             o.records += 1;
@@ -162,7 +174,9 @@ impl<'a> Layout<'a> {
             table_bytes: self.size() - st.o_bptop,
             records,
             slots: st.n_bptr,
-            free_slots: st.n_bptr - records.min(st.n_bptr),
+            free_slots: st.n_bptr - (records + names).min(st.n_bptr),
+            names,
+            next_owner: self.next_owner(),
             owners: owners.into_values().collect(),
             pids: pids.into_values().collect(),
             counters: h.counters,

@@ -8,7 +8,10 @@ use super::*;
 /// What [`Layout::verify`] checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Live records of users (the name table's are in `names`).
     pub records: u32,
+    /// Records of the name table and its index ([`crate::OwnerId::is_names`]).
+    pub names: u32,
     pub slots: u32,
     pub free_slots: u32,
     pub used_bytes: u64,
@@ -42,6 +45,7 @@ impl<'a> Layout<'a> {
         // Blocks, walked from the header to o_fr.
         let mut p = H;
         let mut records = 0u32;
+        let mut names = 0u32;
         let (mut dead_bytes, mut dead_blocks, mut dead_lo) = (0u64, 0u32, 0u64);
         let eager = h.compaction == COMPACTION_EAGER;
         while p < st.o_fr {
@@ -82,6 +86,7 @@ impl<'a> Layout<'a> {
                 ));
             }
             records += 1;
+            names += u32::from(crate::ids::OwnerId(e.owner).is_names());
             p += b.size;
         }
         // Entries: every used one points at a block whose back-pointer is it
@@ -167,7 +172,8 @@ impl<'a> Layout<'a> {
         }
         self.verify_chains(st.n_bptr, used)?;
         Ok(VerifyReport {
-            records,
+            records: records - names,
+            names,
             slots: st.n_bptr,
             free_slots,
             used_bytes: st.o_fr - H,

@@ -105,7 +105,7 @@ impl Guard<'_> {
         let (region, dirty) = (self.region, &mut self.dirty);
         let removed = self.layout.retain_then(
             |m, _| {
-                if !(all || m.owner.is_process()) || (m.pid, m.start_time) == me {
+                if !(all || m.owner.is_process()) || m.owner.is_names() || (m.pid, m.start_time) == me {
                     return true;
                 }
                 let p = procs.entry((m.pid, m.start_time)).or_insert_with(|| {

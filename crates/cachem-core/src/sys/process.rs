@@ -279,6 +279,27 @@ static START: AtomicU64 = AtomicU64::new(0);
 /// another thread ran a `Once` initialiser would wait for it forever.
 static ATFORK: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
+/// The pid [`my_pid_namespace`] last read the namespace for, and that
+/// namespace (`NS` is stored before `NS_PID`, Release).
+static NS_PID: AtomicU64 = AtomicU64::new(0);
+static NS: AtomicU64 = AtomicU64::new(0);
+
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`, 0 if
+/// unknown), read once per pid: a child forked into another namespace
+/// (`unshare(CLONE_NEWPID)` then `fork`) has another pid, so it reads its
+/// own. No lock: a child forked at any moment finds a consistent pair.
+pub fn my_pid_namespace() -> u64 {
+    let pid = me().0 as u64;
+    if NS_PID.load(Ordering::Acquire) == pid {
+        return NS.load(Ordering::Relaxed);
+    }
+    let ns = pid_namespace(None);
+    NS_PID.store(0, Ordering::Relaxed);
+    NS.store(ns, Ordering::Relaxed);
+    NS_PID.store(pid, Ordering::Release);
+    ns
+}
+
 extern "C" fn forget_after_fork() {
     PID.store(0, Ordering::Relaxed);
 }

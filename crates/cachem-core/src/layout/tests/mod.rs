@@ -86,7 +86,7 @@ fn snapshot(l: &Layout<'_>) -> Vec<(RecordId, Vec<u8>)> {
 }
 
 /// Owner `A` and one that shares its bucket.
-const A2: OwnerId = OwnerId(A.0 + OWNER_BUCKETS as u32);
+const A2: OwnerId = OwnerId(A.0 + NAMES_INDEX_BUCKET as u32);
 
 fn steps() -> u64 {
     super::owner_index::STEPS.with(|s| s.get())

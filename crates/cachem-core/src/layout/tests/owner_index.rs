@@ -15,7 +15,7 @@ fn iterating_an_owner_visits_only_its_chain() {
         let owner = match i % 301 {
             0 => A,
             1 => A2,
-            _ => OwnerId(100 + i % 5),
+            _ => OwnerId(110 + i % 5),
         };
         let id = l.insert(owner, tag(1), &i.to_ne_bytes()).unwrap();
         if owner == A {

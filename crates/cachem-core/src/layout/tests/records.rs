@@ -12,6 +12,7 @@ fn empty_region_verifies() {
         r,
         VerifyReport {
             records: 0,
+            names: 0,
             slots: 0,
             free_slots: 0,
             used_bytes: 0,
@@ -315,4 +316,87 @@ fn status_counts_owners_and_pids() {
     );
     assert_eq!(s.pids.iter().map(|p| (p.pid, p.records)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
     assert_eq!(s.used_bytes + s.free_bytes + s.table_bytes + s.header_size + s.trailer_bytes, s.size);
+}
+
+#[test]
+fn the_name_table_hands_out_dense_ids_and_finds_names_again() {
+    let mut img = Img::with(1 << 16, Compaction::Deferred);
+    let mut l = img.l();
+    let tag = tag(1);
+    assert_eq!(l.next_owner(), 1);
+    assert_eq!(l.register_name(b"a", tag).unwrap(), Some(OwnerId(1)));
+    assert_eq!(l.unique_owner().unwrap(), Some(OwnerId(2)));
+    assert_eq!(l.register_name(b"b", tag).unwrap(), Some(OwnerId(3)));
+    assert_eq!(l.register_name(b"a", tag).unwrap(), Some(OwnerId(1)));
+    assert_eq!(l.name_lookup(b"b"), Some(OwnerId(3)));
+    assert_eq!(l.name_lookup(b"c"), None);
+    assert_eq!(l.names(), vec![(b"a".to_vec(), OwnerId(1)), (b"b".to_vec(), OwnerId(3))]);
+    // Hidden from users' counts, kept by the engine.
+    let st = l.status().unwrap();
+    assert_eq!((st.records, st.names, st.next_owner), (0, 2, 4));
+    // A damaged counter below a registered id never hands that id out again.
+    l.hdr_mut().next_owner = 2;
+    assert_eq!(l.register_name(b"c", tag).unwrap(), Some(OwnerId(4)));
+    // Exhaustion: None, never a reserved id or a wrap to 0.
+    l.hdr_mut().next_owner = u32::MAX - 2;
+    assert_eq!(l.unique_owner().unwrap(), Some(OwnerId(u32::MAX - 2)));
+    assert_eq!(l.unique_owner().unwrap(), None);
+    assert_eq!(l.register_name(b"d", tag).unwrap(), None);
+    l.verify().unwrap();
+}
+
+/// A known name is found through the hash index in a bounded number of
+/// steps whatever the table's size; a damaged index only costs a walk.
+#[test]
+fn known_names_are_found_through_the_index_not_by_a_walk() {
+    let mut img = Img::with(1 << 20, Compaction::Deferred);
+    let mut l = img.l();
+    let tag = tag(1);
+    for i in 0..1000u32 {
+        assert_eq!(l.register_name(format!("module_{i}").as_bytes(), tag).unwrap(), Some(OwnerId(i + 1)));
+    }
+    l.verify().unwrap();
+    assert_eq!(l.status().unwrap().names, 1000, "the index is not a name");
+    assert_eq!(l.names().len(), 1000);
+    let before = steps();
+    for i in (0..1000u32).step_by(37) {
+        assert_eq!(l.name_lookup(format!("module_{i}").as_bytes()), Some(OwnerId(i + 1)));
+        assert_eq!(l.register_name(format!("module_{i}").as_bytes(), tag).unwrap(), Some(OwnerId(i + 1)));
+    }
+    let per = (steps() - before) / 28 / 2;
+    assert!(per < 30, "{per} entries examined per lookup of a known name among 1,000");
+    // Damage the index (its entries zeroed): answers stay right, and the
+    // next lookup of a known name through registration repairs it.
+    let (iid, _) = l.iter_owner(OwnerId::NAMES_INDEX).next().unwrap();
+    let d = l.get_mut(iid).unwrap();
+    let n = d.len();
+    d[16..n].fill(0);
+    assert_eq!(l.name_lookup(b"module_500"), Some(OwnerId(501)));
+    assert_eq!(l.register_name(b"module_500", tag).unwrap(), Some(OwnerId(501)));
+    let before = steps();
+    assert_eq!(l.name_lookup(b"module_500"), Some(OwnerId(501)));
+    assert!(steps() - before < 30, "the index was not repaired");
+    // Garbage pointing at user records is never taken for a name.
+    let user = l.insert(A, tag, b"\x05\0\0\0module_7").unwrap();
+    let (iid, _) = l.iter_owner(OwnerId::NAMES_INDEX).next().unwrap();
+    let d = l.get_mut(iid).unwrap();
+    for e in d[16..].chunks_mut(16) {
+        e[8..16].copy_from_slice(&user.to_u64().to_le_bytes());
+    }
+    assert_eq!(l.name_lookup(b"module_7"), Some(OwnerId(8)));
+    assert_eq!(l.register_name(b"brand new", tag).unwrap(), Some(OwnerId(1001)));
+    l.verify().unwrap();
+}
+
+#[test]
+fn a_saved_table_is_adopted_only_by_a_table_that_handed_out_nothing() {
+    let mut img = Img::with(1 << 16, Compaction::Deferred);
+    let mut l = img.l();
+    let tag = tag(1);
+    let saved: Vec<(&[u8], OwnerId)> = vec![(b"x", OwnerId(3)), (b"y", OwnerId(2))];
+    assert!(l.adopt_names(&saved, 7, tag).unwrap());
+    assert_eq!(l.name_lookup(b"x"), Some(OwnerId(3)));
+    assert_eq!(l.name_lookup(b"y"), Some(OwnerId(2)));
+    assert_eq!(l.register_name(b"z", tag).unwrap(), Some(OwnerId(7)));
+    assert!(!l.adopt_names(&saved, 9, tag).unwrap());
 }
