@@ -50,6 +50,18 @@ fn write_word(path: &Path, w: u32) {
     f.write_all(&w.to_ne_bytes()).unwrap();
 }
 
+/// Waits (at most 10 s) until a thread sleeps on the region's lock word (a
+/// waiter sets the waiters bit); false if none did.
+fn someone_sleeps_on(path: &Path) -> bool {
+    for _ in 0..2000 {
+        if read_word(path) & WAITERS != 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
@@ -190,16 +202,7 @@ fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
         Reaped(spawn_worker("worker_lock_once", &[("CACHEM_TEST_DIR", d.path().display().to_string())]));
     let rx = lines(&mut waiter);
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "waiting");
-    // Until the waiter sleeps on the word (it sets the waiters bit).
-    let mut slept = false;
-    for _ in 0..2000 {
-        if read_word(&path) & WAITERS != 0 {
-            slept = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(slept, "the waiter never slept on the lock");
+    assert!(someone_sleeps_on(&path), "the waiter never slept on the lock");
     assert_eq!(read_word(&path), holder_tid | WAITERS);
     // The holder vanishes from the word: it names a thread nobody has.
     write_word(&path, free_tid() | WAITERS);
@@ -300,16 +303,8 @@ fn stat_shows_who_holds_the_lock_and_how_long_it_waited() {
             .unwrap()
     };
     let mut s = Reaped(stat(&["--json"]));
-    // Until stat sleeps on the word (it sets the waiters bit), then let go.
-    let mut slept = false;
-    for _ in 0..2000 {
-        if read_word(&path) & WAITERS != 0 {
-            slept = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(slept, "stat never waited for the lock");
+    // Until stat sleeps on the word, then let go.
+    assert!(someone_sleeps_on(&path), "stat never waited for the lock");
     holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert_eq!(said.recv_timeout(LIMIT).unwrap(), "released");
     assert!(wait_timeout(&mut s, LIMIT).success());
