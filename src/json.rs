@@ -42,7 +42,7 @@ impl CacheStatus {
                 "bytes": p.bytes,
                 "reapable": p.reapable,
             })).collect::<Vec<_>>(),
-            "lock": {
+            "lock_wait": {
                 "holder_pid": self.lock_holder.and_then(|h| h.pid),
                 "holder_tid": self.lock_holder.map(|h| h.tid),
                 "waited_ms": self.lock_waited.as_secs_f64() * 1e3,

@@ -311,9 +311,9 @@ fn stat_shows_who_holds_the_lock_and_how_long_it_waited() {
     let mut out = String::new();
     s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["lock"]["holder_pid"], pid, "{out}");
-    assert_eq!(v["lock"]["holder_tid"], holder_tid, "{out}");
-    assert!(v["lock"]["waited_ms"].as_f64().unwrap() > 0.0, "{out}");
+    assert_eq!(v["lock_wait"]["holder_pid"], pid, "{out}");
+    assert_eq!(v["lock_wait"]["holder_tid"], holder_tid, "{out}");
+    assert!(v["lock_wait"]["waited_ms"].as_f64().unwrap() > 0.0, "{out}");
     // Free now: the picture and the Prometheus text say so.
     let mut s = Reaped(stat(&[]));
     assert!(wait_timeout(&mut s, LIMIT).success());
