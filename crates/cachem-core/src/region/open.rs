@@ -275,10 +275,14 @@ impl Region {
         // registry call inside a guard), and waiting for each other in
         // opposite orders would deadlock.
         drop(global);
+        region.report.lock_holder = region.lock_holder();
+        let started = std::time::Instant::now();
         let g = region.lock_inner().map_err(|e| with_path(e, &path))?;
+        let waited = started.elapsed();
         g.layout.verify().map_err(|e| with_path(e, &path))?;
         let recovered = g.recovered;
         drop(g);
+        region.report.lock_waited = waited;
         region.report.recovered |= recovered;
         Ok(region)
     }
