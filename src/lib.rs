@@ -487,6 +487,10 @@ impl Cache {
             (g.status()?, names_of(&g), waited)
         };
         let mut st = self.status_of(region, names);
+        // The wait is reported only when a holder was there to wait for: an
+        // uncontended lock's nanoseconds would make the report's length
+        // change from one call to the next (C's length query).
+        let waited = if holder.is_some() { waited } else { std::time::Duration::ZERO };
         (st.lock_holder, st.lock_waited) = (holder, waited);
         Ok(st)
     }
