@@ -396,18 +396,57 @@ impl IdRegistry {
     ///
     /// [`Error::Lock`] / [`Error::Store`] as for [`open`](Self::open).
     pub fn names(&self) -> Result<Vec<(String, OwnerId)>> {
-        let mut all = self.cycle(|s| {
-            let mut all = Vec::new();
-            for entry in s.tree.scan_prefix([PREFIX_NAME]) {
-                let (k, v) = entry.map_err(|e| s.err(e))?;
-                let name = std::str::from_utf8(&k[1..])
-                    .map_err(|_| s.corrupt("a registered name is not UTF-8".into()))?;
-                all.push((name.to_owned(), s.decode_id(name, &v)?));
+        self.cycle(|s| s.all_names())
+    }
+
+    /// Makes this generation's table exactly `names` (a region's name
+    /// table, ids as the region gave them) with the counter at `next`, and
+    /// drops every other generation's table: the store then mirrors the
+    /// region (`cachem ids --sync`). One atomic batch: a crash leaves the
+    /// old table or the new one. Names are written as given (the region
+    /// checked them when it registered them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lock`] / [`Error::Store`] / [`Error::NoSpace`] as for
+    /// [`open`](Self::open).
+    pub fn mirror(&self, names: &[(String, OwnerId)], next: u64) -> Result<MirrorReport> {
+        let r = self.cycle(|s| {
+            let mut want: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(2 * names.len() + 1);
+            let mut next = next.max(1);
+            for (name, id) in names {
+                want.insert(name_key(name), id.get().to_be_bytes().to_vec());
+                want.insert(id_key(*id).to_vec(), name.as_bytes().to_vec());
+                next = next.max(u64::from(id.get()) + 1);
             }
-            Ok(all)
+            want.insert(KEY_NEXT.to_vec(), next.to_be_bytes().to_vec());
+            let mut batch = sled::Batch::default();
+            let (mut removed, mut kept) = (0, 0);
+            for entry in s.tree.iter() {
+                let (k, v) = entry.map_err(|e| s.err(e))?;
+                match want.get(&*k) {
+                    None => {
+                        removed += usize::from(k.first() == Some(&PREFIX_NAME));
+                        batch.remove(k);
+                    }
+                    Some(w) if *w == *v => {
+                        kept += usize::from(k.first() == Some(&PREFIX_NAME));
+                        want.remove(&*k);
+                    }
+                    Some(_) => {}
+                }
+            }
+            let written = want.keys().filter(|k| k.first() == Some(&PREFIX_NAME)).count();
+            for (k, v) in want {
+                batch.insert(k, v);
+            }
+            s.tree.apply_batch(batch).map_err(|e| s.err(e))?;
+            let dropped = s.keep_only_this_generation()?;
+            Ok(MirrorReport { written, removed, unchanged: kept, dropped_generations: dropped })
         })?;
-        all.sort_by_key(|(_, id)| *id);
-        Ok(all)
+        // The memo may hold names of a table that was just replaced.
+        self.memo().clear();
+        Ok(r)
     }
 
     /// Runs `f` inside a lock + sled cycle, with the global lockfile held and
@@ -458,6 +497,85 @@ impl IdRegistry {
         }
         Ok(out)
     }
+}
+
+/// What [`IdRegistry::mirror`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorReport {
+    /// Names written (new, or with another id than the store had).
+    pub written: usize,
+    /// Names removed (in the store's table, not in the region's).
+    pub removed: usize,
+    /// Names the store had already, with the same id.
+    pub unchanged: usize,
+    /// Tables of other generations dropped.
+    pub dropped_generations: usize,
+}
+
+/// A store's most recent table, read by [`read_store`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTable {
+    /// The region generation the table belongs to.
+    pub generation: u64,
+    /// Every name with its id, ordered by id.
+    pub names: Vec<(String, OwnerId)>,
+    /// The next id the table would hand out.
+    pub next: u64,
+}
+
+/// Reads the table of the most recently used generation of the store in
+/// `store_dir` (under `lock_file`), without registering anything and
+/// without knowing the generation: for inspecting a store whose region is
+/// gone. `Ok(None)` if there is no store there (nothing is created then)
+/// or it holds no table yet. Runs sled in this process, like every
+/// registry call (see the crate docs for who may).
+///
+/// # Errors
+///
+/// [`Error::Lock`] / [`Error::Store`] / [`Error::NoSpace`] as for
+/// [`IdRegistry::open`].
+pub fn read_store(store_dir: impl AsRef<Path>, lock_file: impl AsRef<Path>) -> Result<Option<StoreTable>> {
+    let dir = store_dir.as_ref();
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Store { path: dir.to_path_buf(), reason: e.to_string() }),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::Store { path: dir.to_path_buf(), reason: "not a directory".into() })
+        }
+        Ok(_) => {}
+    }
+    let lock = LockGuard::acquire(lock_file.as_ref())?;
+    let db = open_sled(dir)?;
+    let err = |e: sled::Error| store_err(dir, e);
+    let corrupt =
+        |reason: String| Error::Store { path: dir.to_path_buf(), reason: format!("corrupt: {reason}") };
+    match db.get(KEY_FORMAT).map_err(err)? {
+        Some(v) if v == FORMAT => {}
+        Some(_) => return Err(corrupt("not a store of this version".into())),
+        None if db.is_empty() && db.tree_names().len() <= 1 => return Ok(None),
+        None => return Err(corrupt("a sled database that is not a cachem-ids store (no format key)".into())),
+    }
+    let gens = db.get(KEY_GENERATIONS).map_err(err)?.unwrap_or_default();
+    if gens.len() % 8 != 0 {
+        return Err(corrupt(format!("the generation list has {} bytes, not a multiple of 8", gens.len())));
+    }
+    let Some(last) = gens.chunks_exact(8).last() else { return Ok(None) };
+    let mut b = [0u8; 8];
+    b.copy_from_slice(last);
+    let generation = u64::from_be_bytes(b);
+    let session = Session {
+        db: db.clone(),
+        generation,
+        path: dir,
+        tree: db.open_tree(tree_name(generation)).map_err(err)?,
+        fresh_generation: false,
+    };
+    let names = session.all_names()?;
+    let next = session.next()?;
+    drop(session);
+    drop(db);
+    drop(lock);
+    Ok(Some(StoreTable { generation, names, next }))
 }
 
 /// The global lockfile, held exclusively until dropped.
@@ -562,6 +680,8 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
 
 /// The open store of one cycle, positioned on this generation's tree.
 struct Session<'a> {
+    db: sled::Db,
+    generation: u64,
     path: &'a Path,
     tree: sled::Tree,
     /// The generation's table did not exist and was created empty.
@@ -638,11 +758,40 @@ impl<'a> Session<'a> {
             }
         }
         let tree = db.open_tree(name).map_err(err)?;
-        Ok(Session { path, tree, fresh_generation })
+        Ok(Session { db: db.clone(), generation, path, tree, fresh_generation })
     }
 
     fn err(&self, e: sled::Error) -> Error {
         store_err(self.path, e)
+    }
+
+    /// Makes this generation the only one in the store (its list and its
+    /// tables); returns how many other tables were dropped.
+    fn keep_only_this_generation(&self) -> Result<usize> {
+        let err = |e| self.err(e);
+        self.db.insert(KEY_GENERATIONS, &self.generation.to_be_bytes()).map_err(err)?;
+        let ours = tree_name(self.generation);
+        let mut dropped = 0;
+        for t in self.db.tree_names() {
+            if t.starts_with(TREE_PREFIX.as_bytes()) && *t != *ours.as_bytes() {
+                self.db.drop_tree(&t).map_err(err)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Every name of the table with its id, ordered by id.
+    fn all_names(&self) -> Result<Vec<(String, OwnerId)>> {
+        let mut all = Vec::new();
+        for entry in self.tree.scan_prefix([PREFIX_NAME]) {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let name = std::str::from_utf8(&k[1..])
+                .map_err(|_| self.corrupt("a registered name is not UTF-8".into()))?;
+            all.push((name.to_owned(), self.decode_id(name, &v)?));
+        }
+        all.sort_by_key(|(_, id)| *id);
+        Ok(all)
     }
 
     fn corrupt(&self, reason: String) -> Error {

@@ -272,3 +272,35 @@ fn threads_sharing_one_registry_agree() -> TestResult {
     assert_eq!(all.len(), 8, "{results:?}");
     Ok(())
 }
+
+#[test]
+fn mirror_makes_the_table_exactly_the_regions_and_read_store_reads_it_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, lock) = (dir.path().join("ids"), dir.path().join("lock"));
+    // No store yet: nothing read, nothing created.
+    assert_eq!(cachem_ids::read_store(&store, &lock)?, None);
+    assert!(!store.exists() && !lock.exists());
+
+    let reg = IdRegistry::open(&store, &lock, 7)?;
+    reg.id("stale")?; // a name the region does not have
+    let region = vec![("mod_a".to_string(), OwnerId(1)), ("mod_c".to_string(), OwnerId(3))];
+    let r = reg.mirror(&region, 4)?;
+    assert_eq!((r.written, r.removed, r.unchanged), (2, 1, 0), "{r:?}");
+    assert_eq!(reg.names()?, region);
+    assert_eq!(reg.lookup("stale")?, None, "the memo forgot the replaced table");
+    assert_eq!(reg.unique_id()?, OwnerId(4), "the counter follows the region's");
+    // Again: nothing to write.
+    let r = reg.mirror(&region, 4)?;
+    assert_eq!((r.written, r.removed, r.unchanged), (0, 0, 2), "{r:?}");
+    drop(reg);
+
+    // A new region generation replaces the old table.
+    let reg = IdRegistry::open(&store, &lock, 8)?;
+    let next = vec![("mod_c".to_string(), OwnerId(1))];
+    let r = reg.mirror(&next, 2)?;
+    assert_eq!(r.dropped_generations, 1, "{r:?}");
+    drop(reg);
+    let t = cachem_ids::read_store(&store, &lock)?.ok_or("no table")?;
+    assert_eq!((t.generation, t.names, t.next), (8, next, 2));
+    Ok(())
+}
