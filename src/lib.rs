@@ -58,7 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub use cachem_core::*;
-pub use cachem_ids::{Error as IdError, IdRegistry};
+pub use cachem_ids::{read_store, Error as IdError, IdRegistry, MirrorReport, StoreTable};
 
 use std::collections::BTreeMap;
 
