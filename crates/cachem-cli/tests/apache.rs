@@ -712,10 +712,12 @@ fn graceful_restart_keeps_records_and_ids_anonymous() {
 /// with a notice (the library refuses both for an anonymous region).
 #[test]
 fn an_anonymous_region_makes_no_files_in_the_runtime_directory() {
+    let elsewhere = TempDir::new("anon-files-elsewhere");
+    let (lock, ids) = (elsewhere.path().join("never.lock"), elsewhere.path().join("never.ids"));
     let mut h = Httpd::start(
         "anon-files",
         Mpm::Prefork,
-        "CACHEM NULL 65536\nCACHEMlockFile /tmp/cachem-never-made.lock\nCACHEMDBM /tmp/cachem-never-made.ids\n",
+        &format!("CACHEM NULL 65536\nCACHEMlockFile {}\nCACHEMDBM {}\n", lock.display(), ids.display()),
     );
     let _ = example(&h);
     let run = h.dir.path().join("run");
@@ -727,8 +729,7 @@ fn an_anonymous_region_makes_no_files_in_the_runtime_directory() {
             .collect()
     };
     assert_eq!(cachem_files(&run), Vec::<String>::new(), "files of an anonymous region");
-    assert!(!Path::new("/tmp/cachem-never-made.lock").exists());
-    assert!(!Path::new("/tmp/cachem-never-made.ids").exists());
+    assert!(!lock.exists() && !ids.exists(), "CACHEMlockFile / CACHEMDBM made for an anonymous region");
     assert!(h.log().contains("ignored for an anonymous region"), "{}", h.log());
     assert!(h.stop(), "unclean stop:\n{}", h.log());
     assert_eq!(cachem_files(&run), Vec::<String>::new(), "files of an anonymous region after the stop");
