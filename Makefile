@@ -168,11 +168,14 @@ bench-apache: apache
 clean:
 	$(CARGO) clean
 
-## Debian packages (dpkg-deb; see docs/operations.md, "Packages"):
-## target/deb/cachem_<version>_<arch>.deb (CLI, man pages, completions,
-## libcachem, cachem.h, cachem.pc) and
-## target/deb/libapache2-mod-cachem_<version>_<arch>.deb (mod_cachem,
-## mod_cachem_example, mods-available/cachem.{load,conf}, mod_cachem.h).
+## Debian packages (dpkg-gencontrol, dpkg-shlibdeps, dpkg-gensymbols,
+## dpkg-deb; see docs/operations.md, "Packages"), in
+## target/deb/<package>_<version>-<revision>_<arch>.deb: libcachem0
+## (libcachem.so.0), libcachem-dev (cachem.h, libcachem.a, the .so link,
+## cachem.pc, cachem.map), cachem (CLI, man pages, completions),
+## libapache2-mod-cachem (mod_cachem, mods-available/cachem.{load,conf},
+## mod_cachem.h) and libapache2-mod-cachem-example (mod_cachem_example).
+## Package fields: packaging/deb/control; version: packaging/deb/changelog.
 MULTIARCH = $(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 DEB_STAGE := target/deb-stage
 ## The packaged modules link the distributed (panic = abort, profile capi)
@@ -180,7 +183,7 @@ DEB_STAGE := target/deb-stage
 ## unwinding build `make apache` links for the tests.
 DEB_APACHE := target/deb-apache
 deb: deb-deps apache-deps assets
-	rm -rf $(DEB_STAGE) $(DEB_APACHE)
+	rm -rf $(DEB_STAGE) $(DEB_APACHE) target/deb
 	$(MAKE) --no-print-directory capi
 	$(MAKE) --no-print-directory $(DEB_APACHE)/mod_cachem.so $(DEB_APACHE)/mod_cachem_example.so \
 	  APACHE_OUT=$(DEB_APACHE) CAPI_LIB=target/capi/libcachem.a
@@ -189,16 +192,17 @@ deb: deb-deps apache-deps assets
 	sh packaging/deb/build.sh target/deb $(DEB_STAGE) $(DEB_APACHE)
 
 deb-deps:
-	@for p in dpkg-dev binutils gzip; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@for p in dpkg-dev binutils gzip lintian; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
 
-## Installs both packages, enables the module with a2enmod, runs the packaged
-## httpd on a free loopback port with its own config, checks the cachem
-## section of /server-status?auto, stops it, purges both packages and checks
-## nothing of cachem is left. Needs root; leaves the machine as it found it.
-## Not part of `make test`: the package build adds a capi-profile compile
-## (about 2 minutes on 2 cores); the test itself takes about 15 s.
+## Runs lintian on every package (any error or warning fails), installs them
+## all, enables the modules with a2enmod, runs the packaged httpd on a free
+## loopback port with its own config, checks the cachem section of
+## /server-status?auto and the example module, stops it, purges every package
+## and checks nothing of cachem is left. Needs root; leaves the machine as it
+## found it. The package build adds a capi-profile compile (about 2 minutes
+## on 2 cores); lintian and the test take about 30 s.
 deb-test: deb
 	sh packaging/deb/test.sh target/deb

@@ -42,6 +42,11 @@ impl CacheStatus {
                 "bytes": p.bytes,
                 "reapable": p.reapable,
             })).collect::<Vec<_>>(),
+            "lock_wait": {
+                "holder_pid": self.lock_holder.and_then(|h| h.pid),
+                "holder_tid": self.lock_holder.map(|h| h.tid),
+                "waited_ms": self.lock_waited.as_secs_f64() * 1e3,
+            },
             "dead_reapable_processes": self.dead_reapable_processes(),
             "dead_pids_with_kept_records": self.dead_pids_with_kept_records(),
             "counters": {
@@ -79,6 +84,13 @@ impl Cache {
                 reapable: p.reapable,
             })
             .collect();
-        CacheStatus { path: self.region.path().map(Path::to_path_buf), region, owner_names, pids }
+        CacheStatus {
+            path: self.region.path().map(Path::to_path_buf),
+            region,
+            owner_names,
+            pids,
+            lock_holder: None,
+            lock_waited: std::time::Duration::ZERO,
+        }
     }
 }

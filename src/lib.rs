@@ -493,11 +493,16 @@ impl Cache {
     /// Engine status, owner names from the registry, and per-process
     /// liveness.
     pub fn status(&self) -> Result<CacheStatus> {
-        let (region, names) = {
+        let holder = self.region.lock_holder();
+        let started = std::time::Instant::now();
+        let (region, names, waited) = {
             let g = self.region.lock()?;
-            (g.status()?, names_of(&g))
+            let waited = started.elapsed();
+            (g.status()?, names_of(&g), waited)
         };
-        Ok(self.status_of(region, names))
+        let mut st = self.status_of(region, names);
+        (st.lock_holder, st.lock_waited) = (holder, waited);
+        Ok(st)
     }
 
     /// The underlying region.
@@ -603,6 +608,14 @@ pub struct CacheStatus {
     pub region: Status,
     pub owner_names: BTreeMap<OwnerId, String>,
     pub pids: Vec<PidStatus>,
+    /// Who held the region lock when the status was asked for (read from
+    /// the lock word before waiting for it; None: it was free, or this is
+    /// [`Cache::status_locked`]).
+    pub lock_holder: Option<LockHolder>,
+    /// How long taking the lock for this status waited (a long wait with a
+    /// holder: a process holds the lock that long; see
+    /// docs/operations.md).
+    pub lock_waited: std::time::Duration,
 }
 
 impl CacheStatus {

@@ -55,8 +55,9 @@ fn worker_op() {
     let mut g = r.lock().unwrap();
     match std::env::var("CACHEM_TEST_OP").unwrap().as_str() {
         "insert" => {
-            // Owner 23 shares owner 1's bucket: the insert links a chain.
-            g.insert(OwnerId(23), &[0xEE; 300]).unwrap();
+            // Owner 1 + USER_BUCKETS shares owner 1's bucket: the insert
+            // links a chain.
+            g.insert(OwnerId(1 + cachem::format::USER_BUCKETS as u32), &[0xEE; 300]).unwrap();
         }
         "remove" => {
             let id: RecordId = std::env::var("CACHEM_TEST_ID").unwrap().parse().unwrap();
@@ -176,7 +177,11 @@ fn fault_case(policy: Compaction, op: &str, point: &str, step: u64) {
         assert!(got.iter().filter(|(id, _)| before.contains_key(id)).all(|(id, v)| before[id] == *v));
         match extra.as_slice() {
             [] => false,
-            [(_, (23, bytes))] if bytes == &vec![0xEE; 300] => true,
+            [(_, (o, bytes))]
+                if *o == 1 + cachem::format::USER_BUCKETS as u32 && bytes == &vec![0xEE; 300] =>
+            {
+                true
+            }
             other => panic!("{op} at {point}: unexpected records {other:?}"),
         }
     } else if got == after {
@@ -221,7 +226,7 @@ fn worker_torture() {
         .unwrap();
     // Every worker's owner is in the same owner bucket: they all share
     // one chain of the owner index, which kills land in the middle of.
-    let owner = OwnerId(100 + slot * cachem::format::OWNER_BUCKETS as u32);
+    let owner = OwnerId(100 + slot * cachem::format::USER_BUCKETS as u32);
     let pid = std::process::id();
     let mut rng = Rng::seeded();
     let mut mine: BTreeMap<RecordId, Vec<u8>> = BTreeMap::new();

@@ -120,14 +120,21 @@ fn reap_reports_what_it_reclaimed() {
 fn pid_reuse_is_told_apart_by_start_time() {
     let d = TempDir::new("reuse");
     let cache = Cache::open(&config(d.path())).unwrap();
-    // pid 1 is alive; one record carries its real start time, one a forged one.
-    let start1 = cachem::sys::process::start_time(1).expect("/proc/1/stat");
+    // A live child of ours (its /proc/<pid>/ns/time is readable: a pid
+    // whose time namespace cannot be read is never judged, see
+    // tests/timens.rs); one record carries its real start time, one a
+    // forged one.
+    let mut child = Reaped(
+        std::process::Command::new("sleep").arg("60").stdin(std::process::Stdio::null()).spawn().unwrap(),
+    );
+    let pid = child.0.id();
+    let start1 = cachem::sys::process::start_time(pid).expect("/proc/<pid>/stat");
     let (real, forged) = {
         let mut g = cache.lock().unwrap();
         let mut l = g.layout();
-        let real = l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 }, b"init's").unwrap();
+        let real = l.insert(OwnerId::PROCESS, ProcTag { pid, start_time: start1 }, b"the child's").unwrap();
         let forged =
-            l.insert(OwnerId::PROCESS, ProcTag { pid: 1, start_time: start1 + 777 }, b"old pid 1").unwrap();
+            l.insert(OwnerId::PROCESS, ProcTag { pid, start_time: start1 + 777 }, b"an old process").unwrap();
         (real, forged)
     };
     let rep = cache.reap().unwrap();
@@ -135,6 +142,18 @@ fn pid_reuse_is_told_apart_by_start_time() {
     let g = cache.lock().unwrap();
     assert!(g.get(real).is_some(), "matching start time: alive, kept");
     assert!(g.get(forged).is_none(), "same pid, other start time: dead, reaped");
+    drop(g);
+    let _ = child.0.kill();
+}
+
+/// A child killed and waited for when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -252,4 +271,66 @@ fn an_id_call_inside_a_guard_does_not_deadlock_with_an_attach() {
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(20)), Ok(true), "attach and id() deadlocked");
     assert_eq!(holder.join().unwrap(), cache.id("late-name").unwrap());
+}
+
+/// Worker: insert 3 process-scoped records, then a second thread takes the
+/// lock and holds it (the main thread sleeps) until the process is killed.
+#[test]
+fn worker_second_thread_holds() {
+    if !is_worker() {
+        return;
+    }
+    let dir = std::env::var("CACHEM_TEST_DIR").unwrap();
+    let cache = std::sync::Arc::new(Cache::open(&config(dir.as_ref())).unwrap());
+    {
+        let mut g = cache.lock().unwrap();
+        for i in 0..3u8 {
+            g.insert(OwnerId::PROCESS, &[i; 40]).unwrap();
+        }
+    }
+    let c = cache.clone();
+    std::thread::spawn(move || {
+        let _g = c.lock().unwrap();
+        say("holding");
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Item 11 of issue 21: when a process is SIGKILLed while its second
+/// thread holds the lock, the kernel releases the lock as that thread
+/// exits, possibly before the main thread (whose state `/proc/<pid>/stat`
+/// shows) starts to exit. The waiter that gets the lock with EOWNERDEAD
+/// must still judge the process dead and reap its records at once, not
+/// one reap later. Several rounds, since the order of the two threads'
+/// exits varies.
+#[test]
+fn a_process_killed_while_its_second_thread_holds_the_lock_is_reaped_by_the_next_locker() {
+    for round in 0..8 {
+        let d = TempDir::new("thread-holder");
+        let cache = Cache::open(&config(d.path()).lock_timeout(Some(Duration::from_secs(30)))).unwrap();
+        let env = [("CACHEM_TEST_DIR", d.path().display().to_string())];
+        let mut w = spawn_worker("worker_second_thread_holds", &env);
+        assert_eq!(read_line_timeout(&mut w, Duration::from_secs(30)), "holding");
+        let pid = w.id();
+        std::thread::scope(|s| {
+            // A waiter already asleep on the lock when the holder dies.
+            let waiter = s.spawn(|| {
+                let g = cache.lock().unwrap();
+                let left = g.iter_owner_meta(OwnerId::PROCESS).filter(|(m, _)| m.pid == pid).count();
+                (left, g.status().unwrap().counters.reaped_records)
+            });
+            // Give the waiter a moment to block (not a timing assertion:
+            // the outcome must be the same whenever it starts waiting).
+            std::thread::sleep(Duration::from_millis(20));
+            sigkill(&mut w);
+            let (left, reaped) = waiter.join().unwrap();
+            assert_eq!(
+                left, 0,
+                "round {round}: the killed process's records outlived the lock it died holding"
+            );
+            assert_eq!(reaped, 3, "round {round}");
+        });
+        assert_eq!(wait_timeout(&mut w, Duration::from_secs(30)).signal(), Some(9));
+    }
 }

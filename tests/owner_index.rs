@@ -83,8 +83,7 @@ fn worker_index() {
 fn processes_sharing_an_owner_bucket_run_the_seeds_loops_at_once() {
     let d = TempDir::new("shared");
     let cache = Cache::open(&config(d.path())).unwrap();
-    let owners =
-        [5u32, 5 + cachem::format::OWNER_BUCKETS as u32, 5 + 2 * cachem::format::OWNER_BUCKETS as u32];
+    let owners = [5u32, 5 + cachem::format::USER_BUCKETS as u32, 5 + 2 * cachem::format::USER_BUCKETS as u32];
     let mut ws: Vec<_> = owners
         .iter()
         .map(|o| {

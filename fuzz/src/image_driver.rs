@@ -9,8 +9,16 @@
 //! journal, or under `Deferred` a block marked dead whose entry was not yet
 //! cleared), the rest is a list
 //! of patches `[off: u16 LE][n: u8][n bytes]` overlaid on that valid image
-//! (bit 15 of `off` counts from the end, where the table lives). An image
-//! whose immutable header is refused is driven again with it repaired.
+//! (bit 15 of `off` counts from the end, where the table and the lock
+//! trailer live; a built image's trailer holds an initialised mutex). An
+//! image whose immutable header is refused is driven again with it
+//! repaired.
+//!
+//! Each image is also attached as a region file (stamped with this boot and
+//! pid namespace, so its mutex bytes are taken as found) and locked with a
+//! short timeout: whatever the mutex bytes (kind zeroed, a lock word naming
+//! a dead thread, the owner-died or waiters bit set with no waiter), the
+//! lock gives an error or a recovered region, never a wait without bound.
 use cachem_core as cm;
 
 /// The image that a short input describes (for the seed generator).
@@ -50,6 +58,7 @@ pub fn fuzz_image(data: &[u8]) {
         imgs.push(build(data));
     }
     for mut img in imgs {
+        drive_region(&mut img);
         if !run(img.bytes(), data) && check_size(img.1 as u64).is_ok() {
             // Repair the immutable fields so the mutable state gets exercised.
             let n = img.1 as u64;
@@ -75,6 +84,13 @@ fn build(data: &[u8]) -> Img {
     let deferred = b(0) & 0x80 != 0;
     let compaction = if deferred { Compaction::Deferred } else { Compaction::Eager };
     format(img.bytes(), &FormatOptions { generation, compaction, ..Default::default() }).unwrap();
+    let m = img.bytes()[mutex_offset(size as u64) as usize..].as_mut_ptr().cast();
+    // SAFETY: the trailer's mutex bytes lie inside the image, 8-aligned (a
+    // Vec<u64>), and no thread uses them as a mutex; the image is copied
+    // into a region file before it is ever locked.
+    unsafe { cm::sys::mutex::init(m) }.unwrap();
+    bytemuck::from_bytes_mut::<Header>(&mut img.bytes()[..HEADER_SIZE]).mutex_size =
+        cm::sys::mutex::SIZE as u32;
     let mut l = Layout::open(img.bytes()).unwrap();
     let ids: Vec<RecordId> = (0..seed as usize & 15)
         .map(|i| {
@@ -174,6 +190,56 @@ fn crash_deferred_remove(b: &mut [u8], seed: u8) -> Option<RecordId> {
     let o = e.o_beg as usize;
     b[o..o + 4].copy_from_slice(&DEAD_SLOT.to_ne_bytes());
     Some(RecordId::new(slot, e.gen))
+}
+
+/// The region stage (see the module docs). Works on a copy in a scratch
+/// directory; the lock waits at most 10 ms for a holder that exists.
+fn drive_region(img: &mut Img) {
+    use std::os::unix::fs::DirBuilderExt;
+    if check_size(img.1 as u64).is_err() || img.1 < HEADER_SIZE + TRAILER_SIZE {
+        return;
+    }
+    let mut copy = Img::from(img.bytes());
+    let h: &mut Header = bytemuck::from_bytes_mut(&mut copy.bytes()[..HEADER_SIZE]);
+    (h.boot_id, h.pid_ns) = (cm::sys::process::boot_id(), cm::sys::process::pid_namespace(None));
+    let dir = std::env::temp_dir().join(format!("cachem-fuzz-{}", std::process::id()));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let path = dir.join(format!("img-{:?}", std::thread::current().id()));
+    std::fs::write(&path, copy.bytes()).unwrap();
+    let opts = cm::RegionOptions {
+        create: false,
+        trust_dir: true,
+        lock_timeout: Some(std::time::Duration::from_millis(10)),
+        ..Default::default()
+    };
+    // A timeout only for a holder that exists: a lock word naming a
+    // missing thread (or none) is recovered from. (Attach locks too.)
+    let bounded = |e: &Error| {
+        if let Error::LockTimeout { holder_pid, holder_tid, .. } = e {
+            assert!(holder_pid.is_some(), "the lock timed out on a missing holder, tid {holder_tid}");
+        }
+    };
+    match cm::Region::open_path(path.clone(), &opts) {
+        Ok(r) => {
+            for _ in 0..2 {
+                match r.lock() {
+                    Ok(g) => {
+                        let _ = (g.verify(), g.status());
+                        drop(g);
+                        // Our guard released it: free now (no other
+                        // thread of this process uses the file).
+                        let h = r.lock_holder();
+                        assert!(h.is_none(), "the lock stays held after a guard: {h:?}");
+                    }
+                    Err(e) => bounded(&e),
+                }
+            }
+        }
+        Err(e) => bounded(&e),
+    }
+    let _ = std::fs::remove_file(cm::region::default_lock_path(&path));
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Drives one image; false if `Layout::open` refuses it.

@@ -1,16 +1,21 @@
 #!/bin/sh
 # The install test of the Debian packages (make deb-test). As root:
-#  1. install cachem_*.deb and libapache2-mod-cachem_*.deb with dpkg;
+#  0. lintian on every package: any error or warning fails the test (the
+#     overrides the packages carry are in packaging/deb/lintian-overrides);
+#  1. install all five packages (libcachem0, libcachem-dev, cachem,
+#     libapache2-mod-cachem, libapache2-mod-cachem-example) with dpkg;
 #  2. check the CLI, its man pages and completions, and the C library: a C
-#     program built with `pkg-config --cflags --libs cachem` runs against
-#     libcachem.so.0 found by the dynamic loader;
+#     program built with `pkg-config --cflags --libs cachem` (libcachem-dev)
+#     runs against libcachem.so.0 (libcachem0) found by the dynamic loader;
 #  3. a2enmod cachem; start the packaged /usr/sbin/apache2 with a config of
 #     its own (-f, -DFOREGROUND) on a free 127.0.0.1 port that includes
 #     /etc/apache2/mods-enabled/cachem.{load,conf}; read the cachem section
 #     of /server-status?auto; the packaged CLI and the C program both work
-#     on the module's region, and the status shows their record;
-#  4. stop httpd by its own pid (SIGTERM), a2dismod cachem, purge both
-#     packages, and check that no file of either package, no a2enmod state
+#     on the module's region, and the status shows their record; then
+#     a2enmod cachem_example, a graceful restart that loads it, and its
+#     handler answers;
+#  4. stop httpd by its own pid (SIGTERM), a2dismod both modules, purge all
+#     packages, and check that no file of any package, no a2enmod state
 #     and no process of the test is left, and that the set of paths named
 #     *cachem* under /usr, /etc and /var/lib is the one found at the start.
 # Every wait is bounded. On any failure the EXIT trap stops httpd and purges.
@@ -18,24 +23,31 @@ set -eu
 DEBDIR=$(cd "$1" && pwd)
 cd "$(dirname "$0")/../.."
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+DEBVERSION=$(dpkg-parsechangelog -l packaging/deb/changelog -S Version)
 ARCH=$(dpkg --print-architecture)
-CACHEM_DEB=$DEBDIR/cachem_${VERSION}_${ARCH}.deb
-MOD_DEB=$DEBDIR/libapache2-mod-cachem_${VERSION}_${ARCH}.deb
+PACKAGES=$(sed -n 's/^Package: //p' packaging/deb/control)
+# Removal order: the dependents first.
+PURGE_ORDER="libapache2-mod-cachem-example libapache2-mod-cachem cachem libcachem-dev libcachem0"
+# shellcheck disable=SC2086
+[ "$(printf '%s\n' $PACKAGES | sort)" = "$(printf '%s\n' $PURGE_ORDER | sort)" ] \
+	|| { echo "deb-test: packaging/deb/control names other packages than PURGE_ORDER" >&2; exit 1; }
+DEBS=
+for p in $PACKAGES; do DEBS="$DEBS $DEBDIR/${p}_${DEBVERSION}_${ARCH}.deb"; done
 T0=$(date +%s)
 
 say() { echo "deb-test: $*"; }
 fail() { echo "deb-test: FAILED: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "needs root (it installs packages)"
-[ -f "$CACHEM_DEB" ] && [ -f "$MOD_DEB" ] || fail "no packages in $DEBDIR (run make deb)"
-for p in cachem libapache2-mod-cachem; do
+for f in $DEBS; do [ -f "$f" ] || fail "no $f (run make deb)"; done
+for p in $PACKAGES; do
 	if dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q 'installed\|config-files'; then
 		fail "$p is already on this machine; the test installs and purges it (dpkg -P $p first)"
 	fi
 done
 # What the test needs besides the packages (apache2 provides apache2-api-*).
 missing=
-for p in apache2 apache2-utils curl pkg-config gcc libc6-dev man-db; do
+for p in apache2 apache2-utils curl pkg-config gcc libc6-dev man-db lintian; do
 	dpkg -s $p >/dev/null 2>&1 || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
@@ -66,7 +78,8 @@ cleanup() {
 	fi
 	if [ $rc -ne 0 ]; then
 		[ -f "$T/error.log" ] && { echo "--- httpd error.log"; tail -n 30 "$T/error.log"; } >&2
-		dpkg -P libapache2-mod-cachem cachem >/dev/null 2>&1 || true
+		# shellcheck disable=SC2086
+		dpkg -P $PURGE_ORDER >/dev/null 2>&1 || true
 		for d in $STATE_DIRS; do rmdir "$d" 2>/dev/null || true; done
 	fi
 	rm -rf "$T"
@@ -75,9 +88,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# ---- 0. lintian -----------------------------------------------------------
+# Errors (E:) and warnings (W:) fail; info (I:), pedantic (P:) and
+# overridden (O:) tags are shown, not fatal.
+# shellcheck disable=SC2086
+lintian --fail-on none --display-info --pedantic --show-overrides $DEBS >"$T/lintian.log" 2>&1 \
+	|| { cat "$T/lintian.log" >&2; fail "lintian did not run"; }
+sed 's/^/  /' "$T/lintian.log"
+! grep -q '^[EW]: ' "$T/lintian.log" || fail "lintian reports errors or warnings"
+say "lintian: no error or warning in$(printf ' %s' $PACKAGES)"
+
 # ---- 1. install ----------------------------------------------------------
-say "installing $(basename "$CACHEM_DEB") and $(basename "$MOD_DEB")"
-DEBIAN_FRONTEND=noninteractive dpkg -i "$CACHEM_DEB" "$MOD_DEB" >"$T/dpkg.log" 2>&1 || { cat "$T/dpkg.log"; fail "dpkg -i"; }
+say "installing$(for f in $DEBS; do printf ' %s' "$(basename "$f")"; done)"
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive dpkg -i $DEBS >"$T/dpkg.log" 2>&1 || { cat "$T/dpkg.log"; fail "dpkg -i"; }
 
 # ---- 2. the cachem package ------------------------------------------------
 [ "$(cachem --version)" = "cachem $VERSION" ] || fail "cachem --version: $(cachem --version)"
@@ -147,6 +171,8 @@ LoadModule status_module $MODDIR/mod_status.so
 Include /etc/apache2/mods-enabled/cachem.load
 Include /etc/apache2/mods-enabled/cachem.conf
 CACHEM debtest 1M
+# The example module, added later by a graceful restart.
+IncludeOptional "$T/extra/*.conf"
 User www-data
 Group www-data
 DocumentRoot "$T/htdocs"
@@ -192,6 +218,29 @@ R1=$(sed -n 's/^CachemRecords: //p' "$T/status2.txt")
 [ "$R1" = $((R0 + 1)) ] || fail "server-status shows $R1 records, expected $((R0 + 1))"
 say "CLI and C library work on the module's region; server-status shows their record"
 
+# The example package: a2enmod, then a graceful restart (SIGUSR1) loads it.
+a2enmod -q cachem_example || fail "a2enmod cachem_example"
+[ -L /etc/apache2/mods-enabled/cachem_example.load ] || fail "a2enmod cachem_example made no link"
+mkdir -p "$T/extra"
+cat > "$T/extra/example.conf" <<EOF
+Include /etc/apache2/mods-enabled/cachem_example.load
+<Location /example>
+	SetHandler cachem-example
+</Location>
+EOF
+env -i PATH=/usr/sbin:/usr/bin:/bin /usr/sbin/apache2 -f "$T/httpd.conf" -t >"$T/configtest.log" 2>&1 \
+	|| { cat "$T/configtest.log"; fail "apache2 -t with cachem_example"; }
+kill -USR1 "$HTTPD_PID"
+i=0
+until curl -sf --max-time 5 "http://127.0.0.1:$PORT/example" >"$T/example.txt" 2>/dev/null \
+	&& grep -q '^hits [0-9]' "$T/example.txt"; do
+	kill -0 "$HTTPD_PID" 2>/dev/null || { cat "$T/httpd.out"; fail "httpd exited at the graceful restart"; }
+	i=$((i + 1)); [ $i -lt 150 ] || { cat "$T/example.txt"; fail "no answer from cachem_example within 15 s"; }
+	sleep 0.1
+done
+grep -q '^owner [0-9]* ' "$T/example.txt" || { cat "$T/example.txt"; fail "cachem_example's answer"; }
+say "the example module answers after a2enmod cachem_example and a graceful restart"
+
 # ---- 4. stop, disable, purge, check ---------------------------------------
 kill -TERM "$HTTPD_PID"
 i=0
@@ -207,20 +256,25 @@ while ps -eo sid= | grep -qx " *$HTTPD_PID"; do
 	sleep 0.1
 done
 HTTPD_PID=
+a2dismod -q cachem_example || fail "a2dismod cachem_example"
 a2dismod -q cachem || fail "a2dismod cachem"
 [ ! -e /etc/apache2/mods-enabled/cachem.load ] || fail "a2dismod left mods-enabled/cachem.load"
+[ ! -e /etc/apache2/mods-enabled/cachem_example.load ] || fail "a2dismod left mods-enabled/cachem_example.load"
 
-FILES=$( (dpkg-deb -c "$CACHEM_DEB"; dpkg-deb -c "$MOD_DEB") | awk '$1 !~ /^d/ { print $6 }' | sed 's|^\.||')
-say "purging both packages"
-DEBIAN_FRONTEND=noninteractive dpkg -P libapache2-mod-cachem cachem >"$T/purge.log" 2>&1 || { cat "$T/purge.log"; fail "dpkg -P"; }
-for p in cachem libapache2-mod-cachem; do
+FILES=$(for f in $DEBS; do dpkg-deb -c "$f"; done | awk '$1 !~ /^d/ { print $6 }' | sed 's|^\.||')
+say "purging$(printf ' %s' $PURGE_ORDER)"
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive dpkg -P $PURGE_ORDER >"$T/purge.log" 2>&1 || { cat "$T/purge.log"; fail "dpkg -P"; }
+for p in $PACKAGES; do
 	if dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q 'installed\|config-files'; then fail "$p still known to dpkg"; fi
 done
 for f in $FILES; do
 	[ ! -e "$f" ] && [ ! -L "$f" ] || fail "$f is left after the purge"
 done
 for f in /etc/apache2/mods-enabled/cachem.load /etc/apache2/mods-enabled/cachem.conf \
-	/var/lib/apache2/module/enabled_by_admin/cachem /var/lib/apache2/module/disabled_by_admin/cachem; do
+	/etc/apache2/mods-enabled/cachem_example.load \
+	/var/lib/apache2/module/enabled_by_admin/cachem /var/lib/apache2/module/disabled_by_admin/cachem \
+	/var/lib/apache2/module/enabled_by_admin/cachem_example /var/lib/apache2/module/disabled_by_admin/cachem_example; do
 	[ ! -e "$f" ] && [ ! -L "$f" ] || fail "$f is left after the purge"
 done
 ldconfig -p | grep -q 'libcachem.so' && fail "libcachem is still in the loader cache"
@@ -228,4 +282,4 @@ for d in $STATE_DIRS; do rmdir "$d" || fail "$d is not empty after the purge"; d
 [ "$APACHE_BEFORE" = "$(apache_tree)" ] || fail "/etc/apache2 or /var/lib/apache2 changed: $(apache_tree | diff "$T/apache-before" - )"
 AFTER=$(snapshot)
 [ "$BEFORE" = "$AFTER" ] || fail "paths named *cachem* changed: $(snapshot | diff "$T/before" -)"
-say "ok: installed, served, purged; nothing of cachem left ($(( $(date +%s) - T0 )) s)"
+say "ok: lintian-clean, installed, served, purged; nothing of cachem left ($(( $(date +%s) - T0 )) s)"

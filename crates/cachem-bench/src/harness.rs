@@ -48,11 +48,37 @@ pub struct Gen {
     free: VecDeque<u32>,
     next_slot: u32,
     rng: Rng,
+    /// Index in `live` of the oldest record, for [`Gen::order`]'s FIFO
+    /// (`live` is a ring in insertion order while only FIFO changes it).
+    head: usize,
+}
+
+/// The order of a churn: which record a remove takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Insert a record, then remove it (a request handler's pattern).
+    Lifo,
+    /// Remove the oldest record, insert a new one (a queue).
+    Fifo,
+    /// Remove a random record, insert a new one.
+    Random,
+}
+
+impl Order {
+    pub const ALL: [Order; 3] = [Order::Lifo, Order::Fifo, Order::Random];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Order::Lifo => "lifo",
+            Order::Fifo => "fifo",
+            Order::Random => "random",
+        }
+    }
 }
 
 impl Gen {
     pub fn new(seed: u64) -> Gen {
-        Gen { live: Vec::new(), free: VecDeque::new(), next_slot: 0, rng: Rng::new(seed) }
+        Gen { live: Vec::new(), free: VecDeque::new(), next_slot: 0, rng: Rng::new(seed), head: 0 }
     }
 
     /// Forget everything (after the store was cleared).
@@ -60,6 +86,7 @@ impl Gen {
         self.live.clear();
         self.free.clear();
         self.next_slot = 0;
+        self.head = 0;
     }
 
     #[cfg(test)]
@@ -111,6 +138,58 @@ impl Gen {
         v
     }
 
+    /// Puts `n` never-used slots on the free list (behind any freed ones),
+    /// so that an insert takes a slot freed `n` inserts earlier: under
+    /// [`Gen::order`] FIFO the keys then advance like a queue's (a new key
+    /// past the newest, the oldest removed) instead of reusing the key just
+    /// removed, which in a sorted store (LMDB) would hit the same leaf.
+    pub fn spare(&mut self, n: usize) {
+        for _ in 0..n {
+            let s = self.next_slot;
+            self.next_slot += 1;
+            self.free.push_back(s);
+        }
+    }
+
+    /// `pairs` (insert, remove) pairs in `order`, `2 * pairs` ops: LIFO
+    /// inserts a record and removes it; FIFO removes the oldest live record
+    /// and inserts a new one; random removes a random live record and
+    /// inserts a new one. The live count stays where it is.
+    pub fn order(&mut self, order: Order, pairs: usize) -> Vec<Op> {
+        let mut v = Vec::with_capacity(2 * pairs);
+        for _ in 0..pairs {
+            match order {
+                Order::Lifo => {
+                    let s = self.alloc();
+                    v.push(Op::Insert(s));
+                    v.push(Op::Remove(s));
+                    self.free.push_back(s);
+                }
+                Order::Fifo => {
+                    if self.head >= self.live.len() {
+                        self.head = 0;
+                    }
+                    let old = self.live[self.head];
+                    v.push(Op::Remove(old));
+                    self.free.push_back(old);
+                    let s = self.alloc();
+                    v.push(Op::Insert(s));
+                    // The new record takes the oldest's place in the ring:
+                    // the next oldest is at head + 1.
+                    self.live[self.head] = s;
+                    self.head += 1;
+                }
+                Order::Random => {
+                    v.push(Op::Remove(self.take_random_live()));
+                    let s = self.alloc();
+                    self.live.push(s);
+                    v.push(Op::Insert(s));
+                }
+            }
+        }
+        v
+    }
+
     /// The churn mix: 50% get, 25% insert, 25% remove of random live
     /// records, keeping the live count within `target` ± `target`/16 (when a
     /// bound is hit, an insert becomes a remove or the reverse, so the mix
@@ -154,6 +233,8 @@ pub struct Budget {
     pub two_proc_secs: f64,
     /// Runs per two-process measurement.
     pub two_proc_runs: usize,
+    /// A `--quick` run (smaller sizes, shorter latency runs).
+    pub quick: bool,
 }
 
 /// One run: calls `step` (which returns ops done and the time it timed)
@@ -221,6 +302,70 @@ mod tests {
                 Op::Remove(s) => assert!(live.remove(&s)),
             }
         }
+    }
+
+    /// Replays `ops` on a model and checks each refers to a live slot (or
+    /// inserts a free one); returns the model's live slots in insertion
+    /// order (oldest first).
+    fn replay(start: &[u32], ops: &[Op]) -> Vec<u32> {
+        let mut live: VecDeque<u32> = start.iter().copied().collect();
+        for op in ops {
+            match *op {
+                Op::Insert(s) => {
+                    assert!(!live.contains(&s), "insert of live slot {s}");
+                    live.push_back(s);
+                }
+                Op::Remove(s) => {
+                    let k = live.iter().position(|&x| x == s).expect("remove of a live slot");
+                    live.remove(k);
+                }
+                Op::Get(s) => assert!(live.contains(&s)),
+            }
+        }
+        live.into()
+    }
+
+    #[test]
+    fn orders_remove_what_they_say() {
+        for order in Order::ALL {
+            let mut g = Gen::new(3);
+            let start = g.fill_to(50);
+            g.spare(50);
+            let mut all = Vec::new();
+            for _ in 0..7 {
+                all.extend(g.order(order, 40));
+            }
+            assert_eq!(all.len(), 7 * 80);
+            assert_eq!(g.live(), 50);
+            let end = replay(&start, &all);
+            assert_eq!(end.len(), 50);
+            let mut model: VecDeque<u32> = start.iter().copied().collect();
+            for pair in all.chunks(2) {
+                match (order, pair[0], pair[1]) {
+                    (Order::Lifo, Op::Insert(a), Op::Remove(b)) => assert_eq!(a, b),
+                    (Order::Fifo, Op::Remove(a), Op::Insert(b)) => {
+                        assert_eq!(model.pop_front(), Some(a), "FIFO removes the oldest");
+                        // With 50 spares, the new key is never the one just removed.
+                        assert_ne!(a, b);
+                        model.push_back(b);
+                    }
+                    (Order::Random, Op::Remove(a), Op::Insert(b)) => {
+                        let k = model.iter().position(|&x| x == a).expect("live");
+                        model.remove(k);
+                        model.push_back(b);
+                    }
+                    (o, x, y) => panic!("{o:?}: unexpected pair {x:?}, {y:?}"),
+                }
+            }
+            if order != Order::Lifo {
+                assert_eq!(end, Vec::from(model));
+            }
+        }
+        // Random really is not FIFO: some remove is not of the oldest.
+        let mut g = Gen::new(5);
+        let start = g.fill_to(100);
+        let ops = g.order(Order::Random, 100);
+        assert!(ops.chunks(2).zip(&start).any(|(p, &s)| p[0] != Op::Remove(s)));
     }
 
     #[test]

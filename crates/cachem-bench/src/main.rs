@@ -6,7 +6,7 @@
 //! cargo run --release -p cachem-bench -- [--quick] [--no-write | --write]
 //!     [--systems mutex,cachem,cachem-eager,lmdb1,lmdb100,redis,redis16,memcached]
 //!     [--workloads insert,get,remove,remove1k,remove100k,remove1m,churn1k,churn100k,churn1m,
-//!                  iterate,latency,remove-cost,two-proc]
+//!                  iterate,orders,churn-lifo1k,..,churn-random1m,access,latency,remove-cost,two-proc]
 //!     [--remove-sizes 64K,1M,16M,256M] [--docs DIR]
 //! ```
 //!
@@ -17,13 +17,14 @@
 //! (`crates/cachem-bench/setup.sh`, run by `make bench`); without them their
 //! rows are skipped. The bench starts and stops its own servers.
 
+mod access;
 mod harness;
 mod remove_cost;
 mod report;
 mod servers;
 mod stores;
 
-use harness::{median, run_once, timed, Budget, Gen};
+use harness::{median, run_once, timed, Budget, Gen, Order};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +34,8 @@ use stores::{Spec, Store, ITER_PER_OWNER};
 const USAGE: &str = "usage: cachem-bench [--quick] [--no-write | --write]
     [--systems mutex,cachem,cachem-eager,lmdb1,lmdb100,redis,redis16,memcached]
     [--workloads insert,get,remove,remove1k,remove100k,remove1m,churn1k,churn100k,churn1m,
-                 iterate,latency,remove-cost,two-proc]
+                 iterate,orders,churn-lifo1k,..,churn-random1m,access,latency,remove-cost,two-proc]
+(orders: churn-{lifo,fifo,random}{1k,100k,1m})
     [--remove-sizes 64K,1M,16M,256M] [--docs DIR]
 A full run (no --quick, no filter) rewrites the cachem-bench section of
 DIR/benchmarks.md and DIR/remove_cost.svg (DIR: the repository's docs/)
@@ -53,6 +55,8 @@ pub enum Workload {
     Remove(usize),
     Churn(usize),
     Iterate,
+    /// (insert, remove) pairs in one order at N live; per op.
+    Order(Order, usize),
 }
 
 impl Workload {
@@ -64,7 +68,15 @@ impl Workload {
             Workload::Remove(n) => format!("remove{}", report::short_count(n).to_lowercase()),
             Workload::Churn(n) => format!("churn{}", report::short_count(n).to_lowercase()),
             Workload::Iterate => "iterate".into(),
+            Workload::Order(o, n) => {
+                format!("churn-{}{}", o.key(), report::short_count(n).to_lowercase())
+            }
         }
+    }
+
+    /// The group a `--workloads` name selects at once ("orders").
+    fn group(self) -> Option<&'static str> {
+        matches!(self, Workload::Order(..)).then_some("orders")
     }
 }
 
@@ -140,6 +152,10 @@ impl Args {
 
     fn wants(&self, key: &str) -> bool {
         self.workloads.as_ref().is_none_or(|v| v.iter().any(|s| s == key))
+    }
+
+    fn wants_workload(&self, w: Workload) -> bool {
+        self.wants(&w.key()) || w.group().is_some_and(|g| self.wants(g))
     }
 }
 
@@ -244,6 +260,15 @@ fn measure(store: &mut dyn Store, w: Workload, b: &Budget) -> Option<f64> {
                 (ops.len() as u64, timed(|| s.exec(&ops)))
             })
         }
+        Workload::Order(o, n) => {
+            store.fill(&gen.fill_to(n));
+            // Keys freed n pairs ago are reused (see `Gen::spare`).
+            gen.spare(n);
+            Box::new(move |s| {
+                let ops = gen.order(o, chunk);
+                (ops.len() as u64, timed(|| s.exec(&ops)))
+            })
+        }
         Workload::Iterate => {
             if !store.setup_owners() {
                 return None;
@@ -264,24 +289,46 @@ fn measure(store: &mut dyn Store, w: Workload, b: &Budget) -> Option<f64> {
     Some(median(&runs))
 }
 
+/// How long the latency run of one system lasts: at least `min_ops` ops
+/// and (for a store that counts them) `min_compactions` compactions, at
+/// most `max_ops` ops or `max_secs` seconds, whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct LatencyRun {
+    pub min_ops: usize,
+    pub min_compactions: u64,
+    pub max_ops: usize,
+    pub max_secs: f64,
+}
+
 /// Per-op latency of the churn mix at `live` records: each op timed alone,
-/// until `max_ops` ops or `secs` seconds. Returns the sorted ns per op.
-fn latency(store: &mut dyn Store, live: usize, max_ops: usize, secs: f64) -> Vec<f64> {
+/// for as long as `run` says. Returns the sorted ns per op and the
+/// compactions run during the timed window (None: the store has none).
+fn latency(store: &mut dyn Store, live: usize, run: LatencyRun) -> (Vec<f64>, Option<u64>) {
     store.clear();
     let mut gen = Gen::new(0x1a7e);
     store.fill(&gen.fill_to(live));
-    let end = Instant::now() + Duration::from_secs_f64(secs);
-    let mut v: Vec<f64> = Vec::with_capacity(max_ops);
-    while v.len() < max_ops && Instant::now() < end {
+    let c0 = store.compactions();
+    let end = Instant::now() + Duration::from_secs_f64(run.max_secs);
+    let mut v: Vec<f64> = Vec::with_capacity(run.min_ops);
+    let mut done = 0;
+    while v.len() < run.max_ops && Instant::now() < end {
         for op in gen.churn(live, 4096) {
             let t = Instant::now();
             store.exec(std::slice::from_ref(&op));
             v.push(t.elapsed().as_nanos() as f64);
         }
+        // The counter is read under the lock: between chunks, untimed.
+        done = match (c0, store.compactions()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0,
+        };
+        if v.len() >= run.min_ops && (c0.is_none() || done >= run.min_compactions) {
+            break;
+        }
     }
     store.clear();
     v.sort_by(f64::total_cmp);
-    v
+    (v, c0.map(|_| done))
 }
 
 /// Churn for `secs` seconds; ops per second of time spent in the store.
@@ -356,6 +403,26 @@ fn child_main(spec: &str) {
     println!("ops {r}");
 }
 
+/// The latency run of `system`: cachem deferred runs until it has
+/// compacted several times (a compaction every ~N removes, i.e. every ~4N
+/// ops of the mix: 16 M ops for 4 at 1M live); the others as long as before
+/// (under Eager every remove compacts; LMDB has no compaction).
+fn latency_run(quick: bool, system: &str) -> LatencyRun {
+    let deferred = system == "cachem";
+    match (quick, deferred) {
+        (true, true) => {
+            LatencyRun { min_ops: 300_000, min_compactions: 4, max_ops: 4_000_000, max_secs: 10.0 }
+        }
+        (true, false) => LatencyRun { min_ops: 300_000, min_compactions: 0, max_ops: 300_000, max_secs: 1.0 },
+        (false, true) => {
+            LatencyRun { min_ops: 3_000_000, min_compactions: 4, max_ops: 24_000_000, max_secs: 60.0 }
+        }
+        (false, false) => {
+            LatencyRun { min_ops: 3_000_000, min_compactions: 0, max_ops: 3_000_000, max_secs: 4.0 }
+        }
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("CACHEM_BENCH_CHILD") {
         child_main(&spec);
@@ -371,6 +438,7 @@ fn main() {
             chunk: 256,
             two_proc_secs: 0.3,
             two_proc_runs: 1,
+            quick,
         }
     } else {
         Budget {
@@ -379,6 +447,7 @@ fn main() {
             chunk: 256,
             two_proc_secs: 1.0,
             two_proc_runs: 3,
+            quick,
         }
     };
     let started = Instant::now();
@@ -489,7 +558,10 @@ fn main() {
     workloads.extend(remove_sizes.iter().map(|&n| Workload::Remove(n)));
     workloads.extend(churn_sizes.iter().map(|&n| Workload::Churn(n)));
     workloads.push(Workload::Iterate);
-    workloads.retain(|w| args.wants(&w.key()));
+    for o in Order::ALL {
+        workloads.extend(churn_sizes.iter().map(|&n| Workload::Order(o, n)));
+    }
+    workloads.retain(|&w| args.wants_workload(w));
 
     // Single process.
     let mut results = report::Results::new(&systems, &workloads);
@@ -497,13 +569,22 @@ fn main() {
         for (si, sys) in systems.iter().enumerate() {
             if sys.key == "cachem-eager" && matches!(w, Workload::Remove(n) if n > BASIC_N) {
                 // Quadratic under Eager: removing 100,000 records takes ~27 s.
-                eprintln!("{:<10} {:<40} {:>12}", w.key(), sys.label, "skipped");
+                eprintln!("{:<16} {:<40} {:>12}", w.key(), sys.label, "skipped");
+                continue;
+            }
+            if sys.key == "cachem-eager"
+                && matches!(w, Workload::Order(o, n) if o != Order::Lifo && n > 1_000)
+            {
+                // O(tail) per remove under Eager: the region is compacted at
+                // all times, so removing the oldest (or a random) record
+                // moves every block after it (~70 MB at 1M live).
+                eprintln!("{:<16} {:<40} {:>12}", w.key(), sys.label, "skipped");
                 continue;
             }
             let t = Instant::now();
             let r = measure(stores[si].as_mut(), w, &budget);
             eprintln!(
-                "{:<10} {:<40} {:>12}   ({:.1} s)",
+                "{:<16} {:<40} {:>12}   ({:.1} s)",
                 w.key(),
                 sys.label,
                 r.map(report::fmt_ns).unwrap_or_else(|| "n/a".into()),
@@ -517,27 +598,45 @@ fn main() {
     let mut lat = Vec::new();
     if args.wants("latency") {
         let live = if quick { 100_000 } else { 1_000_000 };
-        let (max_ops, secs) = if quick { (300_000, 1.0) } else { (3_000_000, 4.0) };
         for (si, sys) in systems.iter().enumerate() {
             if !matches!(sys.key, "cachem" | "cachem-eager" | "lmdb1") {
                 continue;
             }
+            let run = latency_run(quick, sys.key);
             let t = Instant::now();
-            let v = latency(stores[si].as_mut(), live, max_ops, secs);
-            let row = report::Latency::of(si, live, &v);
+            let (v, compactions) = latency(stores[si].as_mut(), live, run);
+            let row = report::Latency::of(si, live, &v, compactions);
             eprintln!(
-                "latency {:>5} {:<40} p50 {} p99 {} p99.9 {} max {} ({} ops, {:.1} s)",
+                "latency {:>5} {:<40} p50 {} p99 {} p99.9 {} max {} ({} over 1 ms; {} ops, {} compactions, {:.1} s)",
                 report::short_count(live),
                 sys.label,
                 report::fmt_ns(row.p50),
                 report::fmt_ns(row.p99),
                 report::fmt_ns(row.p999),
                 report::fmt_ns(row.max),
+                row.over_1ms,
                 row.ops,
+                row.compactions.map_or("no".into(), |c| c.to_string()),
                 t.elapsed().as_secs_f64()
             );
             lat.push(row);
         }
+    }
+
+    // The limit of a random access, next to the reads, at 1M live (100k
+    // in quick runs).
+    let mut acc = None;
+    if args.wants("access") {
+        let live = if quick { 100_000 } else { 1_000_000 };
+        let t = Instant::now();
+        let a = access::measure(d, live, budget.runs, budget.run_time);
+        eprintln!(
+            "access {:>5}: {} ({:.1} s)",
+            report::short_count(live),
+            a.summary(),
+            t.elapsed().as_secs_f64()
+        );
+        acc = Some(a);
     }
 
     // Remove cost against region size.
@@ -617,6 +716,7 @@ fn main() {
         &points,
         &two,
         &lat,
+        acc.as_ref(),
         &notes,
         (svg_name, lat_svg),
     );

@@ -451,7 +451,12 @@ fn run(cli: Cli) -> CliResult {
                 drop(out);
                 return watch::run(&cache, interval, form);
             }
-            let st = cache.status()?;
+            let mut st = cache.status()?;
+            // Attaching took the lock first: a wait for a holder happened
+            // there, or in the status, or both.
+            let at_open = cache.region().open_report();
+            st.lock_holder = st.lock_holder.or(at_open.lock_holder);
+            st.lock_waited += at_open.lock_waited;
             match format {
                 StatFormat::Json => writeln!(out, "{}", st.to_json())?,
                 StatFormat::Human => show::status_human(&mut out, &st)?,

@@ -109,6 +109,21 @@ pub fn exposition(region: &str, st: &CacheStatus) -> String {
         "1 while an interrupted operation waits for the next lock to finish it.",
         r.recovery_required.into(),
     );
+    e.single(
+        "cachem_lock_waited_microseconds",
+        "gauge",
+        "How long taking the region lock for this scrape waited (long: a process holds the lock that long).",
+        st.lock_waited.as_micros() as u64,
+    );
+    if let Some(h) = st.lock_holder {
+        e.family(
+            "cachem_lock_holder",
+            "gauge",
+            "1 with the pid and tid of the lock holder when the scrape began.",
+        );
+        let pid = h.pid.map_or(String::new(), |p| p.to_string());
+        e.sample("cachem_lock_holder", &[("pid", &pid), ("tid", &h.tid.to_string())], 1);
+    }
     let c = &r.counters;
     e.single("cachem_inserts_total", "counter", "Records inserted since the region was created.", c.inserts);
     e.single("cachem_removes_total", "counter", "Records removed since the region was created.", c.removes);

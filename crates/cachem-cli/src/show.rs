@@ -62,6 +62,7 @@ pub fn status_human(out: &mut impl Write, st: &CacheStatus) -> CliResult {
     if r.recovery_required {
         writeln!(out, "state     an interrupted compaction is pending (the next lock finishes it)")?;
     }
+    writeln!(out, "lock      {}", lock_line(st))?;
     writeln!(out)?;
     writeln!(out, "{:<10} {:<24} {:>8} {:>10}", "OWNER", "NAME", "RECORDS", "BYTES")?;
     for o in &r.owners {
@@ -159,6 +160,20 @@ pub fn list(
     Ok(())
 }
 
+/// Who held the lock when `stat` asked and how long `stat` waited for it.
+pub fn lock_line(st: &CacheStatus) -> String {
+    let waited = format!("{:.1} ms", st.lock_waited.as_secs_f64() * 1e3);
+    match st.lock_holder {
+        None => format!("free (stat waited {waited})"),
+        Some(h) => format!(
+            "held by pid {} (thread {}{}); stat waited {waited} for it",
+            h.pid.map_or("?".to_string(), |p| p.to_string()),
+            h.tid,
+            if h.owner_died { ", which died holding it" } else { "" }
+        ),
+    }
+}
+
 pub fn reap(out: &mut impl Write, rep: &ReapReport, json: bool) -> CliResult {
     if json {
         let v = json!({
@@ -167,9 +182,22 @@ pub fn reap(out: &mut impl Write, rep: &ReapReport, json: bool) -> CliResult {
             "dead": rep.dead.iter().map(|d| json!({
                 "pid": d.pid, "start_time": d.start_time, "records": d.records, "bytes": d.bytes,
             })).collect::<Vec<_>>(),
+            "unjudged": rep.unjudged.iter().map(|u| json!({
+                "pid": u.pid, "start_time": u.start_time, "records": u.records, "reason": u.reason.to_string(),
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
         return Ok(());
+    }
+    for u in &rep.unjudged {
+        writeln!(
+            out,
+            "not reaped: {} record{} of pid {} (its start time does not match, but {})",
+            u.records,
+            if u.records == 1 { "" } else { "s" },
+            u.pid,
+            u.reason
+        )?;
     }
     if rep.records == 0 {
         writeln!(out, "nothing to reap: no dead process has reapable records")?;

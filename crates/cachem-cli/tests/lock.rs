@@ -50,6 +50,18 @@ fn write_word(path: &Path, w: u32) {
     f.write_all(&w.to_ne_bytes()).unwrap();
 }
 
+/// Waits (at most 10 s) until a thread sleeps on the region's lock word (a
+/// waiter sets the waiters bit); false if none did.
+fn someone_sleeps_on(path: &Path) -> bool {
+    for _ in 0..2000 {
+        if read_word(path) & WAITERS != 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) on a child this test started.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
@@ -190,16 +202,7 @@ fn a_waiter_already_sleeping_when_the_word_turns_dead_gets_the_lock() {
         Reaped(spawn_worker("worker_lock_once", &[("CACHEM_TEST_DIR", d.path().display().to_string())]));
     let rx = lines(&mut waiter);
     assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "waiting");
-    // Until the waiter sleeps on the word (it sets the waiters bit).
-    let mut slept = false;
-    for _ in 0..2000 {
-        if read_word(&path) & WAITERS != 0 {
-            slept = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(slept, "the waiter never slept on the lock");
+    assert!(someone_sleeps_on(&path), "the waiter never slept on the lock");
     assert_eq!(read_word(&path), holder_tid | WAITERS);
     // The holder vanishes from the word: it names a thread nobody has.
     write_word(&path, free_tid() | WAITERS);
@@ -279,4 +282,48 @@ fn a_damaged_mutex_kind_is_refused_at_attach() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("trailer mutex kind"), "{o:?}");
+}
+
+/// `cachem stat` waits for a held lock (up to its timeout) and reports who
+/// held it and how long it waited, in the picture, `--json` and the
+/// Prometheus text.
+#[test]
+fn stat_shows_who_holds_the_lock_and_how_long_it_waited() {
+    let d = TempDir::new("statholder");
+    let r = Region::open("r", &opts(d.path())).unwrap();
+    let path = r.path().unwrap().to_path_buf();
+    let (mut holder, holder_tid, said) = spawn_holder(&d);
+    let pid = holder.id();
+    let stat = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["--dir", d.path().to_str().unwrap(), "stat", "r"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut s = Reaped(stat(&["--json"]));
+    // Until stat sleeps on the word, then let go.
+    assert!(someone_sleeps_on(&path), "stat never waited for the lock");
+    holder.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(said.recv_timeout(LIMIT).unwrap(), "released");
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["lock_wait"]["holder_pid"], pid, "{out}");
+    assert_eq!(v["lock_wait"]["holder_tid"], holder_tid, "{out}");
+    assert!(v["lock_wait"]["waited_ms"].as_f64().unwrap() > 0.0, "{out}");
+    // Free now: the picture and the Prometheus text say so.
+    let mut s = Reaped(stat(&[]));
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.lines().any(|l| l.starts_with("lock      free")), "{out}");
+    let mut s = Reaped(stat(&["--format", "prometheus"]));
+    assert!(wait_timeout(&mut s, LIMIT).success());
+    let mut out = String::new();
+    s.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(out.contains("cachem_lock_waited_microseconds{"), "{out}");
+    assert!(!out.contains("cachem_lock_holder{"), "{out}");
 }

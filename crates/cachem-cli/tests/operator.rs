@@ -661,7 +661,14 @@ fn packaged_cachem_conf_shows_every_directive_of_mod_cachem_commented_out() {
 #[test]
 fn packaging_scripts_are_valid_shell() {
     let dir = workspace_root().join("packaging/deb");
-    for f in ["build.sh", "test.sh", "apache.prerm", "apache.postrm"] {
+    for f in [
+        "build.sh",
+        "test.sh",
+        "libapache2-mod-cachem.prerm",
+        "libapache2-mod-cachem.postrm",
+        "libapache2-mod-cachem-example.prerm",
+        "libapache2-mod-cachem-example.postrm",
+    ] {
         let o = Command::new("sh").arg("-n").arg(dir.join(f)).output().unwrap();
         assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));
     }

@@ -52,6 +52,9 @@ pub const NAMES_BUCKET: usize = OWNER_BUCKETS - 1;
 /// [`crate::OwnerId::NAMES_INDEX`], one but for a moment) and of nothing
 /// else, so the index is found in one step.
 pub const NAMES_INDEX_BUCKET: usize = OWNER_BUCKETS - 2;
+/// The buckets user owners share: owner `o` is on bucket `o % USER_BUCKETS`,
+/// so owners `o` and `o + USER_BUCKETS` share a chain.
+pub const USER_BUCKETS: usize = OWNER_BUCKETS - 2;
 /// `Bptr::prev` of an unused entry whose `pid` and `start_time` hold a
 /// removal note (the removed record's generation and the record that
 /// followed it on its chain): lets `next_of_owner` continue after a record

@@ -21,4 +21,6 @@ pub use ids::{OwnerId, ParseRecordIdError, RecordId, RecordMeta};
 pub use layout::{
     FormatOptions, Layout, OwnerUsage, PidUsage, ProcTag, RecoveryReport, Removed, Status, VerifyReport,
 };
-pub use region::{DeadProcess, Guard, LockHolder, OpenReport, ReapReport, Region, RegionOptions};
+pub use region::{
+    DeadProcess, Guard, LockHolder, OpenReport, ReapReport, Region, RegionOptions, UnjudgedProcess,
+};

@@ -31,7 +31,7 @@ pub(super) fn bucket_of(owner: u32) -> usize {
     } else if owner == crate::ids::OwnerId::NAMES_INDEX.0 {
         NAMES_INDEX_BUCKET
     } else {
-        owner as usize % NAMES_INDEX_BUCKET
+        owner as usize % USER_BUCKETS
     }
 }
 

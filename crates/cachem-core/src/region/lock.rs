@@ -120,22 +120,27 @@ impl Region {
                 Err(mutex::LockError::Busy) => {}
                 other => return Ok(other),
             }
-            if self.judge_tids {
-                // SAFETY: the mutex bytes are the trailer of the live mapping.
-                let word = unsafe { mutex::owner_word(m) };
-                let tid = word & mutex::FUTEX_TID_MASK;
-                if tid != 0 && word & mutex::FUTEX_OWNER_DIED == 0 && !process::thread_exists(tid) {
-                    // SAFETY: as above; the CAS changes the word only if it
-                    // still names the missing thread.
-                    if unsafe { mutex::mark_owner_died(m, word) } {
-                        tracing::warn!(
-                            path = %self.display_path().display(),
-                            tid,
-                            "the region lock named thread {tid}, which does not exist: marked its owner dead, \
-                             the next locker recovers"
-                        );
-                    }
-                }
+            // SAFETY: the mutex bytes are the trailer of the live mapping.
+            let word = unsafe { mutex::owner_word(m) };
+            let tid = word & mutex::FUTEX_TID_MASK;
+            // A word with the waiters bit but no tid names no holder at all
+            // (glibc's unlock and the kernel's cleanup never leave it):
+            // nobody would ever release it, whatever the namespace.
+            let no_holder = tid == 0 && word != 0 && mutex::layout_ok().is_some();
+            let missing = no_holder
+                || (self.judge_tids
+                    && tid != 0
+                    && word & mutex::FUTEX_OWNER_DIED == 0
+                    && !process::thread_exists(tid));
+            // SAFETY: as above; the CAS changes the word only if it still
+            // names the missing thread (or no thread).
+            if missing && unsafe { mutex::mark_owner_died(m, word) } {
+                tracing::warn!(
+                    path = %self.display_path().display(),
+                    tid,
+                    "the region lock named thread {tid}, which does not exist: marked its owner dead, \
+                     the next locker recovers"
+                );
             }
         }
     }
@@ -235,7 +240,7 @@ impl Region {
             g.recovered = true;
             if owner_died && self.reap {
                 // The dead owner is likely not the only dead process.
-                if let Err(e) = g.reap() {
+                if let Err(e) = g.reap_judging(true) {
                     tracing::error!("reaping after recovery failed: {e}");
                 }
             }

@@ -65,7 +65,7 @@ pub use dir::{check_dir, check_store_dir, ensure_dir, OPEN_FLAGS};
 use guard::mark_dirty;
 pub use guard::Guard;
 pub use open::{check_create_size, chown_to, default_lock_path, dir_mode, resolve_path, runtime_dir};
-pub use reap::{DeadProcess, ReapReport};
+pub use reap::{DeadProcess, ReapReport, UnjudgedProcess};
 
 /// Runtime directory for relative region names when `$CACHEM_DIR` is unset.
 pub const DEFAULT_DIR: &str = "/dev/shm/cachem";
@@ -167,6 +167,11 @@ pub struct OpenReport {
     pub rearmed_after_reboot: bool,
     /// The first lock found a dead owner or a pending journal and recovered.
     pub recovered: bool,
+    /// Who held the lock when attach went to take it (None: free, or a
+    /// region this call created or an anonymous one).
+    pub lock_holder: Option<LockHolder>,
+    /// How long attach waited for the lock.
+    pub lock_waited: std::time::Duration,
 }
 
 /// The holder of a region lock, as its lock word names it.

@@ -310,12 +310,18 @@ impl Region {
         // another handle inside a guard), and waiting for each other in
         // opposite orders would deadlock.
         drop(global);
+        region.report.lock_holder = region.lock_holder();
+        let started = std::time::Instant::now();
         let checked = region.lock_inner().and_then(|g| {
+            let waited = started.elapsed();
             g.layout.verify()?;
-            Ok(g.recovered)
+            Ok((g.recovered, waited))
         });
         match checked {
-            Ok(recovered) => region.report.recovered |= recovered,
+            Ok((recovered, waited)) => {
+                region.report.lock_waited = waited;
+                region.report.recovered |= recovered;
+            }
             Err(e) => {
                 drop(region);
                 if let Some(made) = made {

@@ -133,18 +133,116 @@ fn ending(s: &Stat) -> bool {
 /// When `/proc/<pid>` cannot be read (no /proc, or `hidepid` hides other
 /// users' processes), `kill(pid, 0)` decides: ESRCH is dead, success or
 /// EPERM is alive; that fallback cannot tell a recycled pid apart.
+///
+/// Start times are per time namespace (the kernel shows a task's start time
+/// shifted by the reader's boot-time offset): a start time that does not
+/// match means a recycled pid only when the process at `pid` is in this
+/// process's time namespace. Otherwise (or when its time namespace cannot
+/// be read) it is not judged dead: see [`liveness`].
 pub fn is_alive(pid: u32, start: u64) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
+    liveness(pid, start) != Liveness::Dead
+}
+
+/// What [`liveness`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+    /// Cannot tell: the start time does not match, but the process at the
+    /// pid may have recorded it in another time namespace. Never reaped.
+    Unknown(Unsure),
+}
+
+/// Why [`liveness`] cannot tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsure {
+    /// The process at the pid is in another time namespace than this one
+    /// (start times are per time namespace).
+    OtherTimeNamespace,
+    /// Its `/proc/<pid>/ns/time` cannot be read (another user's process,
+    /// and this process is not root).
+    TimeNamespaceUnreadable,
+}
+
+impl std::fmt::Display for Unsure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unsure::OtherTimeNamespace => {
+                "it runs in another time namespace, where start times differ: reap from its time namespace"
+            }
+            Unsure::TimeNamespaceUnreadable => {
+                "its time namespace cannot be read (/proc/<pid>/ns/time): reap as its user or as root"
+            }
+        })
     }
+}
+
+/// Liveness of a (pid, start time) pair: [`is_alive`], telling apart a
+/// process that cannot be judged from here (another time namespace).
+pub fn liveness(pid: u32, start: u64) -> Liveness {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Liveness::Dead;
+    }
+    let alive = |a: bool| if a { Liveness::Alive } else { Liveness::Dead };
     match std::fs::read(format!("/proc/{pid}/stat")) {
         Ok(stat) => match parse_stat(&stat) {
-            Some(s) if start != 0 && s.start_time != start => false,
-            Some(s) if ending(&s) => other_thread_runs(pid),
-            _ => true,
+            Some(s) if start != 0 && s.start_time != start => other_time_namespace(pid),
+            Some(s) if ending(&s) => alive(other_thread_runs(pid)),
+            _ => Liveness::Alive,
         },
-        Err(_) => kill_probe(pid),
+        Err(_) => alive(kill_probe(pid)),
     }
+}
+
+/// Inode of `/proc/<pid>/ns/time` (`self` for this process): Ok(None) if
+/// the kernel has no time namespaces (or no such process), Err if it
+/// cannot be read.
+pub fn time_namespace(pid: Option<u32>) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let p = match pid {
+        Some(p) => format!("/proc/{p}/ns/time"),
+        None => "/proc/self/ns/time".to_string(),
+    };
+    match std::fs::metadata(p) {
+        Ok(m) => Ok(Some(m.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The start time recorded for `pid` does not match the one this process
+/// reads: a recycled pid (dead) if the process at `pid` is in our time
+/// namespace (or the kernel has none), else [`Liveness::Unknown`].
+#[cold]
+fn other_time_namespace(pid: u32) -> Liveness {
+    match (time_namespace(None), time_namespace(Some(pid))) {
+        // No time namespaces here, or the process ended meanwhile.
+        (Ok(None), _) | (_, Ok(None)) => Liveness::Dead,
+        (Ok(Some(ours)), Ok(Some(theirs))) if ours == theirs => Liveness::Dead,
+        (Ok(Some(_)), Ok(Some(_))) => Liveness::Unknown(Unsure::OtherTimeNamespace),
+        _ => Liveness::Unknown(Unsure::TimeNamespaceUnreadable),
+    }
+}
+
+/// Whether process `pid` is being killed: `SIGKILL` is pending for the
+/// whole process (`ShdPnd` of `/proc/<pid>/status`, set by `kill(pid,
+/// SIGKILL)` before any of its threads starts to exit and kept until the
+/// last one is gone) or for its main thread (`SigPnd`: every thread gets
+/// it in a group exit, e.g. after a fatal signal sent to one thread).
+///
+/// [`is_alive`] reads the main thread's state only: when another thread
+/// held the region lock, it released it (the kernel's robust-list cleanup)
+/// possibly before the main thread showed `PF_EXITING`, so the reap after
+/// `EOWNERDEAD` asks this too.
+pub fn being_killed(pid: u32) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        let mask = l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok()).is_some_and(|m| m & SIGKILL_BIT != 0)
+    })
 }
 
 /// Whether a thread other than the main one of `pid` is running and not

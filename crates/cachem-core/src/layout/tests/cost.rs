@@ -42,14 +42,20 @@ impl Rng {
     }
 }
 
+/// The most work one operation may do, whatever the table's size: a
+/// compaction step's budget (256 KiB moved = 32,768 words, 16,384 blocks
+/// examined, an entry fixed up per moved block) and the operation itself.
+/// A compaction done in one lock hold at 100k records is ~10x this.
+const MAX_WORK_PER_OP: u64 = 160_000;
+
 /// Work per operation allowed before a churn stops early (far above what
 /// any order needs at any size; an O(table) operation passes it at once,
 /// so a regression fails in seconds instead of running for hours).
 const BUDGET_PER_OP: u64 = 1_000;
 
 /// Work per operation (an insert or a remove) of `order` at `n` live
-/// records.
-fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
+/// records: the mean, and the most one operation did.
+fn work_per_op(order: Order, n: usize, policy: Compaction) -> (f64, u64) {
     let size = ((n * (72 + 32)) * 3 + (1 << 16)).next_multiple_of(8);
     let mut img = Img::with(size, policy);
     let mut l = img.l();
@@ -60,6 +66,14 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let churn = 2 * n;
     let before = work_count::get();
+    // The most work one operation did.
+    let mut most = 0u64;
+    let mut last = before;
+    let mut op_done = || {
+        let now = work_count::get();
+        most = most.max(now - last);
+        last = now;
+    };
     // Stops a churn that has spent its budget: `i` operations done.
     let spent = |i: usize| work_count::get() - before > BUDGET_PER_OP * (i as u64 + 1);
     let ops = match order {
@@ -71,7 +85,9 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
                 }
                 done = 2 * (i + 1);
                 let id = l.insert(owner(i), tag(pid(i)), &REC).unwrap();
+                op_done();
                 l.remove(id).unwrap();
+                op_done();
             }
             done
         }
@@ -84,7 +100,9 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
                 }
                 done = 2 * (i + 1);
                 l.remove(q.pop_front().unwrap()).unwrap();
+                op_done();
                 q.push_back(l.insert(owner(i), tag(pid(i)), &REC).unwrap());
+                op_done();
             }
             done
         }
@@ -97,7 +115,9 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
                 done = 2 * (i + 1);
                 let k = rng.below(n);
                 l.remove(ids[k]).unwrap();
+                op_done();
                 ids[k] = l.insert(owner(i), tag(pid(i)), &REC).unwrap();
+                op_done();
             }
             done
         }
@@ -112,6 +132,7 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
                     break;
                 }
                 l.remove(*id).unwrap();
+                op_done();
                 done = i + 1;
             }
             done
@@ -122,7 +143,9 @@ fn work_per_op(order: Order, n: usize, policy: Compaction) -> f64 {
     let work = work_count::get() - before;
     l.verify().unwrap();
     assert!(ops > 0, "{order:?} did nothing");
-    work as f64 / ops as f64
+    // (A batch is one call removing many records: its total is not one
+    // operation's pause.)
+    (work as f64 / ops as f64, most)
 }
 
 #[test]
@@ -145,12 +168,22 @@ fn remove_costs_do_not_grow_with_the_table() {
         .chain(eager.iter().map(|o| (*o, Compaction::Eager)));
     let mut failures = Vec::new();
     for (order, policy) in cases {
-        let small = work_per_op(order, SMALL, policy);
-        let large = work_per_op(order, LARGE, policy);
-        println!("{policy:?} {order:?}: {small:.1} at {SMALL}, {large:.1} at {LARGE} per operation");
+        let (small, _) = work_per_op(order, SMALL, policy);
+        let (large, most) = work_per_op(order, LARGE, policy);
+        println!(
+            "{policy:?} {order:?}: {small:.1} at {SMALL}, {large:.1} at {LARGE} per operation; at most {most} in one"
+        );
         if large > 2.0 * small + 16.0 {
             failures.push(format!("{policy:?} {order:?}: {small:.1} -> {large:.1}"));
         }
+        // Bounded pauses: no single operation does more than a compaction
+        // step's work, at any size.
+        if most > MAX_WORK_PER_OP {
+            failures.push(format!("{policy:?} {order:?}: one operation did {most} at {LARGE}"));
+        }
     }
-    assert!(failures.is_empty(), "work per operation grew with the table: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "work per operation grew with the table, or one operation paused long: {failures:?}"
+    );
 }
