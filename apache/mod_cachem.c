@@ -178,18 +178,22 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     want.dir = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, ""));
     want.path = cfg->path ? apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, cfg->path)) : NULL;
     want.size = cfg->size;
-    if (cfg->lock_file)
-        want.lock_file = apr_pstrdup(ptemp, cfg->lock_file);
-    else if (want.path)
-        want.lock_file = apr_pstrcat(ptemp, want.path, ".lock", NULL);
-    else
-        want.lock_file = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.lock"));
-    if (cfg->dbm)
-        want.dbm = apr_pstrdup(ptemp, cfg->dbm);
-    else if (want.path)
-        want.dbm = apr_pstrcat(ptemp, want.path, ".ids", NULL);
-    else
-        want.dbm = apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, "mod_cachem-anon.ids"));
+    /* An anonymous region has no files: no lockfile, no id store (the
+     * library refuses both for it). CACHEMlockFile / CACHEMDBM are ignored
+     * then, with a notice. */
+    if (!want.path) {
+        if (cfg->lock_file || cfg->dbm)
+            ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
+                         "mod_cachem: CACHEMlockFile and CACHEMDBM are ignored for an anonymous "
+                         "region (it has no files)");
+        want.lock_file = NULL;
+        want.dbm = NULL;
+    }
+    else {
+        want.lock_file = cfg->lock_file ? apr_pstrdup(ptemp, cfg->lock_file)
+                                        : apr_pstrcat(ptemp, want.path, ".lock", NULL);
+        want.dbm = cfg->dbm ? apr_pstrdup(ptemp, cfg->dbm) : apr_pstrcat(ptemp, want.path, ".ids", NULL);
+    }
     want.persist = cfg->persist ? apr_pstrdup(ptemp, ap_runtime_dir_relative(pconf, cfg->persist))
                                 : NULL;
     want.reap = cfg->reap;
@@ -249,8 +253,8 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
 
     st->path = want.path ? apr_pstrdup(pp, want.path) : NULL;
     st->size = want.size;
-    st->lock_file = apr_pstrdup(pp, want.lock_file);
-    st->dbm = apr_pstrdup(pp, want.dbm);
+    st->lock_file = want.lock_file ? apr_pstrdup(pp, want.lock_file) : NULL;
+    st->dbm = want.dbm ? apr_pstrdup(pp, want.dbm) : NULL;
     st->dir = apr_pstrdup(pp, want.dir);
     st->reap = want.reap;
     st->compaction = want.compaction;
@@ -275,9 +279,10 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     }
     /* The children run as User/Group: the lockfile must be theirs before
      * anyone uses it. Names live in the region (issue 22): no id store is
-     * made; CACHEMDBM only names the directory a fresh start removes (a
-     * mirror `cachem ids sync` may have written there). */
-    prepare_path(s, st->lock_file, 0, st);
+     * made; CACHEMDBM only names the directory a fresh start removes (the
+     * mirror `cachem ids --sync` writes there). */
+    if (st->lock_file)
+        prepare_path(s, st->lock_file, 0, st);
 
     st->cache = cachem_open(st->path, st->size, &opts, &e);
     if (!st->cache && e == CACHEM_E_INVALID_ARGUMENT && (st->uid >= 0 || st->gid >= 0)) {
@@ -288,7 +293,8 @@ static int cachem_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
         if (st->cache) {
             if (st->path)
                 prepare_path(s, st->path, 0, st);
-            prepare_path(s, st->lock_file, 0, st);
+            if (st->lock_file)
+                prepare_path(s, st->lock_file, 0, st);
         }
     }
     if (!st->cache) {

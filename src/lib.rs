@@ -58,7 +58,7 @@
 #![forbid(unsafe_code)]
 
 pub use cachem_core::*;
-pub use cachem_ids::{Error as IdError, IdRegistry};
+pub use cachem_ids::{read_store, Error as IdError, IdRegistry, MirrorReport, StoreTable};
 
 use std::collections::BTreeMap;
 
@@ -110,8 +110,9 @@ impl Config {
     }
 
     /// An anonymous region of `size` bytes, shared with children forked
-    /// after [`Cache::open`]. Its id registry lives in the runtime directory
-    /// as `anon-<generation>.ids` and is removed by [`Cache::destroy`].
+    /// after [`Cache::open`]. It has no files: its names live in the
+    /// region, and [`Config::lock_file`] / [`Config::id_store`] are refused
+    /// for it (`Error::OptionMismatch`, `CACHEM_E_INVALID_ARGUMENT`).
     pub fn anonymous(size: u64) -> Config {
         Config { name: None, size: Some(size), ..Config::named("") }
     }
@@ -308,6 +309,19 @@ impl Cache {
                 let size = config
                     .size
                     .ok_or(Error::BadSize { size: 0, reason: "an anonymous region needs a size" })?;
+                // Options for files an anonymous region does not have are
+                // refused, never ignored.
+                for (set, option) in
+                    [(config.lock_file.is_some(), "lock_file"), (config.id_store.is_some(), "id_store")]
+                {
+                    if set {
+                        return Err(Error::OptionMismatch {
+                            path: PathBuf::from("<anonymous>"),
+                            option,
+                            detail: "an anonymous region has no files: no lockfile, no id store".into(),
+                        });
+                    }
+                }
                 // Its names live in the region: nothing in the runtime
                 // directory.
                 (Region::anonymous_with(size, &config.region_options())?, None)
@@ -498,6 +512,20 @@ impl Cache {
     /// The underlying region.
     pub fn region(&self) -> &Region {
         &self.region
+    }
+
+    /// The id store of a named region (`Config::id_store`, else
+    /// `<region>.ids`): the sled mirror of the name table that the
+    /// command-line tool writes (`docs/ids.md`). The library never writes
+    /// it. `None` for an anonymous region.
+    pub fn id_store(&self) -> Option<&Path> {
+        self.store.as_deref()
+    }
+
+    /// The permission bits of the region's files (the region file's, else
+    /// `Config::mode`): files made later for the region take them.
+    pub fn file_mode(&self) -> u32 {
+        self.mode
     }
 
     /// Removes the region file, its lockfile and its id store (an

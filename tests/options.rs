@@ -112,6 +112,9 @@ fn attach_options_are_honoured_when_named_and_refused_when_anonymous() {
     for (what, c) in [
         ("attach_only", Config::anonymous(1 << 16).dir(d.path()).attach_only()),
         ("attach_any_size", Config::anonymous(1 << 16).dir(d.path()).attach_any_size()),
+        // No files: no lockfile, no id store (issue 22).
+        ("lock_file", Config::anonymous(1 << 16).dir(d.path()).lock_file(d.path().join("l"))),
+        ("id_store", Config::anonymous(1 << 16).dir(d.path()).id_store(d.path().join("s"))),
     ] {
         let e = Cache::open(&c).err().unwrap_or_else(|| panic!("{what} accepted for an anonymous region"));
         assert_eq!(e.kind(), ErrorKind::OptionMismatch, "{what}: {e}");

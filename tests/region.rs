@@ -79,6 +79,51 @@ fn attach_never_reinitialises_a_bad_file() {
     assert_eq!(e.corrupt_field(), Some("region_size"), "{e}");
 }
 
+/// Issue 22 finding 7: a failed open of a file that is not a region (text,
+/// garbage, empty, a FIFO) leaves no `<name>.lock` beside it, opening a FIFO
+/// does not block, and a lockfile the open did not make is never removed.
+#[test]
+fn a_failed_open_of_a_file_that_is_not_a_region_leaves_no_lockfile() {
+    let d = TempDir::new("notregion");
+    let lock = |name: &str| d.path().join(format!("{name}.lock"));
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("text", b"hello, this is a text file\n".repeat(400)),
+        ("garbage", (0..8192u32).map(|i| (i * 13 + 5) as u8).collect()),
+        ("empty", Vec::new()),
+    ];
+    for (name, bytes) in &cases {
+        std::fs::write(d.path().join(name), bytes).unwrap();
+        for o in [opts(&d, 8192), RegionOptions { create: false, ..opts(&d, 8192) }] {
+            let e = Region::open(name, &o).unwrap_err();
+            assert!(e.corrupt_field().is_some(), "{name}: {e}");
+            assert!(!lock(name).exists(), "{name}: a stray lockfile after {e}");
+        }
+        assert_eq!(&std::fs::read(d.path().join(name)).unwrap(), bytes, "{name}: bytes left alone");
+    }
+    // A FIFO: refused, without blocking (in a thread so that a blocking
+    // open fails the test instead of hanging it), no lockfile.
+    let fifo = d.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let o = opts(&d, 8192);
+    std::thread::spawn(move || {
+        let _ = tx.send(Region::open("fifo", &o).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let r = rx.recv_timeout(Duration::from_secs(60)).expect("opening a FIFO blocked");
+    let e = r.unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(!lock("fifo").exists(), "a stray lockfile after {e}");
+    // A lockfile that existed before the failed open is left alone.
+    std::fs::write(lock("text"), b"").unwrap();
+    Region::open("text", &opts(&d, 8192)).unwrap_err();
+    assert!(lock("text").exists(), "a lockfile the open did not make was removed");
+    // A region still gets its lockfile.
+    Region::open("good", &opts(&d, 65536)).unwrap();
+    assert!(lock("good").exists());
+}
+
 /// Worker: open-or-create the region named by CACHEM_TEST_REGION and print
 /// its generation.
 #[test]

@@ -6,6 +6,7 @@
 
 mod assets;
 mod demo;
+mod names;
 mod prom;
 mod show;
 mod stress;
@@ -33,6 +34,10 @@ struct Cli {
     /// still never opened through a symlink).
     #[arg(long, global = true)]
     trust_dir: bool,
+    /// The region's id store, the sled mirror of its owner names (default:
+    /// REGION.ids beside the region).
+    #[arg(long, global = true, value_name = "PATH")]
+    id_store: Option<PathBuf>,
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -58,7 +63,8 @@ Environment: CACHEM_DIR (runtime directory), RUST_LOG (log filter, overrides \
 -v/-q), NO_COLOR (no colours in log lines).
 
 Files: /dev/shm/cachem/NAME (the region), NAME.lock (its lockfile), \
-NAME.ids (its owner-id store).
+NAME.ids (the mirror of its owner names, written by `id`, `put --owner`, \
+`ls`, `restore` and `ids --sync`; see docs/ids.md).
 
 See docs/operations.md for sizing, monitoring and what to do when verify fails.";
 
@@ -184,6 +190,18 @@ enum Cmd {
         name: String,
         /// The owner name to look up or register.
         owner_name: String,
+    },
+    /// List the owner names with their ids, from the region and from its id
+    /// store (the sled mirror); without the region, from the store alone.
+    Ids {
+        /// Region: a name in the runtime directory, or a path.
+        name: String,
+        /// Write the region's names into the store first.
+        #[arg(long)]
+        sync: bool,
+        /// A JSON document with stable keys.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove the records of dead processes now.
     Reap {
@@ -339,6 +357,9 @@ pub fn lock_timeout() -> Option<std::time::Duration> {
     Some(*LOCK_TIMEOUT.get_or_init(|| std::time::Duration::from_secs(10)))
 }
 
+/// `--id-store`, for every config the commands build.
+static ID_STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 /// `--trust-dir`, for every config the commands build.
 static TRUST_DIR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -348,11 +369,14 @@ fn trust_dir() -> bool {
 
 /// Config of an existing region (any size).
 pub fn existing(dir: &Option<PathBuf>, name: &str) -> Config {
-    let c = Config::named(name)
+    let mut c = Config::named(name)
         .attach_only()
         .attach_any_size()
         .trust_dir(trust_dir())
         .lock_timeout(lock_timeout());
+    if let Some(s) = ID_STORE.get() {
+        c = c.id_store(s);
+    }
     match dir {
         Some(d) => c.dir(d),
         None => c,
@@ -368,6 +392,9 @@ pub fn inspect(dir: &Option<PathBuf>, name: &str) -> CliResult<Cache> {
 fn run(cli: Cli) -> CliResult {
     let dir = cli.dir;
     TRUST_DIR.store(cli.trust_dir, std::sync::atomic::Ordering::Relaxed);
+    if let Some(s) = cli.id_store {
+        let _ = ID_STORE.set(s);
+    }
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Create { name, size, mode, reap_all, no_reap, compaction, owner } => {
@@ -379,6 +406,9 @@ fn run(cli: Cli) -> CliResult {
                 .lock_timeout(lock_timeout());
             if let Some((uid, gid)) = owner {
                 c = c.owner(uid, gid);
+            }
+            if let Some(s) = ID_STORE.get() {
+                c = c.id_store(s);
             }
             if let Some(d) = &dir {
                 c = c.dir(d);
@@ -452,6 +482,7 @@ fn run(cli: Cli) -> CliResult {
                 (Some(d), None) => d.as_bytes().to_vec(),
             };
             let cache = Cache::open(&existing(&dir, &name))?;
+            let named = owner.is_some();
             let who = match (owner, owner_id, process) {
                 (Some(n), _, _) => cache.id(&n)?,
                 (_, Some(id), _) => OwnerId(id),
@@ -459,6 +490,9 @@ fn run(cli: Cli) -> CliResult {
             };
             let id = cache.lock()?.insert(who, &bytes)?;
             writeln!(out, "{id}")?;
+            if named {
+                names::sync_quietly(&cache);
+            }
         }
         Cmd::Get { name, record_id, hex } => {
             let cache = inspect(&dir, &name)?;
@@ -488,10 +522,30 @@ fn run(cli: Cli) -> CliResult {
                 _ => None,
             };
             show::list(&mut out, &cache, filter, pid, json)?;
+            names::sync_quietly(&cache);
         }
         Cmd::Id { name, owner_name } => {
             let cache = Cache::open(&existing(&dir, &name))?;
             writeln!(out, "{}", cache.id(&owner_name)?.get())?;
+            names::sync_quietly(&cache);
+        }
+        Cmd::Ids { name, sync, json } => {
+            let c = existing(&dir, &name);
+            let cache = match Cache::open(&c.clone().no_reap()) {
+                Ok(c) => Some(c),
+                Err(e) if e.kind() == cachem::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            let store = match (ID_STORE.get(), c.path()?) {
+                (Some(s), _) => s.clone(),
+                (None, Some(p)) => {
+                    let mut s = p.into_os_string();
+                    s.push(".ids");
+                    PathBuf::from(s)
+                }
+                (None, None) => return Err(Fail("no id store for this region".into(), 1)),
+            };
+            names::run(&mut out, cache.as_ref(), &store, sync, json)?;
         }
         Cmd::Reap { name, json } => {
             // Opening reaps already (on attach); report that and any more.
@@ -553,6 +607,7 @@ fn run(cli: Cli) -> CliResult {
                 ));
             }
             let r = cache.restore(&file)?;
+            names::sync_quietly(&cache);
             writeln!(
                 out,
                 "restored {} records ({} bytes, {} owners) from {}",

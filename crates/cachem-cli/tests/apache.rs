@@ -707,6 +707,35 @@ fn graceful_restart_keeps_records_and_ids_anonymous() {
     graceful_restart_and_stop("graceful-anon", "CACHEM NULL 65536\nCACHEMReapInterval 1\n");
 }
 
+/// An anonymous region has no files: the module makes no lockfile or id
+/// store for it (issue 22 finding 5), and ignores CACHEMlockFile/CACHEMDBM
+/// with a notice (the library refuses both for an anonymous region).
+#[test]
+fn an_anonymous_region_makes_no_files_in_the_runtime_directory() {
+    let elsewhere = TempDir::new("anon-files-elsewhere");
+    let (lock, ids) = (elsewhere.path().join("never.lock"), elsewhere.path().join("never.ids"));
+    let mut h = Httpd::start(
+        "anon-files",
+        Mpm::Prefork,
+        &format!("CACHEM NULL 65536\nCACHEMlockFile {}\nCACHEMDBM {}\n", lock.display(), ids.display()),
+    );
+    let _ = example(&h);
+    let run = h.dir.path().join("run");
+    let cachem_files = |run: &Path| -> Vec<String> {
+        std::fs::read_dir(run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("cachem"))
+            .collect()
+    };
+    assert_eq!(cachem_files(&run), Vec::<String>::new(), "files of an anonymous region");
+    assert!(!lock.exists() && !ids.exists(), "CACHEMlockFile / CACHEMDBM made for an anonymous region");
+    assert!(h.log().contains("ignored for an anonymous region"), "{}", h.log());
+    assert!(h.stop(), "unclean stop:\n{}", h.log());
+    assert_eq!(cachem_files(&run), Vec::<String>::new(), "files of an anonymous region after the stop");
+    h.assert_no_crash();
+}
+
 /// `cachem id` on the server's region (the CLI registers or looks up a name).
 fn cli_id(run: &Path, name: &str) -> u64 {
     let out = cachem_cli(&["--dir", run.to_str().unwrap(), "id", "cache.shm", name]);

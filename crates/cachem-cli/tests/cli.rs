@@ -506,3 +506,62 @@ fn recovery_logs_what_triggered_it() {
     assert!(err.contains("recovered region (journal pending)"), "{err}");
     ok(d, &["verify", "r"]);
 }
+
+/// Issue 22: the CLI mirrors the region's name table into the sled store
+/// (`id`, `put --owner`, `ids --sync`), reads it back, and the store still
+/// lists the names once the region is gone; a new region generation
+/// replaces the store's table.
+#[test]
+fn ids_mirrors_the_name_table_into_the_store_and_lists_it_after_the_region_is_gone() {
+    let d = TempDir::new("cli-ids");
+    let p = d.path();
+    let store = p.join("app.ids");
+    ok(p, &["create", "app", "--size", "64K"]);
+    // Before anything wrote names: the region's table, no store yet.
+    let doc = json(&ok(p, &["ids", "app", "--json"]));
+    assert_eq!(doc["store_generation"], serde_json::Value::Null, "{doc}");
+    assert!(!store.exists(), "ids without --sync wrote the store");
+    assert_eq!(ok(p, &["id", "app", "mod_status"]).trim(), "1");
+    ok(p, &["put", "app", "--owner", "mod_proxy", "x"]);
+    assert!(store.is_dir(), "`id` / `put --owner` did not write the mirror");
+    let doc = json(&ok(p, &["ids", "app", "--json"]));
+    assert_eq!(doc["store_generation"], doc["region_generation"], "{doc}");
+    let names = doc["names"].as_array().unwrap();
+    let row =
+        |n: &str| names.iter().find(|r| r["name"] == n).unwrap_or_else(|| panic!("{n} in {doc}")).clone();
+    assert_eq!((row("mod_status")["id"].as_u64(), row("mod_proxy")["id"].as_u64()), (Some(1), Some(2)));
+    for n in ["mod_status", "mod_proxy"] {
+        assert_eq!((row(n)["in_region"].as_bool(), row(n)["in_store"].as_bool()), (Some(true), Some(true)));
+    }
+    let human = ok(p, &["ids", "app", "--sync"]);
+    assert!(human.contains("same generation") && human.contains("both     mod_proxy"), "{human}");
+
+    // A store given with --id-store, kept apart: destroy removes the
+    // region (and its default store), not this one.
+    let kept = p.join("kept-ids");
+    let k = kept.to_str().unwrap();
+    ok(p, &["--id-store", k, "ids", "app", "--sync"]);
+    ok(p, &["destroy", "app"]);
+    assert!(!store.exists(), "destroy removes the default store");
+    let gone = json(&ok(p, &["--id-store", k, "ids", "app", "--json"]));
+    assert_eq!(gone["region_generation"], serde_json::Value::Null, "{gone}");
+    let listed: Vec<(u64, String)> = gone["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap(), r["name"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(listed, [(1, "mod_status".to_string()), (2, "mod_proxy".to_string())], "{gone}");
+    assert!(ok(p, &["--id-store", k, "ids", "app"]).contains("no region"));
+    let (code, err) = fails(p, &["ids", "app"]);
+    assert_eq!(code, 1, "{err}");
+
+    // A new region (new generation): its first sync replaces the table.
+    ok(p, &["create", "app", "--size", "64K"]);
+    ok(p, &["--id-store", k, "id", "app", "other"]);
+    let doc = json(&ok(p, &["--id-store", k, "ids", "app", "--json"]));
+    assert_eq!(doc["store_generation"], doc["region_generation"], "{doc}");
+    let names: Vec<&str> =
+        doc["names"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["other"], "{doc}");
+}

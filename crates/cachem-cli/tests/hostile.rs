@@ -79,8 +79,9 @@ fn files_are_private_by_default_and_other_users_are_refused() {
     assert_eq!(mode_of(&run), 0o700, "runtime directory");
     assert_eq!(mode_of(&run.join("priv")), 0o600, "region");
     assert_eq!(mode_of(&run.join("priv.lock")), 0o600, "lockfile");
-    // Names live in the region (issue 22): `cachem id` makes no id store.
-    assert!(!run.join("priv.ids").exists(), "an id store was made");
+    // Names live in the region (issue 22); `cachem id` mirrors them into
+    // the id store, a directory as private as the region.
+    assert_eq!(mode_of(&run.join("priv.ids")), 0o700, "id store");
     // Another user cannot attach, and is told which path refused.
     let o = Command::new(BIN)
         .arg("--dir")

@@ -498,8 +498,8 @@ fn assets() -> (TempDir, std::path::PathBuf) {
     (d, out)
 }
 
-const COMMANDS: [&str; 15] = [
-    "create", "stat", "put", "get", "del", "ls", "id", "reap", "compact", "verify", "save", "restore",
+const COMMANDS: [&str; 16] = [
+    "create", "stat", "put", "get", "del", "ls", "id", "ids", "reap", "compact", "verify", "save", "restore",
     "destroy", "stress", "demo",
 ];
 

@@ -1,6 +1,6 @@
-//! Cost of an owner id: cold (one fork + lock + sled cycle in a helper
-//! process), memoised, and the bare in-process sled open/insert/flush/drop
-//! cycle the cold path is measured against.
+//! Cost of an owner id in the sled store: cold (one lock + sled cycle, in
+//! this process), memoised, and the bare sled open/insert/flush/drop cycle
+//! the cold path is measured against.
 //!
 //! `cargo bench -p cachem-ids --bench ids -- --warm-up-time 1 --measurement-time 5`
 
@@ -41,9 +41,8 @@ fn bench(c: &mut Criterion) {
     reg.id("mod_status").expect("id");
     c.bench_function("id_memoised", |b| b.iter(|| black_box(reg.id(black_box("mod_status")).expect("id"))));
 
-    // Last: once this process has run sled itself, sled's thread pool
-    // statics would hang the registry's helper processes forked after it
-    // (see the crate docs), so nothing may use the registry after this.
+    // The cycle without the registry's lockfile, format and generation
+    // checks.
     let mut n = 0u64;
     c.bench_function("bare_sled_cycle", |b| {
         let path = dir.path().join("bare");

@@ -20,29 +20,32 @@
 //! reads or writes the region itself: the caller passes the region's
 //! generation to [`IdRegistry::open`].
 //!
-//! # One lock + sled cycle per call, in a helper process
+//! # One lock + sled cycle per call, in this process: who may use it
 //!
 //! sled cannot be opened by two processes at once, so every call that needs
-//! the store takes the global lockfile exclusively (`flock`, through fs2),
-//! opens sled, does its work, flushes, drops sled and releases the lock.
+//! the store takes the global lockfile exclusively (`flock`, through fs2,
+//! waiting at most [`LOCK_TIMEOUT`]), opens sled, does its work, flushes,
+//! drops sled and releases the lock.
 //!
-//! That cycle never runs in the caller: it runs in a short-lived child
-//! forked for the purpose (`cachem_core::sys::child`), which sends its
-//! answer back through a pipe and exits. sled keeps process-global state (a
-//! thread pool counted in statics, a process-wide lock) that a forked child
-//! inherits in a state where it hangs forever; a caller that never runs sled
-//! itself can fork at any moment — the pre-fork server pattern — and its
-//! children can use the registry as well as it can. A cycle costs a few
-//! milliseconds (a fork plus the sled cycle; see `docs/ids.md`); the
-//! registry memoises name -> id in the caller, so a repeated
-//! [`IdRegistry::id`] costs nanoseconds, and [`IdRegistry::ids`] resolves
-//! many names in one cycle. A cycle that does not answer within
-//! [`CYCLE_TIMEOUT`] is killed and reported as [`Error::Helper`].
+//! The cycle runs **in the calling process** (there is no helper process
+//! any more: forking without exec is unsafe in a process with threads).
+//! sled keeps process-global state (a thread pool counted in statics, a
+//! process-wide lock) that a child forked without exec inherits in a state
+//! where it may hang forever. So the registry must only be used by a
+//! process that is single-threaded while it calls it and that does not
+//! fork without exec afterwards: the `cachem` command-line tool, which
+//! mirrors a region's name table into the store (`docs/ids.md`). The
+//! library (`cachem::Cache`), the C ABI and mod_cachem never use it: owner
+//! ids live in the region's own name table.
+//!
+//! A cycle costs a few milliseconds (the sled open; see `docs/ids.md`); the
+//! registry memoises name -> id, so a repeated [`IdRegistry::id`] costs
+//! nanoseconds, and [`IdRegistry::ids`] resolves many names in one cycle.
 //!
 //! Because the lockfile is taken by every call, do not call the registry
 //! while the same process already holds the global lockfile through another
-//! file handle: the helper's `flock` would wait for the caller, which waits
-//! for the helper (until the timeout).
+//! file handle: the `flock` would wait for the caller itself (until
+//! [`LOCK_TIMEOUT`]).
 //!
 //! # Lifetime: region generations
 //!
@@ -88,15 +91,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod wire;
-
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use cachem_core::OwnerId;
@@ -129,13 +130,9 @@ const PREFIX_ID: u8 = b'i';
 /// (see [`open_sled`]).
 const SLED_LOCK_RETRY: Duration = Duration::from_secs(5);
 
-/// How many times the memo's mutex is tried before a call does without it.
-const MEMO_TRIES: u32 = 10_000;
-
-/// How long one registry cycle (waiting for the lockfile included) may take
-/// before its helper process is killed and the call fails with
-/// [`Error::Helper`].
-pub const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a registry call waits for the global lockfile held by another
+/// process before it fails with [`Error::Lock`] (kind `TimedOut`).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything that can go wrong in the registry.
 #[derive(Debug, thiserror::Error)]
@@ -163,8 +160,9 @@ pub enum Error {
     /// The store directory could not be opened, is not a cachem-ids store,
     /// or is corrupt.
     #[error(
-        "id registry store {}: {reason}; if no process is using it, remove it and \
-         it is re-created empty (ids are re-assigned)",
+        "id registry store {}: {reason}; if it is damaged, move it aside while no process uses \
+         it: it is re-created empty, and `cachem ids REGION --sync` writes the region's names \
+         into it again (the region's table is authoritative)",
         path.display()
     )]
     Store {
@@ -173,18 +171,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
-    /// The helper process that runs a registry cycle failed: it could not be
-    /// started, did not answer within [`CYCLE_TIMEOUT`], or died.
+    /// The filesystem of the store is full (ENOSPC) or over quota.
     #[error(
-        "id registry helper process (lockfile {}): {reason}; if it timed out, another \
-         process may be holding the lockfile for too long",
-        lock.display()
+        "id registry store {}: no space left on its filesystem ({source}); free space there and \
+         run the command again. Do not remove the store: it is the durable record of the \
+         names' ids",
+        path.display()
     )]
-    Helper {
-        /// The global lockfile of the registry.
-        lock: PathBuf,
-        /// What went wrong.
-        reason: String,
+    NoSpace {
+        /// The store directory.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
     },
     /// Every u32 owner id of this region generation has been handed out.
     #[error(
@@ -303,7 +302,8 @@ impl IdRegistry {
     /// As for [`id`](Self::id); if any name is invalid, nothing is
     /// registered.
     pub fn ids(&self, names: &[&str]) -> Result<Vec<OwnerId>> {
-        if let Some(memo) = self.memo() {
+        {
+            let memo = self.memo();
             let hits: Vec<OwnerId> = names.iter().map_while(|n| memo.get(*n).copied()).collect();
             if hits.len() == names.len() {
                 return Ok(hits);
@@ -325,11 +325,11 @@ impl IdRegistry {
                 })
                 .collect::<Result<Vec<OwnerId>>>()
         })?;
-        if let Some(mut memo) = self.memo() {
-            for (name, id) in names.iter().zip(&found) {
-                memo.insert((*name).to_owned(), *id);
-            }
+        let mut memo = self.memo();
+        for (name, id) in names.iter().zip(&found) {
+            memo.insert((*name).to_owned(), *id);
         }
+        drop(memo);
         Ok(found)
     }
 
@@ -375,7 +375,7 @@ impl IdRegistry {
         if id.is_process() {
             return Ok(None);
         }
-        let known = self.memo().and_then(|m| m.iter().find(|(_, v)| **v == id).map(|(n, _)| n.clone()));
+        let known = self.memo().iter().find(|(_, v)| **v == id).map(|(n, _)| n.clone());
         if let Some(name) = known {
             return Ok(Some(name));
         }
@@ -396,24 +396,63 @@ impl IdRegistry {
     ///
     /// [`Error::Lock`] / [`Error::Store`] as for [`open`](Self::open).
     pub fn names(&self) -> Result<Vec<(String, OwnerId)>> {
-        let mut all = self.cycle(|s| {
-            let mut all = Vec::new();
-            for entry in s.tree.scan_prefix([PREFIX_NAME]) {
-                let (k, v) = entry.map_err(|e| s.err(e))?;
-                let name = std::str::from_utf8(&k[1..])
-                    .map_err(|_| s.corrupt("a registered name is not UTF-8".into()))?;
-                all.push((name.to_owned(), s.decode_id(name, &v)?));
+        self.cycle(|s| s.all_names())
+    }
+
+    /// Makes this generation's table exactly `names` (a region's name
+    /// table, ids as the region gave them) with the counter at `next`, and
+    /// drops every other generation's table: the store then mirrors the
+    /// region (`cachem ids --sync`). One atomic batch: a crash leaves the
+    /// old table or the new one. Names are written as given (the region
+    /// checked them when it registered them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lock`] / [`Error::Store`] / [`Error::NoSpace`] as for
+    /// [`open`](Self::open).
+    pub fn mirror(&self, names: &[(String, OwnerId)], next: u64) -> Result<MirrorReport> {
+        let r = self.cycle(|s| {
+            let mut want: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(2 * names.len() + 1);
+            let mut next = next.max(1);
+            for (name, id) in names {
+                want.insert(name_key(name), id.get().to_be_bytes().to_vec());
+                want.insert(id_key(*id).to_vec(), name.as_bytes().to_vec());
+                next = next.max(u64::from(id.get()) + 1);
             }
-            Ok(all)
+            want.insert(KEY_NEXT.to_vec(), next.to_be_bytes().to_vec());
+            let mut batch = sled::Batch::default();
+            let (mut removed, mut kept) = (0, 0);
+            for entry in s.tree.iter() {
+                let (k, v) = entry.map_err(|e| s.err(e))?;
+                match want.get(&*k) {
+                    None => {
+                        removed += usize::from(k.first() == Some(&PREFIX_NAME));
+                        batch.remove(k);
+                    }
+                    Some(w) if *w == *v => {
+                        kept += usize::from(k.first() == Some(&PREFIX_NAME));
+                        want.remove(&*k);
+                    }
+                    Some(_) => {}
+                }
+            }
+            let written = want.keys().filter(|k| k.first() == Some(&PREFIX_NAME)).count();
+            for (k, v) in want {
+                batch.insert(k, v);
+            }
+            s.tree.apply_batch(batch).map_err(|e| s.err(e))?;
+            let dropped = s.keep_only_this_generation()?;
+            Ok(MirrorReport { written, removed, unchanged: kept, dropped_generations: dropped })
         })?;
-        all.sort_by_key(|(_, id)| *id);
-        Ok(all)
+        // The memo may hold names of a table that was just replaced.
+        self.memo().clear();
+        Ok(r)
     }
 
     /// Runs `f` inside a lock + sled cycle, with the global lockfile held and
     /// sled open, then flushes and releases as usual. Only for crash tests
     /// (a process killed here must not harm the registry).
-    /// `f` runs in the helper process.
+    /// `f` runs with the lockfile held and sled open, in this process.
     #[doc(hidden)]
     pub fn hold_open_for_test(&self, f: impl FnOnce()) -> Result<()> {
         self.cycle(|s| {
@@ -424,82 +463,119 @@ impl IdRegistry {
         })
     }
 
-    /// The memo, if it can be had. The memo is only a cache, and a child
-    /// forked while another thread of its parent held the memo's mutex
-    /// would wait for it forever: so it is never waited for without bound.
-    /// It is tried [`MEMO_TRIES`] times (its holders keep it for
-    /// nanoseconds); after that the caller does without it (a lookup goes
-    /// to the store, an insert is skipped). A panic while it was held
-    /// cannot leave a wrong entry behind, so poisoning is ignored.
-    fn memo(&self) -> Option<MutexGuard<'_, HashMap<String, OwnerId>>> {
-        for i in 0..MEMO_TRIES {
-            match self.memo.try_lock() {
-                Ok(g) => return Some(g),
-                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) if i < 64 => std::hint::spin_loop(),
-                Err(TryLockError::WouldBlock) => std::thread::yield_now(),
-            }
-        }
-        None
+    /// The memo. A panic while it was held cannot leave a wrong entry
+    /// behind, so poisoning is ignored.
+    fn memo(&self) -> MutexGuard<'_, HashMap<String, OwnerId>> {
+        self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn memo_get(&self, name: &str) -> Option<OwnerId> {
-        self.memo().and_then(|m| m.get(name).copied())
+        self.memo().get(name).copied()
     }
 
     fn memo_put(&self, name: &str, id: OwnerId) {
-        if let Some(mut m) = self.memo() {
-            m.insert(name.to_owned(), id);
-        }
+        self.memo().insert(name.to_owned(), id);
     }
 
-    /// One cycle, in a helper process: lock, open sled, check format and
-    /// generation, run `f`, flush, drop sled, unlock, send the answer.
-    fn cycle<T: wire::Wire>(&self, f: impl FnOnce(&Session<'_>) -> Result<T>) -> Result<T> {
-        let (store, lock_path, generation) = (&self.store_dir, &self.lock_path, self.generation);
-        let run = move || -> Vec<u8> {
-            // sled logs through the `log` crate; a logger the caller
-            // installed may take locks another thread held at fork time.
-            log::set_max_level(log::LevelFilter::Off);
-            let r = (|| {
-                let lock = LockGuard::acquire(lock_path)?;
-                let db = open_sled(store)?;
-                let session = Session::start(&db, store, generation)?;
-                let fresh = session.fresh_generation;
-                let out = f(&session)?;
-                db.flush().map_err(|e| session.err(e))?;
-                drop(session);
-                drop(db);
-                drop(lock);
-                Ok((fresh, out))
-            })();
-            wire::encode(&r)
-        };
+    /// One cycle, in this process: lock, open sled, check format and
+    /// generation, run `f`, flush, drop sled, unlock.
+    fn cycle<T>(&self, f: impl FnOnce(&Session<'_>) -> Result<T>) -> Result<T> {
         self.cycles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let bytes = cachem_core::sys::child::run_in_child(run, CYCLE_TIMEOUT)
-            .map_err(|e| Error::Helper { lock: self.lock_path.clone(), reason: e.to_string() })?;
-        let (fresh, out) = wire::decode::<Result<(bool, T)>>(&bytes).ok_or_else(|| Error::Helper {
-            lock: self.lock_path.clone(),
-            reason: "the helper's answer could not be decoded".into(),
-        })??;
+        let lock = LockGuard::acquire(&self.lock_path)?;
+        let db = open_sled(&self.store_dir)?;
+        let session = Session::start(&db, &self.store_dir, self.generation)?;
+        let fresh = session.fresh_generation;
+        let out = f(&session)?;
+        db.flush().map_err(|e| session.err(e))?;
+        drop(session);
+        drop(db);
+        drop(lock);
         if fresh {
             // The table of our generation was (re)created empty: whatever
-            // this process memoised no longer holds. Wait for the memo
-            // longer than a lookup would, but not forever (a forked child
-            // whose memo mutex is stuck never reads the memo either).
-            let deadline = Instant::now() + Duration::from_secs(1);
-            loop {
-                if let Some(mut m) = self.memo() {
-                    m.clear();
-                    break;
-                }
-                if Instant::now() > deadline {
-                    break;
-                }
-            }
+            // this registry memoised no longer holds.
+            self.memo().clear();
         }
         Ok(out)
     }
+}
+
+/// What [`IdRegistry::mirror`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MirrorReport {
+    /// Names written (new, or with another id than the store had).
+    pub written: usize,
+    /// Names removed (in the store's table, not in the region's).
+    pub removed: usize,
+    /// Names the store had already, with the same id.
+    pub unchanged: usize,
+    /// Tables of other generations dropped.
+    pub dropped_generations: usize,
+}
+
+/// A store's most recent table, read by [`read_store`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTable {
+    /// The region generation the table belongs to.
+    pub generation: u64,
+    /// Every name with its id, ordered by id.
+    pub names: Vec<(String, OwnerId)>,
+    /// The next id the table would hand out.
+    pub next: u64,
+}
+
+/// Reads the table of the most recently used generation of the store in
+/// `store_dir` (under `lock_file`), without registering anything and
+/// without knowing the generation: for inspecting a store whose region is
+/// gone. `Ok(None)` if there is no store there (nothing is created then)
+/// or it holds no table yet. Runs sled in this process, like every
+/// registry call (see the crate docs for who may).
+///
+/// # Errors
+///
+/// [`Error::Lock`] / [`Error::Store`] / [`Error::NoSpace`] as for
+/// [`IdRegistry::open`].
+pub fn read_store(store_dir: impl AsRef<Path>, lock_file: impl AsRef<Path>) -> Result<Option<StoreTable>> {
+    let dir = store_dir.as_ref();
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Store { path: dir.to_path_buf(), reason: e.to_string() }),
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::Store { path: dir.to_path_buf(), reason: "not a directory".into() })
+        }
+        Ok(_) => {}
+    }
+    let lock = LockGuard::acquire(lock_file.as_ref())?;
+    let db = open_sled(dir)?;
+    let err = |e: sled::Error| store_err(dir, e);
+    let corrupt =
+        |reason: String| Error::Store { path: dir.to_path_buf(), reason: format!("corrupt: {reason}") };
+    match db.get(KEY_FORMAT).map_err(err)? {
+        Some(v) if v == FORMAT => {}
+        Some(_) => return Err(corrupt("not a store of this version".into())),
+        None if db.is_empty() && db.tree_names().len() <= 1 => return Ok(None),
+        None => return Err(corrupt("a sled database that is not a cachem-ids store (no format key)".into())),
+    }
+    let gens = db.get(KEY_GENERATIONS).map_err(err)?.unwrap_or_default();
+    if gens.len() % 8 != 0 {
+        return Err(corrupt(format!("the generation list has {} bytes, not a multiple of 8", gens.len())));
+    }
+    let Some(last) = gens.chunks_exact(8).last() else { return Ok(None) };
+    let mut b = [0u8; 8];
+    b.copy_from_slice(last);
+    let generation = u64::from_be_bytes(b);
+    let session = Session {
+        db: db.clone(),
+        generation,
+        path: dir,
+        tree: db.open_tree(tree_name(generation)).map_err(err)?,
+        fresh_generation: false,
+    };
+    let names = session.all_names()?;
+    let next = session.next()?;
+    drop(session);
+    drop(db);
+    drop(lock);
+    Ok(Some(StoreTable { generation, names, next }))
 }
 
 /// The global lockfile, held exclusively until dropped.
@@ -519,9 +595,27 @@ impl LockGuard {
             .custom_flags(cachem_core::region::OPEN_FLAGS)
             .open(path)
             .map_err(lock_err)?;
-        // std has inherent File::lock methods now; call fs2 explicitly.
-        fs2::FileExt::lock_exclusive(&file).map_err(lock_err)?;
-        Ok(LockGuard { file })
+        // Bounded: another process holding the lockfile for longer than
+        // LOCK_TIMEOUT is an error, not a hang. std has inherent File::lock
+        // methods now; call fs2 explicitly.
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match fs2::FileExt::try_lock_exclusive(&file) {
+                Ok(()) => return Ok(LockGuard { file }),
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(lock_err(e)),
+                Err(_) if Instant::now() >= deadline => {
+                    return Err(lock_err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("another process held it for more than {} s", LOCK_TIMEOUT.as_secs()),
+                    )))
+                }
+                Err(_) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
     }
 }
 
@@ -569,9 +663,14 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
         };
         let busy = matches!(&err, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"));
         if !busy || Instant::now() >= deadline {
-            return Err(Error::Store {
-                path: dir.to_path_buf(),
-                reason: format!("cannot open it as a sled database: {err}"),
+            return Err(match err {
+                sled::Error::Io(e) if is_no_space(&e) => {
+                    Error::NoSpace { path: dir.to_path_buf(), source: e }
+                }
+                err => Error::Store {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot open it as a sled database: {err}"),
+                },
             });
         }
         std::thread::sleep(pause);
@@ -581,6 +680,8 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
 
 /// The open store of one cycle, positioned on this generation's tree.
 struct Session<'a> {
+    db: sled::Db,
+    generation: u64,
     path: &'a Path,
     tree: sled::Tree,
     /// The generation's table did not exist and was created empty.
@@ -657,11 +758,40 @@ impl<'a> Session<'a> {
             }
         }
         let tree = db.open_tree(name).map_err(err)?;
-        Ok(Session { path, tree, fresh_generation })
+        Ok(Session { db: db.clone(), generation, path, tree, fresh_generation })
     }
 
     fn err(&self, e: sled::Error) -> Error {
         store_err(self.path, e)
+    }
+
+    /// Makes this generation the only one in the store (its list and its
+    /// tables); returns how many other tables were dropped.
+    fn keep_only_this_generation(&self) -> Result<usize> {
+        let err = |e| self.err(e);
+        self.db.insert(KEY_GENERATIONS, &self.generation.to_be_bytes()).map_err(err)?;
+        let ours = tree_name(self.generation);
+        let mut dropped = 0;
+        for t in self.db.tree_names() {
+            if t.starts_with(TREE_PREFIX.as_bytes()) && *t != *ours.as_bytes() {
+                self.db.drop_tree(&t).map_err(err)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Every name of the table with its id, ordered by id.
+    fn all_names(&self) -> Result<Vec<(String, OwnerId)>> {
+        let mut all = Vec::new();
+        for entry in self.tree.scan_prefix([PREFIX_NAME]) {
+            let (k, v) = entry.map_err(|e| self.err(e))?;
+            let name = std::str::from_utf8(&k[1..])
+                .map_err(|_| self.corrupt("a registered name is not UTF-8".into()))?;
+            all.push((name.to_owned(), self.decode_id(name, &v)?));
+        }
+        all.sort_by_key(|(_, id)| *id);
+        Ok(all)
     }
 
     fn corrupt(&self, reason: String) -> Error {
@@ -734,7 +864,16 @@ impl<'a> Session<'a> {
 }
 
 fn store_err(path: &Path, e: sled::Error) -> Error {
-    Error::Store { path: path.to_path_buf(), reason: e.to_string() }
+    match e {
+        sled::Error::Io(e) if is_no_space(&e) => Error::NoSpace { path: path.to_path_buf(), source: e },
+        e => Error::Store { path: path.to_path_buf(), reason: e.to_string() },
+    }
+}
+
+/// A full filesystem (ENOSPC) or quota (EDQUOT): the store is fine, the
+/// disk is not.
+fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// Hands out `next` and returns the counter value after it.
@@ -820,6 +959,23 @@ mod tests {
         assert!(matches!(reg.id("late"), Err(Error::Exhausted)));
         assert_eq!(reg.lookup("late")?, None);
         Ok(())
+    }
+
+    /// Issue 22 finding 7: a full disk says to free space, never to
+    /// remove the store (which would silently remap owners).
+    #[test]
+    fn a_full_disk_says_free_space_not_remove_the_store() {
+        let path = Path::new("/var/lib/x.ids");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = store_err(path, sled::Error::Io(io::Error::from_raw_os_error(errno)));
+            assert!(matches!(e, Error::NoSpace { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("free space there"), "{msg}");
+            assert!(msg.contains("/var/lib/x.ids"), "{msg}");
+            assert!(!msg.contains("re-assigned") && !msg.contains("remove it"), "{msg}");
+        }
+        let other = store_err(path, sled::Error::Io(io::Error::from_raw_os_error(libc::EIO)));
+        assert!(matches!(other, Error::Store { .. }), "{other:?}");
     }
 
     #[test]

@@ -209,23 +209,13 @@ fn a_store_whose_log_is_damaged_is_an_error_naming_the_path() -> TestResult {
 fn a_foreign_sled_database_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
-    // Made in a helper process: sled must never run in a process whose
-    // forked children use the registry (its thread pool does not survive
-    // fork; see the crate docs).
-    let made = store.clone();
-    let out = cachem_core::sys::child::run_in_child(
-        move || {
-            let r = (|| -> sled::Result<()> {
-                let db = sled::open(&made)?;
-                db.insert(b"someone else's", b"data".as_slice())?;
-                db.flush()?;
-                Ok(())
-            })();
-            vec![u8::from(r.is_ok())]
-        },
-        std::time::Duration::from_secs(30),
-    )?;
-    assert_eq!(out, [1]);
+    // Made in this process: the registry runs sled in-process too (the
+    // test process does not fork without exec afterwards).
+    {
+        let db = sled::open(&store)?;
+        db.insert(b"someone else's", b"data".as_slice())?;
+        db.flush()?;
+    }
     expect_store_error(open(dir.path(), 1), &store);
     Ok(())
 }
@@ -280,5 +270,37 @@ fn threads_sharing_one_registry_agree() -> TestResult {
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 8, "{results:?}");
+    Ok(())
+}
+
+#[test]
+fn mirror_makes_the_table_exactly_the_regions_and_read_store_reads_it_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (store, lock) = (dir.path().join("ids"), dir.path().join("lock"));
+    // No store yet: nothing read, nothing created.
+    assert_eq!(cachem_ids::read_store(&store, &lock)?, None);
+    assert!(!store.exists() && !lock.exists());
+
+    let reg = IdRegistry::open(&store, &lock, 7)?;
+    reg.id("stale")?; // a name the region does not have
+    let region = vec![("mod_a".to_string(), OwnerId(1)), ("mod_c".to_string(), OwnerId(3))];
+    let r = reg.mirror(&region, 4)?;
+    assert_eq!((r.written, r.removed, r.unchanged), (2, 1, 0), "{r:?}");
+    assert_eq!(reg.names()?, region);
+    assert_eq!(reg.lookup("stale")?, None, "the memo forgot the replaced table");
+    assert_eq!(reg.unique_id()?, OwnerId(4), "the counter follows the region's");
+    // Again: nothing to write.
+    let r = reg.mirror(&region, 4)?;
+    assert_eq!((r.written, r.removed, r.unchanged), (0, 0, 2), "{r:?}");
+    drop(reg);
+
+    // A new region generation replaces the old table.
+    let reg = IdRegistry::open(&store, &lock, 8)?;
+    let next = vec![("mod_c".to_string(), OwnerId(1))];
+    let r = reg.mirror(&next, 2)?;
+    assert_eq!(r.dropped_generations, 1, "{r:?}");
+    drop(reg);
+    let t = cachem_ids::read_store(&store, &lock)?.ok_or("no table")?;
+    assert_eq!((t.generation, t.names, t.next), (8, next, 2));
     Ok(())
 }

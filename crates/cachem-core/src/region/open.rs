@@ -130,7 +130,12 @@ pub fn check_create_size(size: u64) -> Result<()> {
 }
 
 /// Holds the global lockfile while alive.
-struct GlobalLock(File);
+struct GlobalLock {
+    file: File,
+    /// This call made the lockfile (it did not exist): a failed open
+    /// removes it again (see [`GlobalLock::remove_made`]).
+    created: bool,
+}
 
 impl GlobalLock {
     /// Opens (creating with exactly `mode` if missing) and flocks the
@@ -140,6 +145,7 @@ impl GlobalLock {
     fn take(path: &Path, mode: u32) -> Result<GlobalLock> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         loop {
+            let mut created = false;
             let f = match OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -153,6 +159,7 @@ impl GlobalLock {
                     // lockfile we made gets exactly `mode`, so a group
                     // sharing the region can lock it too.
                     let _ = f.set_permissions(fs::Permissions::from_mode(mode));
+                    created = true;
                     f
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -173,7 +180,9 @@ impl GlobalLock {
             FileExt::lock_exclusive(&f).map_err(io_err("lock lockfile", path))?;
             let ours = f.metadata().map_err(io_err("stat lockfile", path))?;
             match fs::metadata(path) {
-                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(GlobalLock(f)),
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
+                    return Ok(GlobalLock { file: f, created })
+                }
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::Io { op: "stat lockfile", path: path.to_path_buf(), source: e }),
@@ -184,8 +193,55 @@ impl GlobalLock {
 
 impl Drop for GlobalLock {
     fn drop(&mut self) {
-        let _ = FileExt::unlock(&self.0);
+        let _ = FileExt::unlock(&self.file);
     }
+}
+
+impl GlobalLock {
+    /// After a failed open: removes the lockfile if this call made it (a
+    /// lockfile someone else made is never removed), then releases it.
+    /// Removing it under the lock is safe: a process waiting for it finds
+    /// the path gone or holding another file and starts over on that.
+    fn remove_made(self, path: &Path) {
+        if self.created {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    /// After a failed open whose lockfile was released already: takes the
+    /// lockfile again and removes it if it is still the file this call made
+    /// (same device and inode), else leaves it.
+    fn remove_if_same(path: &Path, made: (u64, u64)) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(f) = OpenOptions::new().read(true).write(true).custom_flags(dir::OPEN_FLAGS).open(path) else {
+            return;
+        };
+        if FileExt::lock_exclusive(&f).is_err() {
+            return;
+        }
+        let same = |m: &fs::Metadata| (m.dev(), m.ino()) == made;
+        if f.metadata().is_ok_and(|m| same(&m)) && fs::metadata(path).is_ok_and(|m| same(&m)) {
+            let _ = fs::remove_file(path);
+        }
+        let _ = FileExt::unlock(&f);
+    }
+}
+
+/// A region is a regular file: anything else at its path (a FIFO, a
+/// device, a directory, a socket) is refused before it is opened, so
+/// opening never blocks on a FIFO and never reads a device.
+fn refuse_non_regular(path: &Path, m: &fs::Metadata) -> Result<()> {
+    if m.is_file() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        op: "open region",
+        path: path.to_path_buf(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device, directory or socket): not a cachem region",
+        ),
+    })
 }
 
 impl Region {
@@ -224,14 +280,77 @@ impl Region {
         }
         refuse_symlink(&path)?;
         refuse_symlink(&lock_path)?;
-        let lock_existed = lock_path.exists();
-        let global = GlobalLock::take(&lock_path, opts.mode)?;
-        if !lock_existed {
-            chown_to(&lock_path, opts.owner)?;
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            refuse_non_regular(&path, &m)?;
         }
+        let global = GlobalLock::take(&lock_path, opts.mode)?;
+        if global.created {
+            if let Err(e) = chown_to(&lock_path, opts.owner) {
+                global.remove_made(&lock_path);
+                return Err(e);
+            }
+        }
+        // Leave nothing behind on failure: the lockfile too, if this call
+        // made it (a file that is not a region, a failed creation).
+        let mut region = match Self::open_locked(&path, &lock_path, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                global.remove_made(&lock_path);
+                return Err(e);
+            }
+        };
+        let made = if global.created {
+            use std::os::unix::fs::MetadataExt;
+            global.file.metadata().ok().map(|m| (m.dev(), m.ino()))
+        } else {
+            None
+        };
+        // Release the lockfile before waiting for the region lock: a process
+        // holding the region lock may be waiting for the lockfile (opening
+        // another handle inside a guard), and waiting for each other in
+        // opposite orders would deadlock.
+        drop(global);
+        region.report.lock_holder = region.lock_holder();
+        let started = std::time::Instant::now();
+        let checked = region.lock_inner().and_then(|g| {
+            let waited = started.elapsed();
+            g.layout.verify()?;
+            Ok((g.recovered, waited))
+        });
+        match checked {
+            Ok((recovered, waited)) => {
+                region.report.lock_waited = waited;
+                region.report.recovered |= recovered;
+            }
+            Err(e) => {
+                drop(region);
+                if let Some(made) = made {
+                    GlobalLock::remove_if_same(&lock_path, made);
+                }
+                return Err(with_path(e, &path));
+            }
+        }
+        Ok(region)
+    }
+
+    /// The part of [`Region::open_path`] under the global lockfile: opens
+    /// (or creates) the region file and attaches it.
+    fn open_locked(path: &Path, lock_path: &Path, opts: &RegionOptions) -> Result<Region> {
+        let path = path.to_path_buf();
         let mut created = false;
-        let file = match OpenOptions::new().read(true).write(true).custom_flags(dir::OPEN_FLAGS).open(&path) {
-            Ok(f) => f,
+        // O_NONBLOCK: a FIFO put at the path after the check above must not
+        // block the open (it is refused just below); it changes nothing for
+        // a regular file.
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(dir::OPEN_FLAGS | libc::O_NONBLOCK)
+            .open(&path)
+        {
+            Ok(f) => {
+                refuse_non_regular(&path, &f.metadata().map_err(io_err("stat region", &path))?)?;
+                f
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !opts.create {
                     return Err(Error::NotFound { path });
@@ -240,18 +359,9 @@ impl Region {
                     return Err(Error::NotFound { path });
                 };
                 created = true;
-                match Self::create_file(&path, size, opts) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        // Leave nothing behind: the lockfile too, if this
-                        // call made it (publishing never replaces a region,
-                        // so a racer holding the old lockfile cannot harm one).
-                        if !lock_existed {
-                            let _ = fs::remove_file(&lock_path);
-                        }
-                        return Err(e);
-                    }
-                }
+                // Publishing never replaces a region, so a racer holding
+                // the old lockfile cannot harm one if this fails.
+                Self::create_file(&path, size, opts)?
             }
             Err(e) => return Err(Error::Io { op: "open region", path, source: e }),
         };
@@ -265,25 +375,11 @@ impl Region {
             None
         };
         // Files made later for the region by root take the region's owner.
-        chown_to(&lock_path, file_owner)?;
+        chown_to(lock_path, file_owner)?;
         let mut region = Self::attach_file(file, &path, opts).map_err(|e| with_path(e, &path))?;
         region.report.created = created;
-        region.lock_path = Some(lock_path);
+        region.lock_path = Some(lock_path.to_path_buf());
         region.file_owner = file_owner;
-        // Release the lockfile before waiting for the region lock: a process
-        // holding the region lock may be waiting for the lockfile (an id
-        // registry call inside a guard), and waiting for each other in
-        // opposite orders would deadlock.
-        drop(global);
-        region.report.lock_holder = region.lock_holder();
-        let started = std::time::Instant::now();
-        let g = region.lock_inner().map_err(|e| with_path(e, &path))?;
-        let waited = started.elapsed();
-        g.layout.verify().map_err(|e| with_path(e, &path))?;
-        let recovered = g.recovered;
-        drop(g);
-        region.report.lock_waited = waited;
-        region.report.recovered |= recovered;
         Ok(region)
     }
 

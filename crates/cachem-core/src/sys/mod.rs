@@ -1,7 +1,6 @@
 //! Everything that talks to the operating system. All of cachem-core's
 //! `unsafe` lives below this module; the layout engine above it has none.
 
-pub mod child;
 pub mod failpoint;
 pub mod file;
 pub mod map;
