@@ -303,7 +303,9 @@ fn a_waiting_lock_keeps_the_timeout_it_started_with() {
             let _ = go_tx.send(());
             holder.join().unwrap();
             match got {
-                Err(Error::LockTimeout { .. }) => assert!(expect_timeout, "{start_with:?} -> {set_to:?}: timed out"),
+                Err(Error::LockTimeout { .. }) => {
+                    assert!(expect_timeout, "{start_with:?} -> {set_to:?}: timed out")
+                }
                 Ok(()) => assert!(!expect_timeout, "{start_with:?} -> {set_to:?}: waited past its timeout"),
                 Err(e) => panic!("{e}"),
             }
