@@ -87,6 +87,8 @@ fn populated(dir: &Path) -> Child {
             return w;
         }
     }
+    sigkill(&mut w);
+    wait_timeout(&mut w, LIMIT);
     panic!("no killed worker left reapable records behind in 8 tries");
 }
 
