@@ -41,6 +41,7 @@ impl CacheStatus {
                 "records": p.records,
                 "bytes": p.bytes,
                 "reapable": p.reapable,
+                "start_time": p.start_time,
             })).collect::<Vec<_>>(),
             "lock_wait": {
                 "holder_pid": self.lock_holder.and_then(|h| h.pid),

@@ -272,3 +272,43 @@ fn the_lock_lives_in_the_trailer_outside_the_engines_view() {
     drop(r.lock().unwrap());
     assert_eq!(trailer(), t_after);
 }
+
+/// A lock already waiting keeps the timeout it started with: a later
+/// `set_lock_timeout` applies to later locks only (docs/c-api.md).
+#[test]
+fn a_waiting_lock_keeps_the_timeout_it_started_with() {
+    let d = TempDir::new("waitkeeps");
+    let r = Region::open("app", &opts(&d, 65536)).unwrap();
+    for (start_with, set_to, expect_timeout) in
+        [(None, Some(Duration::from_millis(50)), false), (Some(Duration::from_millis(500)), None, true)]
+    {
+        r.set_lock_timeout(start_with);
+        std::thread::scope(|s| {
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let r = &r;
+            let holder = s.spawn(move || {
+                let g = r.lock().unwrap();
+                held_tx.send(()).unwrap();
+                // Held until told, or 1.5 s at most.
+                let _ = go_rx.recv_timeout(Duration::from_millis(1500));
+                drop(g);
+            });
+            held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let waiter = s.spawn(move || r.lock().map(drop));
+            std::thread::sleep(Duration::from_millis(150));
+            // Changed while the waiter sleeps in the lock.
+            r.set_lock_timeout(set_to);
+            let got = waiter.join().unwrap();
+            let _ = go_tx.send(());
+            holder.join().unwrap();
+            match got {
+                Err(Error::LockTimeout { .. }) => {
+                    assert!(expect_timeout, "{start_with:?} -> {set_to:?}: timed out")
+                }
+                Ok(()) => assert!(!expect_timeout, "{start_with:?} -> {set_to:?}: waited past its timeout"),
+                Err(e) => panic!("{e}"),
+            }
+        });
+    }
+}

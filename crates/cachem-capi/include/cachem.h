@@ -117,7 +117,7 @@ typedef enum {
    */
   CACHEM_E_NOT_FOUND = 10,
   /**
-   * The owner-id registry failed.
+   * Every owner id has been handed out (`cachem_id`).
    */
   CACHEM_E_REGISTRY = 11,
   /**
@@ -192,7 +192,7 @@ typedef enum {
 } cachem_reap_t;
 
 /**
- * An open cache: a region and its owner-id registry. Opaque; shareable by
+ * An open cache: a region (with its owner-name table). Opaque; shareable by
  * the threads of a process and inherited by children forked after
  * `cachem_open`. Never dereference it: it is a checked token.
  */
@@ -237,7 +237,10 @@ typedef struct {
    */
   const char *lock_file;
   /**
-   * Id-registry directory. NULL: `<region>.ids`.
+   * Accepted for compatibility: owner names live in the region itself
+   * (since format 5), so nothing is made here; `cachem_destroy` removes
+   * a directory at this path with the region. NULL: `<region>.ids`.
+   * Refused (`CACHEM_E_INVALID_ARGUMENT`) for an anonymous region.
    */
   const char *id_store;
   /**
@@ -320,7 +323,9 @@ typedef struct {
    */
   uint64_t records;
   /**
-   * Entries of the block-pointer table (live and free).
+   * Entries of the block-pointer table (live and free; the owner-name
+   * table's records hold entries too, so `slots - free_slots` can exceed
+   * `records`).
    */
   uint64_t slots;
   /**
@@ -344,7 +349,8 @@ typedef struct {
    */
   uint64_t dead_processes;
   /**
-   * Records inserted since creation.
+   * Records inserted since creation (the region's owner-name table's
+   * records included: `cachem_id` of a new name inserts one).
    */
   uint64_t inserts;
   /**
@@ -444,11 +450,13 @@ typedef struct {
    */
   uint64_t dead_blocks;
   /**
-   * Live records.
+   * Live records (the owner-name table's records not counted).
    */
   uint64_t records;
   /**
-   * Entries of the block-pointer table (live and free).
+   * Entries of the block-pointer table (live and free; the owner-name
+   * table's records hold entries too, so `slots - free_slots` can exceed
+   * `records`).
    */
   uint64_t slots;
   /**
@@ -485,7 +493,8 @@ typedef struct {
    */
   uint64_t generation;
   /**
-   * Records inserted since creation.
+   * Records inserted since creation (the region's owner-name table's
+   * records included: `cachem_id` of a new name inserts one).
    */
   uint64_t inserts;
   /**
@@ -509,7 +518,8 @@ typedef struct {
    */
   uint64_t compactions;
   /**
-   * Bytes moved by the largest single compaction.
+   * Bytes moved by the largest single compaction step (one lock hold:
+   * the longest pause a compaction caused).
    */
   uint64_t largest_compaction;
   /**
@@ -717,9 +727,17 @@ cachem_error_t cachem_check_size(uint64_t size);
  * takes the region lock for about a microsecond (or uses the lock this
  * thread holds: it may be called holding it).
  *
- * Returns `CACHEM_OK` with `*out` set, or `CACHEM_E_INVALID_ARGUMENT` (`out`
- * NULL, name not UTF-8), `CACHEM_E_MISUSE` (bad handle),
- * `CACHEM_E_REGISTRY`, `CACHEM_E_PERMISSION`, `CACHEM_E_IO`.
+ * Returns `CACHEM_OK` with `*out` set, or:
+ * - `CACHEM_E_INVALID_ARGUMENT`: `out` NULL; a name that is empty, longer
+ *   than 4096 bytes, or not UTF-8;
+ * - `CACHEM_E_MISUSE`: bad handle;
+ * - `CACHEM_E_NO_ROOM`: a new name's record does not fit in the region
+ *   (names live in it: each takes a table entry and a block);
+ * - `CACHEM_E_REGISTRY`: every id has been handed out;
+ * - lock errors, when the name is not memoised by this handle and the
+ *   thread does not hold the lock: `CACHEM_E_LOCK_TIMEOUT`,
+ *   `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_CORRUPT`, `CACHEM_E_IO` (as
+ *   for `cachem_lock`).
  *
  * # Safety
  * `name` is NULL or NUL-terminated; `out` is NULL or writable.

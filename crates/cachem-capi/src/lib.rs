@@ -28,7 +28,7 @@ mod strerror; // error texts
 
 use std::ffi::c_char;
 
-/// An open cache: a region and its owner-id registry. Opaque; shareable by
+/// An open cache: a region (with its owner-name table). Opaque; shareable by
 /// the threads of a process and inherited by children forked after
 /// `cachem_open`. Never dereference it: it is a checked token.
 pub struct cachem_t {
@@ -83,7 +83,7 @@ pub enum cachem_error_t {
     CACHEM_E_IO = 9,
     /// The named region does not exist (attach only, or `cachem_destroy`).
     CACHEM_E_NOT_FOUND = 10,
-    /// The owner-id registry failed.
+    /// Every owner id has been handed out (`cachem_id`).
     CACHEM_E_REGISTRY = 11,
     /// A snapshot file is damaged, foreign, or does not fit the region.
     CACHEM_E_SNAPSHOT = 12,
@@ -170,7 +170,10 @@ pub struct cachem_options_t {
     pub dir: *const c_char,
     /// Global lockfile. NULL: `<region>.lock`.
     pub lock_file: *const c_char,
-    /// Id-registry directory. NULL: `<region>.ids`.
+    /// Accepted for compatibility: owner names live in the region itself
+    /// (since format 5), so nothing is made here; `cachem_destroy` removes
+    /// a directory at this path with the region. NULL: `<region>.ids`.
+    /// Refused (`CACHEM_E_INVALID_ARGUMENT`) for an anonymous region.
     pub id_store: *const c_char,
     /// Non-zero: attach to an existing region whatever its size.
     pub attach_any_size: u32,
@@ -232,7 +235,9 @@ pub struct cachem_stat_t {
     pub free_bytes: u64,
     /// Live records.
     pub records: u64,
-    /// Entries of the block-pointer table (live and free).
+    /// Entries of the block-pointer table (live and free; the owner-name
+    /// table's records hold entries too, so `slots - free_slots` can exceed
+    /// `records`).
     pub slots: u64,
     /// Largest record this region can hold.
     pub max_record_len: u64,
@@ -246,7 +251,8 @@ pub struct cachem_stat_t {
     /// failing. Dead pids that only tag kept (owned) records are not
     /// counted (`cachem_status_t.dead_pids_kept` has them).
     pub dead_processes: u64,
-    /// Records inserted since creation.
+    /// Records inserted since creation (the region's owner-name table's
+    /// records included: `cachem_id` of a new name inserts one).
     pub inserts: u64,
     /// Records removed since creation.
     pub removes: u64,

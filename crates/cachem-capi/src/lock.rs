@@ -15,9 +15,17 @@ use std::ffi::c_char;
 /// takes the region lock for about a microsecond (or uses the lock this
 /// thread holds: it may be called holding it).
 ///
-/// Returns `CACHEM_OK` with `*out` set, or `CACHEM_E_INVALID_ARGUMENT` (`out`
-/// NULL, name not UTF-8), `CACHEM_E_MISUSE` (bad handle),
-/// `CACHEM_E_REGISTRY`, `CACHEM_E_PERMISSION`, `CACHEM_E_IO`.
+/// Returns `CACHEM_OK` with `*out` set, or:
+/// - `CACHEM_E_INVALID_ARGUMENT`: `out` NULL; a name that is empty, longer
+///   than 4096 bytes, or not UTF-8;
+/// - `CACHEM_E_MISUSE`: bad handle;
+/// - `CACHEM_E_NO_ROOM`: a new name's record does not fit in the region
+///   (names live in it: each takes a table entry and a block);
+/// - `CACHEM_E_REGISTRY`: every id has been handed out;
+/// - lock errors, when the name is not memoised by this handle and the
+///   thread does not hold the lock: `CACHEM_E_LOCK_TIMEOUT`,
+///   `CACHEM_E_LOCK_UNRECOVERABLE`, `CACHEM_E_CORRUPT`, `CACHEM_E_IO` (as
+///   for `cachem_lock`).
 ///
 /// # Safety
 /// `name` is NULL or NUL-terminated; `out` is NULL or writable.

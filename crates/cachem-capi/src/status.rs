@@ -159,9 +159,11 @@ pub struct cachem_status_t {
     pub dead_bytes: u64,
     /// Deleted records' blocks waiting for a compaction.
     pub dead_blocks: u64,
-    /// Live records.
+    /// Live records (the owner-name table's records not counted).
     pub records: u64,
-    /// Entries of the block-pointer table (live and free).
+    /// Entries of the block-pointer table (live and free; the owner-name
+    /// table's records hold entries too, so `slots - free_slots` can exceed
+    /// `records`).
     pub slots: u64,
     /// Free entries of the block-pointer table.
     pub free_slots: u64,
@@ -182,7 +184,8 @@ pub struct cachem_status_t {
     pub pid_rows: u64,
     /// Random id of this incarnation of the region.
     pub generation: u64,
-    /// Records inserted since creation.
+    /// Records inserted since creation (the region's owner-name table's
+    /// records included: `cachem_id` of a new name inserts one).
     pub inserts: u64,
     /// Records removed since creation.
     pub removes: u64,
@@ -194,7 +197,8 @@ pub struct cachem_status_t {
     pub recoveries: u64,
     /// Compactions run since creation.
     pub compactions: u64,
-    /// Bytes moved by the largest single compaction.
+    /// Bytes moved by the largest single compaction step (one lock hold:
+    /// the longest pause a compaction caused).
     pub largest_compaction: u64,
     /// Non-zero: a holder died mid-change and the next lock recovers.
     pub recovery_required: u64,

@@ -22,7 +22,7 @@ pub extern "C" fn cachem_strerror(code: c_int) -> *const c_char {
         8 => b"permission denied\0",
         9 => b"I/O error\0",
         10 => b"region not found\0",
-        11 => b"owner-id registry error\0",
+        11 => b"owner ids exhausted\0",
         12 => b"snapshot damaged, foreign or not fitting\0",
         13 => b"invalid argument\0",
         14 => b"this thread does not hold the lock\0",

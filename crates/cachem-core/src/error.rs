@@ -88,10 +88,11 @@ pub enum Error {
     AlreadyLocked { path: PathBuf },
 
     /// The lock timeout passed while a live thread held the region lock
-    /// (see `RegionOptions::lock_timeout`).
+    /// (see `RegionOptions::lock_timeout`). The message gives the wait
+    /// rounded down to a tenth of a second ("at least").
     #[error("{} (thread {holder_tid}) has held the lock of region {path} for at least {:.1} s; if it is stopped (SIGSTOP, a debugger), continue or kill it",
         holder_pid.map_or_else(|| "a thread this process cannot see".to_string(), |p| format!("process {p}")),
-        waited.as_secs_f64())]
+        (waited.as_millis() / 100) as f64 / 10.0)]
     LockTimeout { path: PathBuf, holder_pid: Option<u32>, holder_tid: u32, waited: std::time::Duration },
 
     /// An option conflicts with the region: a creation-time option that the

@@ -956,9 +956,11 @@ static int pid_row(const cachem_pid_usage_t *u, void *arg) {
     r->calls++;
     if (r->reenter)
         reenter(r->c);
-    append(r, "%s{\"alive\":%s,\"bytes\":%llu,\"pid\":%u,\"reapable\":%llu,\"records\":%llu}",
+    append(r, "%s{\"alive\":%s,\"bytes\":%llu,\"pid\":%u,\"reapable\":%llu,\"records\":%llu,"
+           "\"start_time\":%llu}",
            r->calls > 1 ? "," : "", u->alive ? "true" : "false", (unsigned long long)u->bytes,
-           (unsigned)u->pid, (unsigned long long)u->reapable, (unsigned long long)u->records);
+           (unsigned)u->pid, (unsigned long long)u->reapable, (unsigned long long)u->records,
+           (unsigned long long)u->start_time);
     return r->stop_after && r->calls >= r->stop_after;
 }
 

@@ -99,8 +99,11 @@ impl Region {
         m: *mut libc::pthread_mutex_t,
     ) -> Result<std::result::Result<mutex::Locked, mutex::LockError>> {
         let start = std::time::Instant::now();
+        // Read once: a wait keeps the timeout it started with (a later
+        // `set_lock_timeout` applies to later locks).
+        let timeout = self.lock_timeout();
         loop {
-            let left = self.lock_timeout().map(|t| t.saturating_sub(start.elapsed()));
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
             if left == Some(std::time::Duration::ZERO) {
                 // SAFETY: as in lock_inner.
                 let last = unsafe { mutex::try_lock(m) };
