@@ -56,6 +56,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod dir;
+mod global_lock;
 mod guard;
 mod lock;
 mod open;
